@@ -1,0 +1,227 @@
+"""Typed run configuration: ``data``, ``model``, ``train`` and a ``seed`` (issue #3).
+
+Config is validated once, at the edge: YAML (or a dict) goes in, frozen pydantic models come
+out, and code inside the package never sees a raw dict. Every user mistake becomes a
+:class:`ConfigError` whose message names the file, the key path, the value and what is
+allowed, so the CLI can print it on one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DatasetName = Literal[
+    "mnist", "fashion-mnist", "cifar10", "svhn", "celeba", "imagefolder", "digits", "synthetic"
+]
+
+#: Native (channels, height, width) of each dataset before any resizing or tiling.
+NATIVE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "svhn": (3, 32, 32),
+    "celeba": (3, 64, 64),
+    "imagefolder": (3, 64, 64),
+    "digits": (1, 8, 8),
+    "synthetic": (1, 8, 8),
+}
+
+#: The paper's sampling temperatures (Glow, section 5, Figure 8).
+PAPER_TEMPERATURES = (0.0, 0.25, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake; ``str(err)`` is a complete one-line message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """What the model sees: dataset, geometry and quantisation (Glow, section 5; issue #2)."""
+
+    dataset: DatasetName = "fashion-mnist"
+    root: Path | None = Field(None, description="directory that holds the dataset's files")
+    image_size: int | None = Field(None, ge=2, description="side length; None keeps the native size")
+    resize: Literal["pad", "resize"] = "pad"
+    channels: Literal[1, 3] | None = Field(None, description="None keeps native; 3 tiles gray images")
+    n_bits: int = Field(8, ge=1, le=8)
+    download: bool = False
+    train_limit: int | None = Field(None, ge=1, description="use only the first N training images")
+    test_limit: int | None = Field(None, ge=1, description="use only the first N test images")
+    synthetic_size: int = Field(512, ge=8, description="images per split of the synthetic dataset")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the preprocessed images."""
+        c, h, w = NATIVE_SHAPES[self.dataset]
+        if self.image_size is not None:
+            h = w = self.image_size
+        return (self.channels or c, h, w)
+
+
+class ModelConfig(_Section):
+    """Glow architecture (Glow, section 3 and Table 1; official-code choices in docs/fidelity.md)."""
+
+    depth: int = Field(8, ge=1, description="K: flow steps per level")
+    levels: int = Field(3, ge=1, description="L: multi-scale levels")
+    width: int = Field(128, ge=1, description="hidden channels of the coupling networks")
+    permutation: Literal["conv1x1", "shuffle", "reverse"] = "conv1x1"
+    conv1x1_form: Literal["lu", "dense"] = "lu"
+    coupling: Literal["affine", "additive"] = "affine"
+    scale: Literal["sigmoid", "exp"] = "sigmoid"
+    learn_top: bool = True
+    actnorm_logscale_factor: float = Field(1.0, gt=0)
+    zero_conv_logscale_factor: float = Field(3.0, gt=0)
+    coupling_actnorm: bool = Field(True, description="ActNorm instead of bias in the coupling NN")
+
+
+class TrainConfig(_Section):
+    """Optimisation, evaluation and bookkeeping of one run (issue #3)."""
+
+    optimizer: Literal["adam", "adamax"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None disables")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="Polyak/EMA weights for eval")
+    augment_shift: bool = False
+    init_images: int = Field(256, ge=1, description="images for ActNorm data-dependent init")
+    eval_every: int = Field(200, ge=1)
+    eval_limit: int | None = Field(None, ge=1, description="cap on test images per evaluation")
+    eval_batch_size: int = Field(256, ge=1)
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
+    n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
+    progress: bool = True
+
+
+class RunConfig(_Section):
+    """One run: everything needed to reproduce it exactly."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _image_fits_levels(self) -> RunConfig:
+        _, h, w = self.data.shape
+        factor = 2**self.model.levels
+        if h % factor or w % factor:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by 2^levels = {factor} "
+                f"(model.levels={self.model.levels}); set data.image_size to a multiple of "
+                f"{factor} or lower model.levels"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-safe dict of every resolved value."""
+        return self.model_dump(mode="json")
+
+
+def _describe_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    problems = []
+    for item in err.errors():
+        key = _describe_location(item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "literal" in item["type"]:
+            allowed = item.get("ctx", {}).get("expected", "")
+            message = f"must be one of {allowed}"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        problems.append(f"{key}: {message}{shown}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def validate_model(cls: type[BaseModel], raw: Any, source: str) -> Any:
+    """Validate ``raw`` into ``cls`` or raise :class:`ConfigError` that names ``source``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, turning a missing file or a syntax error into a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value``; the value is parsed as YAML (so ``1e-3``, ``true``, ``[1, 2]``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Return a deep copy of ``tree`` with ``dotted`` (``train.lr``) set to ``value``."""
+    out = copy.deepcopy(tree)
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` strings to a raw config dict."""
+    for text in overrides:
+        key, value = parse_override(text)
+        raw = set_path(raw, key, value)
+    return raw
+
+
+def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override and validate a run config file."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with data/model/train/seed keys")
+    return validate_model(RunConfig, apply_overrides(raw, overrides), str(path))
+
+
+def dump_run_config(config: RunConfig) -> str:
+    """YAML text of the resolved config; ``load`` of it gives back an equal config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,9 @@
+"""Exceptions that carry a complete, user-facing message (printed by the CLI without traceback)."""
+
+
+class UserFacingError(RuntimeError):
+    """Base for mistakes a user can fix: missing data files, a locked run, a bad results dir."""
+
+
+class DataUnavailableError(UserFacingError):
+    """A dataset's files are missing; the message says which, where to put them, how to get them."""
