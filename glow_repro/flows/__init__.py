@@ -1,0 +1,17 @@
+"""Invertible layers of Glow (Kingma & Dhariwal 2018, section 3): no optimiser, no files, no CLI.
+
+Every layer maps ``forward(x) -> (y, logdet)`` and ``inverse(y) -> (x, logdet)`` with
+``logdet`` of shape ``[batch]``; the inverse's log-det is the negative of the forward's.
+"""
+
+from glow_repro.flows.actnorm import ActNorm
+from glow_repro.flows.base import FlowLayer, FlowSequence
+from glow_repro.flows.coupling import AdditiveCoupling, AffineCoupling, CouplingNN, ZeroConv2d
+from glow_repro.flows.multiscale import FlowStep, Split, Squeeze, TopPrior
+from glow_repro.flows.permute import InvConv1x1, InvConv1x1LU, Reverse, Shuffle
+
+__all__ = [
+    "ActNorm", "AdditiveCoupling", "AffineCoupling", "CouplingNN", "FlowLayer", "FlowSequence",
+    "FlowStep", "InvConv1x1", "InvConv1x1LU", "Reverse", "Shuffle", "Split", "Squeeze",
+    "TopPrior", "ZeroConv2d",
+]

@@ -1,0 +1,127 @@
+"""Multi-scale pieces (Glow, section 3 and Figure 2b; RealNVP section 3.6): squeeze, the flow
+step, the split with a learned conditional prior, and the learned top prior."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from glow_repro.flows.actnorm import ActNorm
+from glow_repro.flows.base import FlowLayer, FlowSequence
+from glow_repro.flows.coupling import AdditiveCoupling, AffineCoupling, ZeroConv2d
+from glow_repro.flows.permute import InvConv1x1, InvConv1x1LU, Reverse, Shuffle
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Squeeze(FlowLayer):
+    """[B, C, H, W] -> [B, 4C, H/2, W/2]; channel c*4 + 2*dy + dx holds pixel (2i+dy, 2j+dx)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return y.reshape(b, c * 4, h // 2, w // 2), x.new_zeros(b)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = y.shape
+        x = y.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return x.reshape(b, c // 4, h * 2, w * 2), y.new_zeros(b)
+
+
+def make_permutation(kind: str, channels: int, conv1x1_form: str = "lu") -> FlowLayer:
+    """The permutation named in the config: ``reverse``, ``shuffle`` or ``conv1x1``."""
+    if kind == "reverse":
+        return Reverse()
+    if kind == "shuffle":
+        return Shuffle(channels)
+    if kind == "conv1x1":
+        return InvConv1x1LU(channels) if conv1x1_form == "lu" else InvConv1x1(channels)
+    raise ValueError(f"permutation must be reverse, shuffle or conv1x1, got {kind!r}")
+
+
+class FlowStep(FlowSequence):
+    """One step of flow: ActNorm -> permutation -> coupling (Glow, Figure 2a)."""
+
+    def __init__(self, channels: int, width: int, *, permutation: str = "conv1x1",
+                 conv1x1_form: str = "lu", coupling: str = "affine", scale: str = "sigmoid",
+                 actnorm_logscale_factor: float = 1.0, zero_conv_logscale_factor: float = 3.0,
+                 coupling_actnorm: bool = True):
+        nn_options = {"actnorm": coupling_actnorm, "zero_logscale_factor": zero_conv_logscale_factor}
+        if coupling == "affine":
+            couple: FlowLayer = AffineCoupling(channels, width, scale=scale, **nn_options)
+        elif coupling == "additive":
+            couple = AdditiveCoupling(channels, width, **nn_options)
+        else:
+            raise ValueError(f"coupling must be affine or additive, got {coupling!r}")
+        super().__init__([
+            ActNorm(channels, logscale_factor=actnorm_logscale_factor),
+            make_permutation(permutation, channels, conv1x1_form),
+            couple,
+        ])
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
+    """Sum over all but the batch dimension of log N(x; mean, exp(logs)^2)."""
+    elementwise = -0.5 * (LOG_2PI + 2.0 * logs + (x - mean) ** 2 * torch.exp(-2.0 * logs))
+    return elementwise.flatten(1).sum(1)
+
+
+def gaussian_sample(mean: torch.Tensor, logs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Draw from N(mean, (temperature * exp(logs))^2); temperature 0 gives the mean."""
+    return mean + temperature * torch.exp(logs) * torch.randn_like(mean)
+
+
+class Split(nn.Module):
+    """Factor out half the channels with a learned conditional prior p(z2 | z1) (RealNVP 3.6).
+
+    ``split(x) -> (z1, z2, log p(z2 | z1))``; ``merge(z1, z2=None, temperature)`` inverts it,
+    drawing z2 from the prior when it is not given (sampling).
+    """
+
+    def __init__(self, channels: int, zero_conv_logscale_factor: float = 3.0):
+        super().__init__()
+        self.keep = channels // 2
+        self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep), zero_conv_logscale_factor)
+
+    def prior_params(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.prior(z1)
+        return h[:, 0::2], h[:, 1::2]
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z1, z2 = x[:, : self.keep], x[:, self.keep :]
+        mean, logs = self.prior_params(z1)
+        return z1, z2, gaussian_log_density(z2, mean, logs)
+
+    def merge(self, z1: torch.Tensor, z2: torch.Tensor | None = None,
+              temperature: float = 1.0) -> torch.Tensor:
+        if z2 is None:
+            z2 = gaussian_sample(*self.prior_params(z1), temperature)
+        return torch.cat([z1, z2], 1)
+
+
+class TopPrior(nn.Module):
+    """Gaussian prior of the final latent: learned per-channel mean and log-scale (``learn_top``)
+    computed as the official code's zero-initialised conv of a zero input, else N(0, I)."""
+
+    def __init__(self, shape: tuple[int, int, int], learn: bool = True,
+                 zero_conv_logscale_factor: float = 3.0):
+        super().__init__()
+        self.shape = shape
+        channels = shape[0]
+        self.learn = learn
+        self.bias = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1), requires_grad=learn)
+        self.logs = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1), requires_grad=learn)
+        self.logscale_factor = zero_conv_logscale_factor
+
+    def params(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.bias * torch.exp(self.logs * self.logscale_factor)
+        h = h.expand(batch, -1, *self.shape[1:])
+        return h[:, 0::2], h[:, 1::2]
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        return gaussian_log_density(z, *self.params(z.shape[0]))
+
+    def sample(self, n: int, temperature: float) -> torch.Tensor:
+        return gaussian_sample(*self.params(n), temperature)

@@ -1,0 +1,104 @@
+"""Channel permutations between couplings (Glow, section 3.2 and Figure 3).
+
+``Reverse`` is RealNVP's fixed reversal, ``Shuffle`` a fixed random permutation (drawn from
+the global RNG, so it is reproducible from the run seed), and the invertible 1x1
+convolution comes in the dense form (``InvConv1x1``; log|det W| in float64 as the official
+code does) and the LU form (``InvConv1x1LU``; W = P L (U + diag(s)), P fixed, Glow eq. 10).
+Both 1x1 forms start as a random rotation, so log|det W| = 0 at initialisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glow_repro.flows.base import FlowLayer, pixels
+
+
+def _no_logdet(x: torch.Tensor) -> torch.Tensor:
+    return x.new_zeros(x.shape[0])
+
+
+class Reverse(FlowLayer):
+    """Reverse the channel order (RealNVP); volume-preserving."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flip(1), _no_logdet(x)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y.flip(1), _no_logdet(y)
+
+
+class Shuffle(FlowLayer):
+    """A fixed random channel permutation, kept in ``state_dict``; volume-preserving."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        perm = torch.randperm(channels)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inverse_perm", torch.argsort(perm))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, self.perm], _no_logdet(x)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y[:, self.inverse_perm], _no_logdet(y)
+
+
+def random_rotation(channels: int) -> torch.Tensor:
+    """An orthogonal matrix from the QR decomposition of a Gaussian one (Glow, section 3.2)."""
+    q, _ = torch.linalg.qr(torch.randn(channels, channels))
+    return q
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight.to(x.dtype).unsqueeze(-1).unsqueeze(-1))
+
+
+class InvConv1x1(FlowLayer):
+    """Dense invertible 1x1 convolution; log|det W| and W^-1 computed in float64."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(random_rotation(channels))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_abs_det = torch.linalg.slogdet(self.weight.double())[1].to(x.dtype)
+        return _conv1x1(x, self.weight), (pixels(x) * log_abs_det).expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w64 = self.weight.double()
+        log_abs_det = torch.linalg.slogdet(w64)[1].to(y.dtype)
+        return _conv1x1(y, torch.linalg.inv(w64)), (-pixels(y) * log_abs_det).expand(y.shape[0])
+
+
+class InvConv1x1LU(FlowLayer):
+    """LU-parametrised invertible 1x1 convolution: log|det W| = sum(log|s|) (Glow, eq. 10)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        p, lower, upper = torch.linalg.lu(random_rotation(channels))
+        diag = torch.diagonal(upper)
+        self.register_buffer("p", p)
+        self.register_buffer("sign_s", torch.sign(diag))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(diag.abs()))
+
+    def weight(self) -> torch.Tensor:
+        """W = P (L + I) (U + diag(sign(s) exp(log|s|))), computed once per call."""
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.p @ lower @ upper
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = pixels(x) * self.log_s.sum()
+        return _conv1x1(x, self.weight()), logdet.expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inverse_weight = torch.linalg.inv(self.weight().double())
+        logdet = -pixels(y) * self.log_s.sum()
+        return _conv1x1(y, inverse_weight), logdet.expand(y.shape[0])
