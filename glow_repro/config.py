@@ -101,7 +101,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
-    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
     n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
     progress: bool = True

@@ -1,3 +1,5 @@
 """Click commands, one module per topic; ``ALL_COMMANDS`` is what ``glow-repro`` registers."""
 
-ALL_COMMANDS: list = []
+from glow_repro.commands.train import train_command
+
+ALL_COMMANDS: list = [train_command]

@@ -1,0 +1,350 @@
+"""One training run: ``train(config, run_dir)`` — importable, no CLI (issue #3).
+
+Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
+(the data order of each epoch, the dequantisation noise and the shift augmentation of each
+step) and the learning rate is a pure function of the step, so a checkpoint needs only the
+model, optimiser, EMA weights, step and elapsed time to continue bit-exactly on the same
+device and thread count. Logs are append-only; on resume they are cut back to the
+checkpoint's step, so no metric row is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import signal
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from glow_repro.config import RunConfig, dump_run_config, read_yaml, validate_model
+from glow_repro.data import ImageData, load_split
+from glow_repro.errors import UserFacingError
+from glow_repro.evaluation import evaluate_bpd, save_samples
+from glow_repro.model import Glow
+from glow_repro.objective import bits_per_dim, preprocess
+from glow_repro.runinfo import environment, resolve_device
+from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+#: Settings that change how a run executes but not what it computes (excluded from identity).
+EXECUTION_ONLY = ("threads", "progress")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; the run saved a checkpoint at a step boundary."""
+
+
+def _identity(config: RunConfig) -> dict:
+    record = config.to_dict()
+    for key in EXECUTION_ONLY:
+        record["train"].pop(key, None)
+    return record
+
+
+def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator for one purpose (``stream``) at one step, independent of everything else."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7919 + stream) % (2**63))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=_step_generator(seed, epoch, stream=1))
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Linear warmup from lr/warmup to lr over ``warmup_steps`` (Glow, section 5), then constant."""
+    warmup = config.train.warmup_steps
+    return config.train.lr * (min(1.0, step / warmup) if warmup else 1.0)
+
+
+def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The official random-translation augmentation: shift by up to 2 pixels, zero-filled."""
+    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
+    if dy:
+        shifted[:, :, slice(0, dy) if dy > 0 else slice(dy, None)] = 0
+    if dx:
+        shifted[:, :, :, slice(0, dx) if dx > 0 else slice(dx, None)] = 0
+    return shifted
+
+
+class _Batches:
+    """Batch ``step`` (1-based) of the seeded, drop-last epoch order; pure function of the step."""
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int):
+        self.images = data.images
+        self.batch_size = min(batch_size, len(data.images))
+        self.per_epoch = len(data.images) // self.batch_size
+        self.seed = seed
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def epoch(self, step: int) -> float:
+        return step / self.per_epoch
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step - 1, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, _epoch_order(len(self.images), self.seed, epoch))
+        start = index * self.batch_size
+        return self.images[self._order[1][start : start + self.batch_size]]
+
+
+def _make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.Adamax if config.train.optimizer == "adamax" else torch.optim.Adam
+    return cls(params, lr=learning_rate(config, 1))
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag["stop"] = True
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Run:
+    """The state of one run in progress; ``train`` below drives it."""
+
+    def __init__(self, config: RunConfig, run: RunDir, device: torch.device,
+                 train_data: ImageData, test_data: ImageData):
+        self.config, self.run, self.device = config, run, device
+        self.train_data, self.test_data = train_data, test_data
+        self.n_dims = math.prod(train_data.images.shape[1:])
+        torch.manual_seed(config.seed)
+        self.model = Glow(config.model, config.data.shape).to(device)
+        self.optimizer = _make_optimizer(config, self.model)
+        decay = config.train.ema_decay
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+                    if decay else None)
+        self.batches = _Batches(train_data, config.train.batch_size, config.seed)
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.clock = time.perf_counter()
+        self.skipped = 0
+        self.first_nonfinite: int | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds spent on this run, summed over every resume."""
+        return self.elapsed_before + time.perf_counter() - self.clock
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "skipped": self.skipped,
+            "first_nonfinite": self.first_nonfinite,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+        for log in (self.run.metrics, self.run.evals, self.run.events):
+            log.sync()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.run.checkpoint, buffer.getvalue())
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed_before = state["step"], state["elapsed"]
+        self.clock = time.perf_counter()
+        self.skipped, self.first_nonfinite = state["skipped"], state["first_nonfinite"]
+        for log in (self.run.metrics, self.run.evals, self.run.events):
+            log.truncate_after(self.step)
+
+    # -- pieces of the loop ---------------------------------------------------------------------
+    def initialise_actnorm(self) -> None:
+        """Data-dependent init of every ActNorm from ``init_images`` training images (3.1)."""
+        count = min(self.config.train.init_images, len(self.train_data.images))
+        order = _epoch_order(len(self.train_data.images), self.config.seed, epoch=-1)
+        x = preprocess(self.train_data.images[order[:count]], self.config.data.n_bits,
+                       generator=_step_generator(self.config.seed, 0, stream=2))
+        self.model.train()
+        with torch.no_grad():
+            self.model(x.to(self.device))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+
+    def eval_model(self) -> Glow:
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate(self) -> float:
+        images = self.test_data.images[: self.config.train.eval_limit]
+        bpd = evaluate_bpd(self.eval_model(), images, self.config.data.n_bits,
+                           self.config.train.eval_batch_size, self.device)
+        self.run.evals.append({"step": self.step, "test_bpd": bpd, "n_images": len(images),
+                               "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step)})
+        return bpd
+
+    def train_step(self) -> dict:
+        cfg = self.config
+        step = self.step + 1
+        lr = learning_rate(cfg, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = self.batches(step)
+        if cfg.train.augment_shift:
+            images = _shift(images, _step_generator(cfg.seed, step, stream=3))
+        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = bits_per_dim(self.model(x.to(self.device)), self.n_dims, cfg.data.n_bits).mean()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        self.step = step
+        return {"step": step, "epoch": self.batches.epoch(step), "train_bpd": loss.item(),
+                "lr": lr, "grad_norm": grad_norm.item(), "finite": finite}
+
+
+def _check_same_run(run: RunDir, config: RunConfig) -> None:
+    if not run.config.exists():
+        return
+    existing = validate_model(RunConfig, read_yaml(run.config), str(run.config))
+    if _identity(existing) != _identity(config):
+        raise UserFacingError(
+            f"{run.path} already holds a run with a different config; "
+            "choose another --out directory or delete that one")
+
+
+def _summary(work: _Run, state: str, reconstruction: dict | None) -> dict:
+    rows = work.run.metrics.read()
+    rates = [r["images_per_s"] for r in rows if r.get("images_per_s")]
+    evals = work.run.evals.read()
+    return {
+        "state": state,
+        "step": work.step,
+        "initial_test_bpd": evals[0]["test_bpd"] if evals else None,
+        "final_test_bpd": evals[-1]["test_bpd"] if evals else None,
+        "best_test_bpd": min((e["test_bpd"] for e in evals if math.isfinite(e["test_bpd"])), default=None),
+        "wall_time": work.elapsed,
+        "n_params": work.model.n_params(),
+        "images_per_s": statistics.median(rates) if rates else None,
+        "diverged": state == "diverged",
+        "first_nonfinite_step": work.first_nonfinite,
+        "steps_skipped": work.skipped,
+        "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
+    }
+
+
+def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
+          progress: bool | None = None) -> dict:
+    """Run, or resume, one run in ``run_dir``; returns its summary (also in summary.json).
+
+    Status goes ``running`` -> ``done`` | ``diverged`` | ``failed`` (error recorded, exception
+    re-raised) | ``interrupted`` (SIGINT/SIGTERM: checkpoint saved, :class:`RunInterrupted`
+    raised). A directory that already holds a checkpoint is resumed.
+    """
+    threads = threads or config.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(config.train.device)
+    train_data = load_split(config.data, "train")
+    test_data = load_split(config.data, "test")
+    run = RunDir(run_dir)
+    _check_same_run(run, config)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.samples.mkdir(exist_ok=True)
+    if not run.config.exists():
+        atomic_write_text(run.config, dump_run_config(config))
+    atomic_write_json(run.environment, environment(device))
+    run.write_status("running", step=0)
+    try:
+        return _train(config, run, device, train_data, test_data, progress)
+    except RunInterrupted:
+        raise
+    except Exception as err:
+        (run.path / "error.txt").write_text(traceback.format_exc())
+        run.write_status("failed", step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
+        raise
+
+
+def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: ImageData,
+           test_data: ImageData, progress: bool | None) -> dict:
+    work = _Run(config, run, device, train_data, test_data)
+    cfg = config.train
+    if run.checkpoint.exists():
+        work.load_checkpoint()
+    else:
+        for log in (run.metrics, run.evals, run.events):
+            log.truncate_after(-1)
+        work.initialise_actnorm()
+        work.evaluate()
+        work.save_checkpoint()
+    show = (cfg.progress if progress is None else progress) and sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=work.step, disable=not show, desc=run.path.name,
+               unit="step", dynamic_ncols=True, leave=False)
+    state = "done"
+    with _stop_on_signals() as signals, bar:
+        while work.step < cfg.steps:
+            started = time.perf_counter()
+            row = work.train_step()
+            seconds = time.perf_counter() - started
+            finite = row.pop("finite")
+            if not finite:
+                work.first_nonfinite = work.first_nonfinite or work.step
+                run.events.append({"step": work.step, "kind": "nonfinite_loss", "value": row["train_bpd"],
+                                   "threshold": None, "layer": None, "lr": row["lr"], "time": time.time()})
+                if cfg.on_nonfinite == "stop":
+                    state = "diverged"
+            if work.step % cfg.log_every == 0 or not finite:
+                run.metrics.append({**row, "step_time": seconds, "images_per_s": work.batches.batch_size / seconds,
+                                    "wall_time": work.elapsed})
+            if state == "diverged":
+                break
+            if not finite:
+                work.skipped += 1
+            if work.step % cfg.eval_every == 0 or work.step == cfg.steps:
+                work.evaluate()
+            bar.update(1)
+            bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
+            if work.step % cfg.checkpoint_every == 0 or work.step == cfg.steps:
+                work.save_checkpoint()
+                run.write_status("running", step=work.step)
+            if signals["stop"]:
+                work.save_checkpoint()
+                run.write_status("interrupted", step=work.step)
+                raise RunInterrupted(f"{run.path}: interrupted at step {work.step}")
+    reconstruction = None
+    if state == "done":
+        reconstruction = save_samples(work.eval_model(), run.samples, cfg.sample_temperatures,
+                                      cfg.n_samples, config.data.n_bits, test_data.images,
+                                      device, config.seed)
+    work.save_checkpoint()
+    summary = _summary(work, state, reconstruction)
+    atomic_write_json(run.summary_file, summary)
+    run.write_status(state, step=work.step)
+    return summary

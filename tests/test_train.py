@@ -1,0 +1,177 @@
+"""One training run (issue #3): determinism, exact resume after SIGKILL, clear config errors,
+and learning on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from glow_repro.cli import main
+from glow_repro.config import RunConfig, dump_run_config, load_run_config
+from glow_repro.study.store import RunDir
+from glow_repro.train import learning_rate, train
+
+TINY = {
+    "data": {"dataset": "synthetic", "synthetic_size": 256},
+    "model": {"depth": 2, "levels": 2, "width": 16},
+    "train": {"steps": 40, "batch_size": 16, "eval_every": 20, "checkpoint_every": 10,
+              "warmup_steps": 5, "progress": False, "n_samples": 4},
+}
+TIMING = ("step_time", "images_per_s", "wall_time")
+
+
+def config(**sections) -> RunConfig:
+    raw = json.loads(json.dumps(TINY))
+    seed = sections.pop("seed", 0)
+    for name, values in sections.items():
+        raw[name].update(values)
+    return RunConfig.model_validate({**raw, "seed": seed})
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def write_config(path: Path, cfg: RunConfig) -> Path:
+    path.write_text(dump_run_config(cfg))
+    return path
+
+
+def test_same_seed_gives_identical_metrics_and_other_seeds_differ(tmp_path):
+    a = train(config(), tmp_path / "a", threads=1)
+    b = train(config(), tmp_path / "b", threads=1)
+    c = train(config(seed=1), tmp_path / "c", threads=1)
+    metrics = lambda name: without_timing(RunDir(tmp_path / name).metrics.read())
+    evals = lambda name: without_timing(RunDir(tmp_path / name).evals.read())
+    assert metrics("a") == metrics("b") and evals("a") == evals("b")
+    assert a["final_test_bpd"] == b["final_test_bpd"]
+    assert metrics("a") != metrics("c")
+    assert c["final_test_bpd"] != a["final_test_bpd"]
+
+
+def test_run_directory_holds_every_record(tmp_path):
+    summary = train(config(), tmp_path / "run", threads=1)
+    run = RunDir(tmp_path / "run")
+    assert run.status()["state"] == "done" and summary["state"] == "done"
+    assert [row["step"] for row in run.metrics.read()] == list(range(1, 41))
+    assert [row["step"] for row in run.evals.read()] == [0, 20, 40]
+    assert load_run_config(run.config) == config()
+    env = json.loads(run.environment.read_text())
+    assert {"torch", "device", "threads", "git_commit", "python"} <= set(env)
+    for name in ("temperatures.png", "reconstructions.png", "samples.json"):
+        assert (run.samples / name).stat().st_size > 0
+    assert summary["reconstruction_error"] < 1e-4
+    assert summary["n_params"] > 0 and summary["wall_time"] > 0
+
+
+def test_resume_after_clean_stop_continues_without_gaps(tmp_path):
+    """Train 20 of 40 steps, then ask for 40: the log continues at 21 and equals one go."""
+    train(config(train={"steps": 20}), tmp_path / "split", threads=1)
+    # same run identity needs the same config: rewrite the budget in the saved file only
+    run = RunDir(tmp_path / "split")
+    run.config.write_text(dump_run_config(config()))
+    train(config(), tmp_path / "split", threads=1)
+    train(config(), tmp_path / "whole", threads=1)
+    assert without_timing(run.metrics.read()) == without_timing(RunDir(tmp_path / "whole").metrics.read())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = config(train={"steps": 300, "checkpoint_every": 25, "eval_every": 100})
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "glow_repro", "train", str(path), "--out", str(out),
+               "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rows = RunDir(out).metrics.read()
+        if rows and rows[-1]["step"] >= 110:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = RunDir(out).metrics.read()[-1]["step"]
+    assert 110 <= killed_at < 300
+    assert RunDir(out).status()["state"] == "running"
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    train(cfg, tmp_path / "whole", threads=1)
+    resumed, whole = RunDir(out), RunDir(tmp_path / "whole")
+    assert [r["step"] for r in resumed.metrics.read()] == list(range(1, 301))
+    # bit-exact: same device and threads, and everything random is a function of (seed, step)
+    assert without_timing(resumed.metrics.read()) == without_timing(whole.metrics.read())
+    assert without_timing(resumed.evals.read()) == without_timing(whole.evals.read())
+    assert resumed.summary()["final_test_bpd"] == whole.summary()["final_test_bpd"]
+
+
+@pytest.mark.slow
+def test_short_run_lowers_test_bpd_well_below_its_start(tmp_path):
+    """The synthetic images have 4 gray levels, so 2-bit data is their natural scale."""
+    cfg = config(data={"n_bits": 2}, train={"steps": 150, "lr": 3e-3, "eval_every": 150, "batch_size": 32})
+    summary = train(cfg, tmp_path / "run", threads=2)
+    assert summary["final_test_bpd"] < 0.75 * summary["initial_test_bpd"]
+
+
+def test_warmup_is_linear_then_constant():
+    cfg = config(train={"warmup_steps": 4, "lr": 1e-3})
+    assert [learning_rate(cfg, s) for s in (1, 2, 4, 5, 100)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_a_directory_holding_another_config_is_refused(tmp_path):
+    train(config(train={"steps": 2}), tmp_path / "run", threads=1)
+    with pytest.raises(Exception, match="different config"):
+        train(config(model={"width": 8}, train={"steps": 2}), tmp_path / "run", threads=1)
+
+
+MALFORMED = {
+    "unknown key": ({"model": {"depht": 3}}, "model.depht: unknown key"),
+    "bad choice": ({"model": {"permutation": "conv2x2"}}, "model.permutation: must be one of"),
+    "negative lr": ({"train": {"lr": -0.1}}, "train.lr"),
+    "indivisible image": ({"model": {"levels": 4}}, "not divisible by 2^levels = 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_config_is_one_clear_line_and_no_run_directory(tmp_path, case):
+    patch, expected = MALFORMED[case]
+    raw = config().to_dict()
+    for section, values in patch.items():
+        raw[section].update(values)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert expected in result.output and str(path) in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file_and_yaml_syntax_error_are_clear(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  depth: [1,\n")
+    result = runner.invoke(main, ["train", str(broken), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "YAML syntax error at line" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_overrides_are_validated_like_the_file(tmp_path):
+    path = write_config(tmp_path / "cfg.yaml", config(train={"steps": 3}))
+    runner = CliRunner()
+    bad = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "o"), "--set", "train.optimizer=sgd"])
+    assert bad.exit_code == 2 and "train.optimizer: must be one of" in bad.output
+    ok = runner.invoke(main, ["train", str(path), "--out", str(tmp_path / "o"), "--set", "train.steps=2", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert load_run_config(tmp_path / "o" / "config.yaml").train.steps == 2
