@@ -1,0 +1,301 @@
+"""Load a results directory into long pandas tables (issue #4, "Status and tables").
+
+``load_tables(results/<study>)`` reads every ``runs/<run_id>/`` written by the runner and
+``train()`` (layout in :mod:`glow_repro.study.store`) into four long DataFrames:
+
+``steps``   one row per logged training step (``metrics.jsonl``)
+``evals``   one row per test evaluation (``evals.jsonl``; step 0 is before training)
+``finals``  one row per run: ``summary.json`` + ``state`` from ``status.json`` + event counts
+``events``  one row per stability event (``events.jsonl``)
+
+Every table starts with ``run_id``, ``variant``, ``seed`` and one column per *swept* setting:
+the flattened config keys (``model.permutation``) whose values differ across runs, except the
+seed and bookkeeping keys (:data:`NOT_SWEPT`). ``variant`` is a readable label of those values
+(``permutation=conv1x1, coupling=affine``). Rows are ordered by the study's grid order (from
+``study.yaml``), then seed, so ``groupby(..., sort=False)`` keeps the grid order.
+
+This module never imports torch: a report can be rebuilt on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from glow_repro.config import read_yaml
+from glow_repro.errors import UserFacingError
+from glow_repro.study.store import RunDir, read_json
+
+#: Keys that may differ between runs without making a variant (seed is its own column).
+NOT_SWEPT = ("seed", "train.threads", "train.progress")
+
+ID_COLUMNS = ("run_id", "variant", "seed")
+STEP_COLUMNS = ("step", "train_bpd", "lr", "grad_norm", "step_time", "images_per_s", "wall_time", "epoch")
+EVAL_COLUMNS = ("step", "test_bpd", "n_images", "wall_time", "epoch")
+EVENT_COLUMNS = ("step", "kind", "value", "threshold", "layer", "lr", "time")
+SUMMARY_COLUMNS = (
+    "final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_time", "n_params", "diverged",
+    "first_nonfinite_step", "reconstruction_error", "images_per_s",
+)  # fmt: skip
+ENVIRONMENT_COLUMNS = ("torch", "python", "device", "threads", "git_commit", "host", "cpu")
+
+
+class ResultsDirError(UserFacingError):
+    """The path given is not a results directory written by ``glow-repro run``."""
+
+
+@dataclass
+class Tables:
+    """The four long tables of one study, plus what is needed to describe it."""
+
+    steps: pd.DataFrame
+    evals: pd.DataFrame
+    finals: pd.DataFrame
+    events: pd.DataFrame
+    configs: pd.DataFrame
+    """One row per run: ``run_id``, ``variant``, ``seed`` and every flattened config key."""
+    swept: list[str] = field(default_factory=list)
+    """Swept config keys, in grid order; each is a column of every table."""
+    study: dict[str, Any] = field(default_factory=dict)
+    """The parsed ``study.yaml`` (empty when the directory has none)."""
+
+    @property
+    def name(self) -> str:
+        return str(self.study.get("name") or "study")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"depth": 8}}`` -> ``{"model.depth": 8}``; lists become JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, (list, tuple)):
+            flat[dotted] = json.dumps(list(value))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def format_value(value: Any) -> str:
+    """Short text of a config value for labels: ``0.001``, ``true``, ``null``, ``conv1x1``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if pd.api.types.is_bool(value):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        try:
+            return f"{float(value):g}"  # YAML 1.1 reads ``1e-3`` as text
+        except ValueError:
+            return value
+    return str(value)
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Last dotted component of each key, or the full key where that would be ambiguous."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: (tail if last.count(tail) == 1 else key) for key, tail in zip(keys, last)}
+
+
+def _require_results_dir(results_dir: Path) -> list[Path]:
+    if not results_dir.is_dir():
+        raise ResultsDirError(f"{results_dir}: no such directory")
+    runs = results_dir / "runs"
+    if not runs.is_dir():
+        raise ResultsDirError(
+            f"{results_dir}: not a results directory (no runs/ folder); "
+            "expected results/<study> as written by `glow-repro run STUDY.yaml`"
+        )
+    run_dirs = sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file())
+    if not run_dirs:
+        raise ResultsDirError(
+            f"{results_dir}: no runs yet (no runs/*/config.yaml); start them with `glow-repro run`"
+        )
+    return run_dirs
+
+
+def _grid_orders(study: dict[str, Any]) -> dict[str, list[str]]:
+    """Each axis of the study's grid/variants -> its values' labels in the order written."""
+    orders: dict[str, list[str]] = {}
+    grid = study.get("grid") if isinstance(study.get("grid"), dict) else {}
+    variants = study.get("variants") if isinstance(study.get("variants"), list) else []
+    for key, values in flatten_axes(grid).items():
+        orders.setdefault(key, []).extend(format_value(v) for v in values)
+    for variant in variants:
+        if isinstance(variant, dict):
+            for key, value in flatten(variant).items():
+                orders.setdefault(key, []).append(format_value(value))
+    return orders
+
+
+def flatten_axes(grid: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """Grid axes written nested or dotted -> ``{dotted key: [values]}``."""
+    axes: dict[str, list[Any]] = {}
+    for key, value in grid.items():
+        if isinstance(value, dict):
+            axes.update(flatten_axes(value, f"{prefix}{key}."))
+        else:
+            axes[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else [value]
+    return axes
+
+
+def varying_keys(configs: pd.DataFrame) -> list[str]:
+    """Config columns whose values are not all equal (missing counts as a value)."""
+    keys = [c for c in configs.columns if c not in ("run_id", "variant")]
+    return [k for k in keys if configs[k].map(format_value).nunique(dropna=False) > 1]
+
+
+def _sort_columns(values: pd.Series, order: list[str]) -> list[pd.Series]:
+    """Sort keys for one swept column: grid order first, then numbers, then text."""
+    labels = values.map(format_value)
+    rank = labels.map(lambda label: order.index(label) if label in order else len(order))
+    return [rank, pd.to_numeric(values, errors="coerce"), labels]
+
+
+def _read_study(results_dir: Path) -> dict[str, Any]:
+    study_file = results_dir / "study.yaml"
+    study = read_yaml(study_file) if study_file.is_file() else {}
+    study = study if isinstance(study, dict) else {}
+    study.setdefault("name", results_dir.name)
+    return study
+
+
+def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run with every flattened config key, sorted by grid order then seed."""
+    configs = pd.DataFrame([{"run_id": d.name, **flatten(read_yaml(d / "config.yaml"))} for d in run_dirs])
+    if "seed" not in configs:
+        configs["seed"] = 0
+    orders = _grid_orders(study)
+    grid_keys = list(orders)
+    swept = [k for k in varying_keys(configs) if k not in NOT_SWEPT]
+    swept.sort(key=lambda k: (grid_keys.index(k) if k in grid_keys else len(grid_keys), k))
+    names = short_names(swept)
+    configs["variant"] = configs.apply(
+        lambda row: ", ".join(f"{names[k]}={format_value(row[k])}" for k in swept) or "base", axis=1
+    )
+    keys = [c for k in swept for c in _sort_columns(configs[k], orders.get(k, []))]
+    order = pd.concat([*keys, configs["seed"], configs["run_id"]], axis=1, ignore_index=True)
+    configs = configs.loc[order.sort_values(list(order.columns), na_position="last").index]
+    front = [*ID_COLUMNS, *swept]
+    rest = [c for c in configs.columns if c not in front]
+    return configs[front + rest].reset_index(drop=True), swept
+
+
+def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Stack per-run rows under their id columns, keeping the runs' order."""
+    frames = [
+        pd.DataFrame(rows).assign(run_id=run_id)
+        for run_id, rows in rows_by_run.items()
+        if rows
+    ]
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
+    for column in columns:
+        if column not in data:
+            data[column] = pd.Series(dtype=float)
+    extra = [c for c in data.columns if c not in columns and c != "run_id"]
+    out = ids.merge(data[["run_id", *columns, *extra]], on="run_id", how="inner", sort=False)
+    return out.reset_index(drop=True)
+
+
+def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    status = run.status()
+    summary = run.summary()
+    row: dict[str, Any] = {"state": status.get("state", "pending"), "step": status.get("step"), "error": status.get("error")}
+    for key in SUMMARY_COLUMNS:
+        row[key] = summary.get(key)
+    row.update({k: v for k, v in summary.items() if k not in row and k != "state"})
+    if row["diverged"] is None:
+        row["diverged"] = row["state"] == "diverged"
+    if row["wall_time"] is None and steps:
+        row["wall_time"] = steps[-1].get("wall_time")
+    row["final_epoch"] = evals[-1].get("epoch") if evals else None
+    for kind in sorted({str(e.get("kind")) for e in events}):
+        row[f"n_events_{kind}"] = sum(1 for e in events if str(e.get("kind")) == kind)
+    environment = read_json(run.environment, default={}) or {}
+    for key in ENVIRONMENT_COLUMNS:
+        row[f"env_{key}"] = environment.get(key)
+    return row
+
+
+def load_tables(results_dir: str | Path) -> Tables:
+    """Read ``results/<study>/`` into :class:`Tables`; a clear error if it is not one."""
+    results_dir = Path(results_dir)
+    run_dirs = _require_results_dir(results_dir)
+    study = _read_study(results_dir)
+    configs, swept = _read_configs(run_dirs, study)
+    ids = configs[[*ID_COLUMNS, *swept]]
+
+    steps, evals, events, finals = {}, {}, {}, []
+    for run_id in tqdm(ids["run_id"], desc="loading runs", unit="run", disable=None, leave=False):
+        run = RunDir(results_dir / "runs" / run_id)
+        steps[run_id] = run.metrics.read()
+        evals[run_id] = run.evals.read()
+        events[run_id] = run.events.read()
+        finals.append({"run_id": run_id, **_final_row(run, evals[run_id], steps[run_id], events[run_id])})
+
+    finals_df = ids.merge(pd.DataFrame(finals), on="run_id", sort=False)
+    count_columns = [c for c in finals_df.columns if c.startswith("n_events_")]
+    finals_df[count_columns] = finals_df[count_columns].fillna(0).astype(int)
+    return Tables(
+        steps=_long(steps, ids, STEP_COLUMNS),
+        evals=_long(evals, ids, EVAL_COLUMNS),
+        finals=finals_df,
+        events=_long(events, ids, EVENT_COLUMNS),
+        configs=configs,
+        swept=swept,
+        study=study,
+    )
+
+
+def write_tables(tables: Tables, out_dir: str | Path) -> list[Path]:
+    """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("steps", "evals", "finals", "events", "configs"):
+        frame: pd.DataFrame = getattr(tables, name)
+        parquet = frame.copy()
+        for column in parquet.columns[parquet.dtypes == object]:
+            parquet[column] = parquet[column].map(lambda v: None if v is None else str(v))
+        parquet.to_parquet(out_dir / f"{name}.parquet", index=False)
+        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        written += [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
+    return written
+
+
+def config_differences(results_dir: str | Path) -> pd.DataFrame:
+    """The resolved configs' differences: one row per key whose value differs across runs.
+
+    Columns: ``key``, ``values`` (the distinct values, in the study's order), ``swept``
+    (whether the key defines variants, or only varies like the seed or thread count).
+    """
+    results_dir = Path(results_dir)
+    configs, swept = _read_configs(_require_results_dir(results_dir), _read_study(results_dir))
+    return describe_differences(configs, swept)
+
+
+def describe_differences(configs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    """Rows of :func:`config_differences` from an already loaded ``configs`` table."""
+    rows = []
+    for key in varying_keys(configs):
+        labels = list(dict.fromkeys(configs[key].map(format_value)))
+        rows.append({"key": key, "values": ", ".join(labels), "swept": key in swept})
+    return pd.DataFrame(rows, columns=["key", "values", "swept"])
+
+
+def shared_settings(configs: pd.DataFrame) -> pd.DataFrame:
+    """Config keys with one value across all runs: ``key``, ``value``."""
+    varying = set(varying_keys(configs))
+    keys = [c for c in configs.columns if c not in (*ID_COLUMNS, *varying)]
+    first = configs.iloc[0]
+    return pd.DataFrame({"key": keys, "value": [format_value(first[k]) for k in keys]})
+
