@@ -41,7 +41,7 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def make_fake_study(root: Path, dataset: str = "fashion-mnist", image_size: int = 32,
-                    channels: int | None = None) -> Path:  # fmt: skip
+                    channels: int | None = None, steps_per_epoch: float = 100) -> Path:  # fmt: skip
     """Write ``root/fake_ablation`` as the runner and ``train()`` would; return its path."""
     results = root / "fake_ablation"
     study = {
@@ -65,20 +65,21 @@ def make_fake_study(root: Path, dataset: str = "fashion-mnist", image_size: int 
                 }
                 config = validate_model(RunConfig, raw, "test")
                 run = results / "runs" / f"{permutation[:3]}-{coupling[:3]}-s{seed}"
-                _write_run(run, config, permutation, coupling, seed)
+                _write_run(run, config, permutation, coupling, seed, steps_per_epoch)
     return results
 
 
-def _write_run(run: Path, config: RunConfig, permutation: str, coupling: str, seed: int) -> None:
+def _write_run(run: Path, config: RunConfig, permutation: str, coupling: str, seed: int,
+               steps_per_epoch: float) -> None:  # fmt: skip
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_run_config(config))
     key = (permutation, coupling, seed)
     last = 150 if key == FAILED else 250 if key == DIVERGED else 400
     metrics = [{"step": s, "train_bpd": bpd_at(permutation, coupling, seed, s) - 0.1, "lr": 1e-3,
                 "grad_norm": 1.0, "step_time": 0.01, "images_per_s": 6400.0, "wall_time": s * 0.01,
-                "epoch": s / 100} for s in range(10, last + 1, 10)]  # fmt: skip
+                "epoch": s / steps_per_epoch} for s in range(10, last + 1, 10)]  # fmt: skip
     evals = [{"step": s, "test_bpd": bpd_at(permutation, coupling, seed, s), "n_images": 512,
-              "wall_time": s * 0.01, "epoch": s / 100} for s in EVAL_STEPS if s <= last]  # fmt: skip
+              "wall_time": s * 0.01, "epoch": s / steps_per_epoch} for s in EVAL_STEPS if s <= last]  # fmt: skip
     _jsonl(run / "metrics.jsonl", metrics)
     _jsonl(run / "evals.jsonl", evals)
     (run / "environment.json").write_text(json.dumps(

@@ -1,5 +1,6 @@
 """Click commands, one module per topic; ``ALL_COMMANDS`` is what ``glow-repro`` registers."""
 
+from glow_repro.commands.report import compare_command, report_command
 from glow_repro.commands.train import train_command
 
-ALL_COMMANDS: list = [train_command]
+ALL_COMMANDS: list = [train_command, report_command, compare_command]

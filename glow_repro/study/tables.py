@@ -5,7 +5,8 @@
 
 ``steps``   one row per logged training step (``metrics.jsonl``)
 ``evals``   one row per test evaluation (``evals.jsonl``; step 0 is before training)
-``finals``  one row per run: ``summary.json`` + ``state`` from ``status.json`` + event counts
+``finals``  one row per run: ``summary.json``, ``state``/``error`` from ``status.json``,
+            ``n_events_<kind>`` counts and ``env_<key>`` from ``environment.json``
 ``events``  one row per stability event (``events.jsonl``)
 
 Every table starts with ``run_id``, ``variant``, ``seed`` and one column per *swept* setting:
@@ -43,7 +44,6 @@ SUMMARY_COLUMNS = (
     "final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_time", "n_params", "diverged",
     "first_nonfinite_step", "reconstruction_error", "images_per_s",
 )  # fmt: skip
-ENVIRONMENT_COLUMNS = ("torch", "python", "device", "threads", "git_commit", "host", "cpu")
 
 
 class ResultsDirError(UserFacingError):
@@ -221,8 +221,7 @@ def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, A
     for kind in sorted({str(e.get("kind")) for e in events}):
         row[f"n_events_{kind}"] = sum(1 for e in events if str(e.get("kind")) == kind)
     environment = read_json(run.environment, default={}) or {}
-    for key in ENVIRONMENT_COLUMNS:
-        row[f"env_{key}"] = environment.get(key)
+    row.update({f"env_{key}": value for key, value in environment.items()})
     return row
 
 

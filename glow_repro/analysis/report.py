@@ -1,0 +1,477 @@
+"""The paper-style study report (issue #6, "Report"): ``report.html``, ``report.md``, figures
+and every table as CSV, from a results directory alone (no torch).
+
+``build_report(results/<study>, reports/<study>)`` writes::
+
+    report.html          one self-contained file: CSS inline, images as data: URIs
+    report.md            the same text; figures referenced under figures/
+    figures/*.png|svg    every figure; figures/samples/*.png copied from run directories
+    tables/*.csv         the long tables (also .parquet) and every table the report shows
+
+Sections follow a paper: summary (written from the numbers), setup, results, stability,
+comparison with published numbers, fidelity to paper and official code, how to reproduce.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from tqdm.auto import tqdm
+
+from glow_repro import __version__
+from glow_repro.analysis import aggregate, figures
+from glow_repro.analysis.published import (
+    FIGURE3_SOURCE, compare, fidelity_table, figure3_curves,
+)  # fmt: skip
+from glow_repro.study.tables import (
+    Tables, describe_differences, format_value, load_tables, shared_settings, short_names, write_tables,
+)  # fmt: skip
+
+#: The paper's orderings (Figure 3): lower bpd first.
+PAPER_ORDERS = {"model.permutation": ["conv1x1", "shuffle", "reverse"], "model.coupling": ["affine", "additive"]}
+
+
+@dataclass
+class Analysis:
+    """Every number the report shows, computed once from the tables."""
+
+    tables: Tables
+    keys: list[str]
+    summary: pd.DataFrame
+    curves: pd.DataFrame
+    divergence: pd.DataFrame
+    pairs: pd.DataFrame
+    ranking: pd.DataFrame
+    effects: pd.DataFrame
+    threshold: pd.DataFrame
+    comparison: pd.DataFrame
+    differences: pd.DataFrame
+
+
+def analyse(tables: Tables) -> Analysis:
+    """Aggregate a study's tables (conventions in :mod:`glow_repro.analysis.aggregate`)."""
+    keys = ["variant", *tables.swept]
+    summary = aggregate.variant_summary(tables.finals, keys)
+    pairs = aggregate.pairwise(tables.finals)
+    worst = summary["final_mean"].max()
+    threshold = float(np.ceil(worst * 100) / 100) if np.isfinite(worst) else float("nan")
+    return Analysis(
+        tables=tables,
+        keys=keys,
+        summary=summary,
+        curves=aggregate.curves(tables.evals, keys),
+        divergence=aggregate.divergence(tables.finals, keys),
+        pairs=pairs,
+        ranking=aggregate.ranking(summary, pairs),
+        effects=aggregate.factor_effects(tables.finals, tables.swept),
+        threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
+        comparison=compare(tables.finals, tables.configs),
+        differences=describe_differences(tables.configs, tables.swept),
+    )
+
+
+# --------------------------------------------------------------------------- numbers as text
+
+
+def bpd(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def with_ci(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """``3.123 [3.100, 3.146]``, or just the mean when there is no interval."""
+    if not np.isfinite(low):
+        return bpd(mean, digits)
+    return f"{bpd(mean, digits)} [{bpd(low, digits)}, {bpd(high, digits)}]"
+
+
+def p_text(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_clause(p: float) -> str:
+    """``p < 0.001`` or ``p = 0.032`` for running text."""
+    text = p_text(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "n/a"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _states(finals: pd.DataFrame) -> str:
+    counts = finals["state"].value_counts()
+    order = ["done", "diverged", "failed", "interrupted", "running", "pending"]
+    return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+
+
+def summary_paragraphs(a: Analysis) -> list[str]:
+    """The report's summary, written from the numbers (Markdown; `code` marks names)."""
+    finals, name = a.tables.finals, short_names(a.tables.swept)
+    n_variants, seeds = finals["variant"].nunique(), sorted(finals["seed"].unique())
+    config = a.tables.configs.iloc[0]
+    swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
+    data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
+    out = [
+        f"This study trained {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
+        f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
+        f"{format_value(config.get('train.steps'))} steps each. Outcome: {_states(finals)}."
+    ]
+    ranked = a.ranking
+    if len(ranked) >= 2:
+        best, second, worst = ranked.iloc[0], ranked.iloc[1], ranked.iloc[-1]
+        pair = _pair(a.pairs, best["variant"], second["variant"])
+        verdict = "significant" if pair["significant"] else "not significant"
+        out.append(
+            f"Lowest final test bpd: `{best['variant']}` with "
+            f"{with_ci(best['final_mean'], best['final_ci_low'], best['final_ci_high'])} "
+            f"(mean [95% CI], {_plural(int(best['n_done']), 'finished run')}). The runner-up "
+            f"`{second['variant']}` reached {bpd(second['final_mean'])}: a difference of "
+            f"{bpd(second['final_mean'] - best['final_mean'])} bpd "
+            f"(95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
+            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
+            f"{_plural(len(a.pairs), 'pair')}: {p_clause(pair['p_holm'])})."
+        )
+        if len(ranked) > 2:
+            out[-1] += (f" The last, `{worst['variant']}`, is {bpd(worst['final_mean'] - best['final_mean'])} bpd "
+                        f"behind the best; {int(a.pairs['significant'].sum())} of {len(a.pairs)} pairwise "
+                        "differences are significant.")  # fmt: skip
+    elif len(ranked) == 1:
+        row = ranked.iloc[0]
+        out.append(f"Final test bpd: {with_ci(row['final_mean'], row['final_ci_low'], row['final_ci_high'])} "
+                   f"(mean [95% CI] over {_plural(int(row['n_done']), 'finished run')}).")  # fmt: skip
+    else:
+        out.append("No run finished, so there is no final test bpd to compare.")
+    for effect in a.effects.itertuples():
+        means = ", ".join(f"{level} {bpd(m)}" for level, m in effect.means.items())
+        text = (f"By `{name[effect.key]}`: {' < '.join(map(str, effect.order))} (mean final bpd over the "
+                f"other settings: {means})")  # fmt: skip
+        if effect.cells > 1:
+            text += f"; the same order in {effect.consistent} of {effect.cells} settings of the other swept keys"
+        paper = [lvl for lvl in PAPER_ORDERS.get(effect.key, []) if lvl in effect.order]
+        if len(paper) >= 2 and len(paper) == len(effect.order):
+            holds = list(effect.order) == paper
+            text += f". The paper's order ({' < '.join(paper)}) {'holds' if holds else 'does not hold'} in these means"
+        out.append(text + ".")
+    diverged = int((finals["state"] == "diverged").sum())
+    trials = diverged + int((finals["state"] == "done").sum())
+    if diverged:
+        worst = a.divergence.sort_values("rate", ascending=False).iloc[0]
+        out.append(f"{diverged} of {trials} runs that ended diverged; the highest rate is "
+                   f"`{worst['variant']}` with {worst['n_diverged']}/{worst['n']} "
+                   f"(95% Wilson CI {worst['ci_low']:.2f}-{worst['ci_high']:.2f}).")  # fmt: skip
+    else:
+        out.append(f"None of the {trials} runs that ended diverged.")
+    events = a.tables.events
+    if len(events):
+        kinds = ", ".join(f"{n} {k}" for k, n in events["kind"].value_counts().items())
+        out[-1] += f" The stability monitor recorded {_plural(len(events), 'event')} ({kinds})."
+    failed = int((finals["state"] == "failed").sum())
+    if failed:
+        out[-1] += f" {_plural(failed, 'run')} failed with an error (listed under Stability)."
+    out.append(_comparison_sentence(a))
+    return out
+
+
+def _pair(pairs: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """The row comparing ``a`` with ``b``, oriented as ``a - b``."""
+    row = pairs[(pairs["a"] == a) & (pairs["b"] == b)]
+    if len(row):
+        return row.iloc[0]
+    flipped = pairs[(pairs["a"] == b) & (pairs["b"] == a)].iloc[0].copy()
+    flipped["diff"], flipped["t"] = -flipped["diff"], -flipped["t"]
+    flipped["ci_low"], flipped["ci_high"] = -flipped["ci_high"], -flipped["ci_low"]
+    return flipped
+
+
+def _comparison_sentence(a: Analysis) -> str:
+    rows = a.comparison
+    comparable = rows[rows["comparable"] & rows["kind"].eq("paper")]
+    if comparable.empty:
+        reasons = rows.sort_values("reference", key=lambda r: r != "none", kind="stable")["why_not"]
+        why = f" ({reasons.iloc[0]})" if len(reasons) and reasons.iloc[0] else ""
+        return ("No published number is comparable with this study's data pipeline" + why +
+                "; the comparison section lists each candidate and why it does not apply.")  # fmt: skip
+    best = comparable.sort_values("ours").iloc[0]
+    return (f"Against the published numbers on the same pipeline, the best variant `{best['variant']}` "
+            f"({bpd(best['ours'])}) is {bpd(abs(best['difference']))} bpd "
+            f"{'above' if best['difference'] > 0 else 'below'} {best['reference']} ({bpd(best['theirs'])}, "
+            f"{best['source']}).")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- display tables
+
+
+@dataclass
+class Table:
+    """A display table with its HTML and Markdown forms and the CSV it is saved as."""
+
+    name: str
+    frame: pd.DataFrame
+    caption: str = ""
+
+    @property
+    def html(self) -> str:
+        text = self.frame.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
+        return code_spans(text)
+
+    @property
+    def md(self) -> str:
+        if not len(self.frame):
+            return "(none)"
+        text = self.frame.astype(object).where(self.frame.notna(), "")
+        return text.to_markdown(index=False, disable_numparse=True)
+
+
+def code_spans(text: str) -> str:
+    """Turn Markdown `code` in already-escaped HTML text into ``<code>`` elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def _display_tables(a: Analysis) -> dict[str, Table]:
+    s = a.summary
+    finals = a.tables.finals
+    final = pd.DataFrame({
+        "variant": s["variant"],
+        "finished / runs": s["n_done"].astype(str) + " / " + s["n_runs"].astype(str),
+        "final test bpd [95% CI]": [with_ci(*r) for r in zip(s["final_mean"], s["final_ci_low"], s["final_ci_high"])],
+        "std": s["final_std"].map(bpd),
+        "best test bpd [95% CI]": [with_ci(*r) for r in zip(s["best_mean"], s["best_ci_low"], s["best_ci_high"])],
+        "parameters": s["n_params"].map(lambda n: "" if pd.isna(n) else f"{int(n):,}"),
+        "wall time / run": s["wall_time_mean"].map(duration),
+    })  # fmt: skip
+    r = a.ranking
+    ranking = pd.DataFrame({
+        "rank": r.get("rank", pd.Series(dtype=int)), "variant": r.get("variant", pd.Series(dtype=str)),
+        "final test bpd": r.get("final_mean", pd.Series(dtype=float)).map(bpd),
+        "significantly better than": r.get("significantly_better_than", pd.Series(dtype=str)),
+        "not distinguishable from": r.get("not_distinguishable_from", pd.Series(dtype=str)),
+    })  # fmt: skip
+    p = a.pairs
+    pairs = pd.DataFrame({
+        "a": p["a"], "b": p["b"], "n a / b": p["n_a"].astype("Int64").astype(str) + " / " + p["n_b"].astype("Int64").astype(str),
+        "a - b (bpd)": p["diff"].map(bpd),
+        "95% CI": [f"[{bpd(lo)}, {bpd(hi)}]" if np.isfinite(lo) else "n/a" for lo, hi in zip(p["ci_low"], p["ci_high"])],
+        "t": p["t"].map(lambda t: f"{t:.2f}" if np.isfinite(t) else "n/a"),
+        "df": p["df"].map(lambda d: f"{d:.1f}" if np.isfinite(d) else "n/a"),
+        "p": p["p_value"].map(p_text), "p (Holm)": p["p_holm"].map(p_text),
+        "significant": p["significant"].map({True: "yes", False: "no"}),
+    })  # fmt: skip
+    t = a.threshold
+    threshold = pd.DataFrame({
+        "variant": t["variant"], "reached / runs": t["n_reached"].astype(str) + " / " + t["n_runs"].astype(str),
+        "steps [95% CI]": [with_ci(*r, digits=0) for r in zip(t["steps_mean"], t["steps_ci_low"], t["steps_ci_high"])],
+        "wall time": t["wall_time_mean"].map(duration),
+    })  # fmt: skip
+    d = a.divergence
+    divergence = pd.DataFrame({
+        "variant": d["variant"], "diverged / ended": d["n_diverged"].astype(str) + " / " + d["n"].astype(str),
+        "rate": d["rate"].map(lambda x: "n/a" if pd.isna(x) else f"{x:.2f}"),
+        "95% Wilson CI": [f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "n/a" for lo, hi in zip(d["ci_low"], d["ci_high"])],
+    })  # fmt: skip
+    count_columns = [c for c in finals.columns if c.startswith("n_events_")]
+    events = finals.groupby("variant", sort=False)[count_columns].sum().reset_index()
+    events.columns = ["variant", *[c.removeprefix("n_events_") for c in count_columns]]
+    event_list = a.tables.events[["variant", "seed", "step", "kind", "value", "threshold", "layer"]].head(50)
+    problems = finals[finals["state"].isin(["failed", "diverged", "interrupted", "running", "pending"])]
+    problems = problems[["run_id", "variant", "seed", "state", "step", "first_nonfinite_step", "error"]].copy()
+    problems["error"] = problems["error"].fillna("").astype(str).str.slice(0, 160)
+    problems[["step", "first_nonfinite_step"]] = problems[["step", "first_nonfinite_step"]].astype("Int64")
+    c = a.comparison
+    comparison = pd.DataFrame({
+        "variant": c["variant"], "pipeline": c["dataset"] + " " + c["pipeline"], "ours": c["ours"].map(bpd),
+        "n": c["n"], "published": c["reference"] + c["kind"].map(lambda k: f" ({k})" if k else ""),
+        "theirs": c["theirs"].map(bpd), "ours - theirs": c["difference"].map(bpd), "why not": c["why_not"],
+        "source": c["source"],
+    })  # fmt: skip
+    env = [c for c in finals.columns if c.startswith("env_") and c != "env_started"]
+    hardware = pd.DataFrame({
+        "item": [c.removeprefix("env_") for c in env],
+        "value (runs)": [", ".join(f"{v} ({n})" for v, n in finals[c].astype(str).value_counts().items()) for c in env],
+    })  # fmt: skip
+    runs = finals[["variant", "seed", "run_id", "state", "step"]].assign(
+        final_test_bpd=finals["final_test_bpd"].map(bpd), wall_time=finals["wall_time"].map(duration)
+    )
+    tables = {
+        "final_bpd": Table("final_bpd", final, "Final and best test bpd per variant, over finished runs."),
+        "ranking": Table("ranking", ranking),
+        "pairwise": Table("pairwise", pairs),
+        "threshold": Table("threshold", threshold),
+        "divergence": Table("divergence", divergence),
+        "event_counts": Table("event_counts", events),
+        "events": Table("events", event_list),
+        "problem_runs": Table("problem_runs", problems),
+        "comparable": Table("comparable", comparison[c["comparable"]].drop(columns="why not")),
+        "incomparable": Table("incomparable", comparison[~c["comparable"]]),
+        "fidelity": Table("fidelity", fidelity_table()),
+        "differences": Table("differences", a.differences.assign(swept=a.differences["swept"].map({True: "yes", False: "no"}))),
+        "shared_settings": Table("shared_settings", shared_settings(a.tables.configs)),
+        "hardware": Table("hardware", hardware),
+        "runs": Table("runs", runs),
+    }  # fmt: skip
+    return tables
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class FigureFile:
+    name: str
+    caption: str
+    png: Path
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png.read_bytes()).decode("ascii")
+
+
+def _is_figure3_study(a: Analysis) -> bool:
+    return {"model.permutation", "model.coupling"} <= set(a.tables.swept)
+
+
+def _make_figures(a: Analysis, out: Path) -> list[FigureFile]:
+    """Draw and save every figure that applies to this study."""
+    fig_dir = out / "figures"
+    made: list[FigureFile] = []
+    finals, swept = a.tables.finals, a.tables.swept
+    jobs: list[tuple[str, str, Any]] = []
+    if len(a.curves[a.curves["step"] > 0]):
+        facet = line = None
+        caption = "Test bpd during training: mean over seeds, band = 95% CI; step-0 evaluation omitted."
+        if _is_figure3_study(a):
+            facet = "model.coupling"
+            line = "model.permutation" if len(swept) == 2 else "variant"
+            caption = "Figure 3 style: " + caption[0].lower() + caption[1:] + " One panel per coupling."
+        paper = None
+        dataset = a.tables.configs["data.dataset"].iloc[0]
+        if _is_figure3_study(a) and len(swept) == 2 and dataset == "cifar10":
+            reach, paper = a.curves["epoch"].max(), figure3_curves()
+            if reach >= paper["epoch"].min():
+                paper = paper[paper["epoch"] <= reach]
+                caption += f" Dashed: the paper's curves, digitised ({FIGURE3_SOURCE}), up to our last epoch."
+            else:
+                paper = None
+                caption += f" The paper's Figure 3 starts at epoch 50; these runs stop at epoch {reach:.3g}."
+        x = "epoch" if paper is not None else "step"
+        jobs.append(("test_bpd_curves", caption,
+                     lambda: figures.test_bpd_curves(a.curves, facet=facet, line=line or "variant", x=x, paper=paper)))  # fmt: skip
+    if a.summary["final_mean"].notna().any():
+        jobs.append(("final_bpd", "Final test bpd per variant: mean and 95% CI over finished runs; dots are runs.",
+                     lambda: figures.final_bpd(a.summary, finals)))  # fmt: skip
+    jobs.append(("divergence", "Share of runs that diverged, per variant, with 95% Wilson intervals.",
+                 lambda: figures.divergence_rates(a.divergence)))  # fmt: skip
+    if {"model.depth", "model.levels"} & set(swept) and a.summary["final_mean"].notna().any():
+        shape = a.tables.configs.groupby("variant", sort=False)[["model.depth", "model.levels"]].first()
+        extra = [c for c in ("model.depth", "model.levels") if c not in a.summary]
+        depth = a.summary.merge(shape[extra], left_on="variant", right_index=True)
+        jobs.append(("depth", "Final test bpd against total flow steps K x L and parameter count (mean, 95% CI).",
+                     lambda: figures.depth_vs_bpd(depth)))  # fmt: skip
+    if len(a.tables.steps):
+        jobs.append(("train_bpd_curves", "Training bpd of each logged batch, mean over seeds (smoothing, if any, in the title).",
+                     lambda: figures.train_bpd_curves(a.tables.steps)))  # fmt: skip
+    for name, caption, draw in tqdm(jobs, desc="figures", unit="fig", disable=None, leave=False):
+        png, _ = figures.save_figure(draw(), fig_dir, name)
+        made.append(FigureFile(name, caption, png))
+    return made
+
+
+def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[FigureFile]:
+    """Sample grids, reconstructions and interpolations of one finished run per variant."""
+    copied = []
+    done = a.tables.finals[a.tables.finals["state"] == "done"]
+    for _, run in done.drop_duplicates("variant").iterrows():
+        temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
+        for png in sorted((results_dir / "runs" / run["run_id"] / "samples").glob("*.png")):
+            target = out / "figures" / "samples" / f"{run['run_id']}_{png.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
+            what = f"one row per temperature {temperatures}" if png.stem == "temperatures" else png.stem
+            copied.append(FigureFile(target.stem, f"`{run['variant']}`, seed {run['seed']}: {what}.", target))
+    return copied
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _reproduce_commands(tables: Tables, results_dir: Path) -> list[str]:
+    spec = next((p for p in (Path("studies") / f"{tables.name}.yaml", Path("studies") / "paper" / f"{tables.name}.yaml")
+                 if p.is_file()), results_dir / "study.yaml")  # fmt: skip
+    return [f"glow-repro run {spec}", f"glow-repro status {results_dir}", f"glow-repro report {results_dir}"]
+
+
+def _setup_facts(tables: Tables) -> dict[str, str]:
+    finals = tables.finals
+    wall = pd.to_numeric(finals["wall_time"], errors="coerce")
+    commits = finals.get("env_git_commit", pd.Series(dtype=str)).dropna().astype(str).unique()
+    return {
+        "runs": f"{len(finals)} ({_states(finals)})",
+        "total training time": f"{duration(wall.sum())} over all runs; {duration(wall.median())} median per run",
+        "code commit": ", ".join(commits) or "not recorded",
+    }
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
+                      autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
+    env.filters["h"] = lambda text: code_spans(html.escape(str(text)))
+    return env
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the report of ``results_dir`` into ``out_dir``; return the path of report.html."""
+    results_dir, out = Path(results_dir), Path(out_dir)
+    tables = load_tables(results_dir)
+    a = analyse(tables)
+    out.mkdir(parents=True, exist_ok=True)
+    figure_files = _make_figures(a, out)
+    samples = _copy_samples(a, results_dir, out)
+    display = _display_tables(a)
+    write_tables(tables, out / "tables")
+    raw = {"summary": a.summary, "curves": a.curves, "pairwise": a.pairs, "ranking": a.ranking,
+           "divergence": a.divergence, "threshold": a.threshold, "factor_effects": a.effects,
+           "comparison": a.comparison, "config_differences": a.differences,
+           "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
+    for name, frame in raw.items():
+        frame.to_csv(out / "tables" / f"{name}.csv", index=False)
+    study_file = results_dir / "study.yaml"
+    context = {
+        "title": f"Glow reproduction study: {tables.name}",
+        "study": tables.study,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "results_dir": str(results_dir),
+        "summary": summary_paragraphs(a),
+        "setup": _setup_facts(tables),
+        "figures": {f.name: f for f in figure_files},
+        "samples": samples,
+        "tables": display,
+        "threshold": a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan"),
+        "n_pairs": len(a.pairs),
+        "commands": _reproduce_commands(tables, results_dir),
+        "study_yaml": study_file.read_text() if study_file.is_file() else "",
+    }
+    env = _environment()
+    (out / "report.md").write_text(env.get_template("report.md.j2").render(**context))
+    html_path = out / "report.html"
+    html_path.write_text(env.get_template("report.html.j2").render(**context))
+    return html_path

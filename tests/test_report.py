@@ -1,0 +1,135 @@
+"""The report and the `report` / `compare` commands (issue #6, "What must hold")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from glow_repro.analysis.report import build_report
+from glow_repro.cli import main
+from tests.test_tables import make_fake_study
+
+SECTIONS = ("summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
+
+
+class _Links(HTMLParser):
+    """Every src/href and every id of an HTML document."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.refs.append(value)
+            if name == "id" and value:
+                self.ids.add(value)
+
+
+def check_report(out: Path) -> str:
+    """Assert what every report must satisfy; return the HTML text."""
+    text = (out / "report.html").read_text()
+    links = _Links()
+    links.feed(text)
+    assert links.refs, "the report embeds no images or links"
+    for ref in links.refs:
+        assert ref.startswith("data:") or ref.startswith("#"), f"external reference {ref[:60]}"
+        if ref.startswith("#"):
+            assert ref[1:] in links.ids, f"anchor {ref} has no target"
+    assert set(SECTIONS) <= links.ids
+    pngs = sorted((out / "figures").rglob("*.png"))
+    assert pngs
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+    for svg in (out / "figures").glob("*.svg"):
+        assert ET.parse(svg).getroot().tag.endswith("svg")
+    assert {p.stem for p in pngs if p.parent.name == "figures"} == {s.stem for s in (out / "figures").glob("*.svg")}
+    markdown = (out / "report.md").read_text()
+    for line in markdown.splitlines():
+        if line.startswith("!["):
+            assert (out / line[line.index("(") + 1 : -1]).is_file(), line
+    for table in ("finals", "evals", "summary", "pairwise", "ranking", "divergence", "comparison", "fidelity"):
+        assert (out / "tables" / f"{table}.csv").is_file(), table
+    return text
+
+
+def test_report_from_a_fake_study(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert build_report(make_fake_study(tmp_path), out) == out / "report.html"
+    text = check_report(out)
+    figures = {p.stem for p in (out / "figures").glob("*.png")}
+    assert figures == {"test_bpd_curves", "final_bpd", "divergence", "train_bpd_curves"}
+    assert len(list((out / "figures" / "samples").glob("*.png"))) == 4  # one run per variant
+    markdown = (out / "report.md").read_text()
+    # the summary is written from the numbers
+    assert "Lowest final test bpd: `permutation=conv1x1, coupling=affine` with 2.737" in markdown
+    assert "1 of 11 runs that ended diverged" in markdown
+    assert "The paper's order (affine < additive) holds in these means" in markdown
+    assert "no verified published bpd for Fashion-MNIST" in markdown
+    assert "RuntimeError: boom" in text
+    assert "glow-repro run" in text and "con-aff-s2" in text
+
+
+def test_cifar10_figure3_study_overlays_the_digitised_paper_curves(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    build_report(make_fake_study(tmp_path, dataset="cifar10", steps_per_epoch=1), out)
+    check_report(out)
+    assert "Dashed: the paper's curves, digitised" in (out / "report.md").read_text()
+
+
+def test_report_modules_do_not_import_torch() -> None:
+    code = ("import sys, glow_repro.analysis.report, glow_repro.analysis.published, glow_repro.study.tables; "
+            "sys.exit('torch' in sys.modules)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "analysis imports torch"
+
+
+def test_cli_report_defaults_to_reports_study_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = make_fake_study(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["report", str(results)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "fake_ablation" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_cli_on_a_non_results_directory_is_a_one_line_error(tmp_path: Path, command: str) -> None:
+    result = CliRunner().invoke(main, [command, str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    assert "not a results directory" in result.output
+
+
+def test_cli_compare_marks_padded_tiled_mnist_incomparable(tmp_path: Path) -> None:
+    results = make_fake_study(tmp_path, dataset="mnist", image_size=32, channels=3)
+    plain = CliRunner().invoke(main, ["compare", str(results)])
+    assert plain.exit_code == 0, plain.output
+    assert "No published number is comparable" in plain.output
+    assert "image size 32 vs 28; channels 3 vs 1" in plain.output
+    full = CliRunner().invoke(main, ["compare", str(results), "--all"])
+    assert "FFJORD" in full.output and "False" in full.output
+
+
+@pytest.mark.slow
+def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
+    pytest.importorskip("glow_repro.train")
+    runner = pytest.importorskip("glow_repro.study.runner")
+    import torch
+
+    torch.set_num_threads(1)
+    repo = Path(__file__).resolve().parents[1]
+    results = tmp_path / "results" / "smoke"
+    runner.run_study(repo / "studies" / "smoke.yaml", results_dir=results, workers=1, launcher="inprocess")
+    out = tmp_path / "report"
+    build_report(results, out)
+    check_report(out)
+    assert (out / "figures" / "test_bpd_curves.png").is_file()
