@@ -101,10 +101,31 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
-    on_nonfinite: Literal["stop", "skip"] = "stop"
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
+    max_rollbacks: int = Field(3, ge=0, description="rollback: give up after this many")
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier per rollback")
     sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
     n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
     progress: bool = True
+
+
+class MonitorConfig(_Section):
+    """Thresholds of the stability monitor (issue #5); see glow_repro/stability.py."""
+
+    spike_window: int = Field(100, ge=5, description="steps of history for median and MAD")
+    spike_warmup: int = Field(20, ge=5, description="history needed before spikes are judged")
+    loss_spike_mads: float = Field(10.0, gt=0)
+    loss_spike_relative: float = Field(0.1, ge=0, description="and at least this fraction above the median")
+    grad_spike_mads: float = Field(20.0, gt=0)
+    grad_spike_relative: float = Field(2.0, ge=0)
+    health_every: int = Field(10, ge=0, description="steps between health checks; 0 disables")
+    min_affine_scale: float = Field(1e-4, ge=0)
+    max_affine_scale: float = Field(1e4, gt=0)
+    max_conv1x1_condition: float = Field(1e4, gt=1)
+    min_conv1x1_logabsdet: float = Field(-20.0)
+    min_actnorm_scale: float = Field(1e-4, ge=0)
+    max_bpd: float = Field(64.0, gt=0, description="a training bpd above this counts as diverged, like NaN")
 
 
 class RunConfig(_Section):
@@ -113,6 +134,7 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ checkpoint's step, so no metric row is lost or duplicated.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import math
@@ -32,6 +33,7 @@ from glow_repro.evaluation import evaluate_bpd, save_samples
 from glow_repro.model import Glow
 from glow_repro.objective import bits_per_dim, preprocess
 from glow_repro.runinfo import environment, resolve_device
+from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
 from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: Settings that change how a run executes but not what it computes (excluded from identity).
@@ -124,7 +126,7 @@ def _stop_on_signals() -> Iterator[dict]:
 
 
 class _Run:
-    """The state of one run in progress; ``train`` below drives it."""
+    """The state of one run in progress; ``_train`` below drives it."""
 
     def __init__(self, config: RunConfig, run: RunDir, device: torch.device,
                  train_data: ImageData, test_data: ImageData):
@@ -138,10 +140,14 @@ class _Run:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
                     if decay else None)
         self.batches = _Batches(train_data, config.train.batch_size, config.seed)
+        self.monitor = StabilityMonitor(config.monitor, self.model, run.path.name)
         self.step = 0
         self.elapsed_before = 0.0
         self.clock = time.perf_counter()
+        # what the recovery policies count; survives a rollback, saved in checkpoints
         self.skipped = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0
         self.first_nonfinite: int | None = None
 
     @property
@@ -154,8 +160,8 @@ class _Run:
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
-            "skipped": self.skipped,
-            "first_nonfinite": self.first_nonfinite,
+            "counters": {"skipped": self.skipped, "rollbacks": self.rollbacks,
+                         "lr_scale": self.lr_scale, "first_nonfinite": self.first_nonfinite},
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
@@ -167,18 +173,24 @@ class _Run:
         torch.save(state, buffer)
         atomic_write_bytes(self.run.checkpoint, buffer.getvalue())
 
-    def load_checkpoint(self) -> None:
+    def load_checkpoint(self, *, rollback: bool = False) -> None:
+        """Resume (everything, logs cut back to the checkpoint) or roll back (model and
+        optimiser only: the counters and the event log keep what happened since)."""
         state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
-        self.step, self.elapsed_before = state["step"], state["elapsed"]
-        self.clock = time.perf_counter()
-        self.skipped, self.first_nonfinite = state["skipped"], state["first_nonfinite"]
-        for log in (self.run.metrics, self.run.evals, self.run.events):
+        self.step = state["step"]
+        logs = (self.run.metrics, self.run.evals) if rollback else (self.run.metrics, self.run.evals, self.run.events)
+        for log in logs:
             log.truncate_after(self.step)
+        if not rollback:
+            self.elapsed_before, self.clock = state["elapsed"], time.perf_counter()
+            counters = state["counters"]
+            self.skipped, self.rollbacks = counters["skipped"], counters["rollbacks"]
+            self.lr_scale, self.first_nonfinite = counters["lr_scale"], counters["first_nonfinite"]
 
     # -- pieces of the loop ---------------------------------------------------------------------
     def initialise_actnorm(self) -> None:
@@ -204,30 +216,71 @@ class _Run:
                                "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step)})
         return bpd
 
-    def train_step(self) -> dict:
+    def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
+        """One optimisation step; returns its log row, its batch and the kind of non-finite
+        value it met (the update is not applied when loss or gradients are non-finite)."""
         cfg = self.config
         step = self.step + 1
-        lr = learning_rate(cfg, step)
+        lr = learning_rate(cfg, step) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = self.batches(step)
         if cfg.train.augment_shift:
             images = _shift(images, _step_generator(cfg.seed, step, stream=3))
-        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
+        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0)).to(self.device)
         self.model.train()
+        self.monitor.record_scales(self.monitor.health_due(step))
         self.optimizer.zero_grad(set_to_none=True)
-        loss = bits_per_dim(self.model(x.to(self.device)), self.n_dims, cfg.data.n_bits).mean()
+        loss = bits_per_dim(self.model(x), self.n_dims, cfg.data.n_bits).mean()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
-        if finite:
+        bad = None if torch.isfinite(loss) else "nonfinite_loss"
+        bad = bad or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
+        bad = bad or (None if loss.item() <= cfg.monitor.max_bpd else "bpd_explosion")
+        if bad is None:
             self.optimizer.step()
-            if self.ema is not None:
+            if not self.monitor.parameters_finite():
+                bad = "nonfinite_parameters"
+            elif self.ema is not None:
                 self.ema.update_parameters(self.model)
         self.step = step
-        return {"step": step, "epoch": self.batches.epoch(step), "train_bpd": loss.item(),
-                "lr": lr, "grad_norm": grad_norm.item(), "finite": finite}
+        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": loss.item(),
+               "lr": lr, "grad_norm": grad_norm.item()}
+        return row, x, bad
+
+    def recover(self, kind: str, row: dict, batch: torch.Tensor) -> bool:
+        """Record a non-finite (or exploded, > ``monitor.max_bpd``) step with the layer it
+        started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
+        cfg = self.config.train
+        step, lr = self.step, row["lr"]
+        finding = locate_nonfinite(self.model, batch, self.config.data.n_bits)
+        if self.first_nonfinite is None:
+            self.first_nonfinite = step
+            capsule = self.run.path / "capsules" / f"step_{step:07d}.pt"
+            save_capsule(capsule, config=self.config, model=self.model, batch=batch, step=step,
+                         lr=lr, finding=finding)
+        value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]
+        events = [{**self.monitor.event(step, kind, value, layer=finding.layer, lr=lr), "phase": finding.phase}]
+        # an update that was applied cannot be skipped; only a rollback can undo it
+        policy = cfg.on_nonfinite
+        if kind == "nonfinite_parameters" and policy == "skip":
+            policy = "stop"
+        diverged = policy == "stop"
+        if policy == "skip":
+            self.skipped += 1
+            diverged = self.skipped > cfg.max_skips
+        elif policy == "rollback":
+            self.rollbacks += 1
+            diverged = self.rollbacks > cfg.max_rollbacks
+            if not diverged:
+                self.load_checkpoint(rollback=True)
+                self.lr_scale *= cfg.rollback_lr_factor
+                events.append(self.monitor.event(step, "rollback", self.step, lr=lr * cfg.rollback_lr_factor))
+        if diverged and policy != "stop":
+            events.append(self.monitor.event(step, "gave_up", self.skipped + self.rollbacks, lr=lr))
+        self.run.events.extend(events)
+        return diverged
 
 
 def _check_same_run(run: RunDir, config: RunConfig) -> None:
@@ -244,6 +297,7 @@ def _summary(work: _Run, state: str, reconstruction: dict | None) -> dict:
     rows = work.run.metrics.read()
     rates = [r["images_per_s"] for r in rows if r.get("images_per_s")]
     evals = work.run.evals.read()
+    kinds = collections.Counter(event["kind"] for event in work.run.events.read())
     return {
         "state": state,
         "step": work.step,
@@ -256,6 +310,8 @@ def _summary(work: _Run, state: str, reconstruction: dict | None) -> dict:
         "diverged": state == "diverged",
         "first_nonfinite_step": work.first_nonfinite,
         "steps_skipped": work.skipped,
+        "rollbacks": work.rollbacks,
+        "events_by_kind": dict(kinds),
         "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
     }
 
@@ -311,25 +367,22 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
     with _stop_on_signals() as signals, bar:
         while work.step < cfg.steps:
             started = time.perf_counter()
-            row = work.train_step()
+            row, batch, bad = work.train_step()
             seconds = time.perf_counter() - started
-            finite = row.pop("finite")
-            if not finite:
-                work.first_nonfinite = work.first_nonfinite or work.step
-                run.events.append({"step": work.step, "kind": "nonfinite_loss", "value": row["train_bpd"],
-                                   "threshold": None, "layer": None, "lr": row["lr"], "time": time.time()})
-                if cfg.on_nonfinite == "stop":
-                    state = "diverged"
-            if work.step % cfg.log_every == 0 or not finite:
+            if bad is None:
+                run.events.extend(work.monitor.observe(work.step, row["train_bpd"], row["grad_norm"], row["lr"]))
+            if work.step % cfg.log_every == 0 or bad:
                 run.metrics.append({**row, "step_time": seconds, "images_per_s": work.batches.batch_size / seconds,
                                     "wall_time": work.elapsed})
-            if state == "diverged":
-                break
-            if not finite:
-                work.skipped += 1
+            if bad:
+                if work.recover(bad, row, batch):
+                    state = "diverged"
+                    break
+                bar.n = work.step
+                continue
             if work.step % cfg.eval_every == 0 or work.step == cfg.steps:
                 work.evaluate()
-            bar.update(1)
+            bar.update(work.step - bar.n)
             bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
             if work.step % cfg.checkpoint_every == 0 or work.step == cfg.steps:
                 work.save_checkpoint()
@@ -339,11 +392,11 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
                 run.write_status("interrupted", step=work.step)
                 raise RunInterrupted(f"{run.path}: interrupted at step {work.step}")
     reconstruction = None
-    if state == "done":
+    if state == "done":  # a diverged run keeps its last good checkpoint
         reconstruction = save_samples(work.eval_model(), run.samples, cfg.sample_temperatures,
                                       cfg.n_samples, config.data.n_bits, test_data.images,
                                       device, config.seed)
-    work.save_checkpoint()
+        work.save_checkpoint()
     summary = _summary(work, state, reconstruction)
     atomic_write_json(run.summary_file, summary)
     run.write_status(state, step=work.step)

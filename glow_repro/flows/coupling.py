@@ -113,6 +113,9 @@ class AffineCoupling(FlowLayer):
             raise ValueError(f"scale must be one of {sorted(SCALE_FUNCTIONS)}, got {scale!r}")
         self.scale_fn = SCALE_FUNCTIONS[scale]
         self.nn = CouplingNN(channels // 2, 2 * (channels - channels // 2), width, **nn_options)
+        #: When set, forward keeps (min, max) of the scale for the stability monitor (issue #5).
+        self.record_scale = False
+        self.scale_range: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def shift_and_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(shift, scale, log scale) for the transformed half."""
@@ -123,6 +126,8 @@ class AffineCoupling(FlowLayer):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = _halves(x)
         shift, scale, log_scale = self.shift_and_scale(xa)
+        if self.record_scale:
+            self.scale_range = torch.aminmax(scale.detach())
         return torch.cat([xa, (xb + shift) * scale], 1), log_scale.flatten(1).sum(1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,215 @@
+"""Stability forensics (issue #5): what went wrong, at which step, in which layer.
+
+* :class:`StabilityMonitor` looks at every step: non-finite loss, gradients and parameters;
+  upward spikes of the loss and of the gradient norm against a running median and MAD; and,
+  every ``monitor.health_every`` steps, Glow's health signals — the range of the affine
+  coupling scales, the worst condition number and smallest |det W| of the 1x1 convolutions,
+  and the smallest ActNorm scale. Each finding is an event row.
+* :func:`locate_nonfinite` re-runs one batch with hooks on every module and names the first
+  module whose forward output (inputs finite) or whose input gradient (output gradient
+  finite) is non-finite.
+* A capsule (:func:`save_capsule`) holds the model state just before the bad step, the
+  offending batch and the RNG state; :func:`replay_capsule` reproduces the finding.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from glow_repro.config import MonitorConfig, RunConfig
+from glow_repro.flows import ActNorm, AffineCoupling, InvConv1x1, InvConv1x1LU
+from glow_repro.model import Glow
+from glow_repro.objective import bits_per_dim
+from glow_repro.study.store import atomic_write_bytes
+
+#: Name given to the model itself when every submodule's output is finite but the priors or
+#: the log-density are not.
+PRIORS = "<priors>"
+
+
+def _all_finite(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    if isinstance(value, (tuple, list)):
+        return all(_all_finite(v) for v in value if v is not None)
+    return True
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Where a non-finite value first appeared: ``phase`` is forward, backward or none."""
+
+    phase: str
+    layer: str | None
+
+    def describe(self) -> str:
+        if self.phase == "none":
+            return "no non-finite value on replay"
+        return f"first non-finite {self.phase} value in {self.layer}"
+
+
+def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int) -> Finding:
+    """Re-run forward and backward of one batch with hooks; name the first bad module."""
+    names = {module: name or PRIORS for name, module in model.named_modules()}
+    found: dict[str, str] = {}
+
+    def forward_hook(module, inputs, output):
+        if "forward" not in found and _all_finite(inputs) and not _all_finite(output):
+            found["forward"] = names[module]
+
+    def backward_hook(module, grad_input, grad_output):
+        if "backward" not in found and _all_finite(grad_output) and not _all_finite(grad_input):
+            found["backward"] = names[module]
+
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_hook(forward_hook))
+        handles.append(module.register_full_backward_hook(backward_hook))
+    try:
+        model.zero_grad(set_to_none=True)
+        x = x.detach().clone().requires_grad_(True)
+        loss = bits_per_dim(model(x), math.prod(x.shape[1:]), n_bits).mean()
+        if "forward" in found or not torch.isfinite(loss):
+            return Finding("forward", found.get("forward", PRIORS))
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    if "backward" in found:
+        return Finding("backward", found["backward"])
+    return Finding("none", None)
+
+
+def save_capsule(path: Path, *, config: RunConfig, model: Glow, batch: torch.Tensor, step: int,
+                 lr: float, finding: Finding) -> None:
+    """The model state before the bad step, its batch and RNG state, for ``glow-repro replay``."""
+    state = {
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "batch": batch.detach().cpu(),
+        "step": step,
+        "lr": lr,
+        "finding": {"phase": finding.phase, "layer": finding.layer},
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
+    """Rebuild the model from a capsule and locate the fault again.
+
+    Returns ``(step, recorded finding, replayed finding)``.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = RunConfig.model_validate(state["config"])
+    model = Glow(config.model, config.data.shape)
+    model.load_state_dict(state["model"])
+    model.train()
+    torch.set_rng_state(state["torch_rng"])
+    recorded = Finding(**state["finding"])
+    return state["step"], recorded, locate_nonfinite(model, state["batch"], config.data.n_bits)
+
+
+def health_signals(model: nn.Module) -> dict[str, tuple[float, str]]:
+    """Glow's health signals, each as ``(value, layer)`` of the worst layer.
+
+    The affine scale range needs ``record_scale`` set on the couplings during the last forward.
+    """
+    worst: dict[str, tuple[float, str]] = {}
+
+    def keep(kind: str, value: float, layer: str, smaller_is_worse: bool) -> None:
+        if kind not in worst or (value < worst[kind][0]) == smaller_is_worse:
+            worst[kind] = (value, layer)
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, AffineCoupling) and module.scale_range is not None:
+                low, high = module.scale_range
+                keep("affine_scale_min", float(low), name, True)
+                keep("affine_scale_max", float(high), name, False)
+            elif isinstance(module, (InvConv1x1, InvConv1x1LU)):
+                weight = (module.weight() if isinstance(module, InvConv1x1LU) else module.weight).double()
+                keep("conv1x1_condition", float(torch.linalg.cond(weight)), name, False)
+                keep("conv1x1_logabsdet_min", float(torch.linalg.slogdet(weight)[1]), name, True)
+            elif isinstance(module, ActNorm) and module.initialized:
+                keep("actnorm_scale_min", float(module.logs.exp().min()), name, True)
+    return worst
+
+
+class StabilityMonitor:
+    """Turns each step's numbers into event rows (see the module docstring)."""
+
+    #: health signal -> (threshold attribute of MonitorConfig, event when the value is below it?)
+    HEALTH_LIMITS = {
+        "affine_scale_min": ("min_affine_scale", True),
+        "affine_scale_max": ("max_affine_scale", False),
+        "conv1x1_condition": ("max_conv1x1_condition", False),
+        "conv1x1_logabsdet_min": ("min_conv1x1_logabsdet", True),
+        "actnorm_scale_min": ("min_actnorm_scale", True),
+    }
+
+    def __init__(self, config: MonitorConfig, model: nn.Module, run: str):
+        self.config = config
+        self.model = model
+        self.run = run
+        self.losses: deque[float] = deque(maxlen=config.spike_window)
+        self.grad_norms: deque[float] = deque(maxlen=config.spike_window)
+
+    def health_due(self, step: int) -> bool:
+        return self.config.health_every > 0 and step % self.config.health_every == 0
+
+    def record_scales(self, enabled: bool) -> None:
+        for module in self.model.modules():
+            if isinstance(module, AffineCoupling):
+                module.record_scale = enabled
+                module.scale_range = None
+
+    def event(self, step: int, kind: str, value: float, threshold: float | None = None,
+              layer: str | None = None, lr: float | None = None) -> dict:
+        return {"run": self.run, "step": step, "kind": kind, "value": value, "threshold": threshold,
+                "layer": layer, "lr": lr, "time": time.time()}
+
+    def _spike(self, history: deque[float], value: float, mads: float, relative: float) -> float | None:
+        """The threshold ``value`` exceeded, or None: median + mads * 1.4826 MAD and (1 + relative) * median."""
+        if len(history) < self.config.spike_warmup:
+            return None
+        median = statistics.median(history)
+        mad = statistics.median(abs(v - median) for v in history)
+        threshold = max(median + mads * 1.4826 * mad, median + relative * abs(median))
+        return threshold if value > threshold else None
+
+    def parameters_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    def observe(self, step: int, loss: float, grad_norm: float, lr: float) -> list[dict]:
+        """Events of a finite step: spikes and (when due) health; updates the running history."""
+        cfg = self.config
+        events = []
+        for kind, history, value, mads, relative in (
+            ("loss_spike", self.losses, loss, cfg.loss_spike_mads, cfg.loss_spike_relative),
+            ("grad_norm_spike", self.grad_norms, grad_norm, cfg.grad_spike_mads, cfg.grad_spike_relative),
+        ):
+            threshold = self._spike(history, value, mads, relative)
+            if threshold is not None:
+                events.append(self.event(step, kind, value, threshold, lr=lr))
+            history.append(value)
+        if self.health_due(step):
+            for kind, (value, layer) in health_signals(self.model).items():
+                attribute, below = self.HEALTH_LIMITS[kind]
+                limit = getattr(cfg, attribute)
+                if (value < limit) if below else (value > limit):
+                    events.append(self.event(step, kind, value, limit, layer, lr))
+        return events
