@@ -24,6 +24,7 @@ import torch
 from glow_repro.config import RunConfig
 from glow_repro.model import Glow
 from glow_repro.objective import bits_per_dim, preprocess
+from glow_repro.stability import StabilityMonitor
 
 REFERENCE = {
     "data": {"dataset": "synthetic", "image_size": 32, "synthetic_size": 1024},
@@ -39,8 +40,10 @@ def reference_config(**train: object) -> RunConfig:
     return RunConfig.model_validate(raw)
 
 
-def bare_step_rates(config: RunConfig, steps: int, repeats: int) -> tuple[list[float], list[float], int]:
-    """images/s of bare training steps and of sampling passes, ``repeats`` times each."""
+def bare_step_rates(config: RunConfig, steps: int, repeats: int) -> tuple[list[float], list[float], list[float], int]:
+    """images/s of bare training steps and of sampling passes, and the seconds per step that
+    the stability monitor adds (its per-step checks plus a health check every
+    ``monitor.health_every`` steps), ``repeats`` times each."""
     torch.manual_seed(0)
     shape = config.data.shape
     batch = config.train.batch_size
@@ -59,18 +62,32 @@ def bare_step_rates(config: RunConfig, steps: int, repeats: int) -> tuple[list[f
         torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf, foreach=True)
         optimizer.step()
 
+    monitor = StabilityMonitor(config.monitor, model, "bench")
+
+    def monitored_step(index: int) -> float:
+        """Run one step with the monitor as train() does; return the monitor's own seconds."""
+        health = monitor.health_due(index)
+        monitor.record_scales(health)
+        step()
+        started = time.perf_counter()
+        monitor.parameters_finite()
+        monitor.observe(index, 3.0, 1.0, 1e-3)
+        return time.perf_counter() - started
+
     for _ in range(3):
         step()
-    train_rates, sample_rates = [], []
+    train_rates, sample_rates, monitor_costs = [], [], []
+    every = max(config.monitor.health_every, 1)
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(steps):
             step()
         train_rates.append(steps * batch / (time.perf_counter() - started))
+        monitor_costs.append(sum(monitored_step(i) for i in range(1, every + 1)) / every)
         started = time.perf_counter()
         model.sample(batch, temperature=0.7)
         sample_rates.append(batch / (time.perf_counter() - started))
-    return train_rates, sample_rates, model.n_params()
+    return train_rates, sample_rates, monitor_costs, model.n_params()
 
 
 def train_loop_rates(config: RunConfig, steps: int, repeats: int) -> list[float]:
@@ -101,13 +118,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = reference_config()
-    train_rates, sample_rates, n_params = bare_step_rates(config, args.steps, args.repeats)
+    train_rates, sample_rates, monitor_costs, n_params = bare_step_rates(config, args.steps, args.repeats)
+    step_seconds = config.train.batch_size / statistics.median(train_rates)
     result = {
         "threads": args.threads,
         "repeats": args.repeats,
         "train_images_per_s_median": statistics.median(train_rates),
         "train_images_per_s_all": [round(r, 1) for r in train_rates],
         "sample_images_per_s_median": statistics.median(sample_rates),
+        "monitor_fraction_of_step": statistics.median(monitor_costs) / step_seconds,
         "n_params": n_params,
     }
     if args.train_loop:
