@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -9,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -133,3 +135,36 @@ def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
     build_report(results, out)
     check_report(out)
     assert (out / "figures" / "test_bpd_curves.png").is_file()
+
+
+def _rewrite(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_report_when_every_run_of_a_variant_diverges(tmp_path: Path) -> None:
+    results = make_fake_study(tmp_path)
+    for run in (results / "runs").glob("con-aff-*"):
+        _rewrite(run / "status.json", state="diverged")
+        _rewrite(run / "summary.json", state="diverged", diverged=True, final_test_bpd=None)
+    out = tmp_path / "report"
+    build_report(results, out)
+    check_report(out)
+    markdown = (out / "report.md").read_text()
+    assert "highest rate is `permutation=conv1x1, coupling=affine` with 3/3" in markdown
+    assert "Lowest final test bpd: `permutation=conv1x1, coupling=additive`" in markdown
+
+
+def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
+    results = make_fake_study(tmp_path)
+    for run in (results / "runs").iterdir():
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["model"]["depth"] = 2 if config["model"]["permutation"] == "reverse" else 4
+        config["model"]["permutation"] = "conv1x1"
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "report"
+    build_report(results, out)
+    check_report(out)
+    assert (out / "figures" / "depth.png").is_file()
+    assert "`depth`" in (out / "report.md").read_text()

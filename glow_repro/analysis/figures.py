@@ -140,24 +140,30 @@ def divergence_rates(divergence: pd.DataFrame) -> Figure:
     return fig
 
 
-def depth_vs_bpd(summary: pd.DataFrame) -> Figure:
+def depth_vs_bpd(summary: pd.DataFrame, others: Sequence[str] = ()) -> Figure:
     """Final test bpd against total flow steps (K x L) and against parameter count; needs
-    columns ``model.depth``, ``model.levels``, ``n_params`` beside the summary's."""
+    columns ``model.depth``, ``model.levels``, ``n_params`` beside the summary's. One line per
+    number of levels and per value of the ``others`` columns (other swept keys)."""
     data = summary.dropna(subset=["final_mean"]).copy()
     data["flow_steps"] = data["model.depth"] * data["model.levels"]
-    err = [data["final_mean"] - data["final_ci_low"], data["final_ci_high"] - data["final_mean"]]
-    err = [e.fillna(0) for e in err]
-    colors = _colors(data["model.levels"].astype(str))
+    data["line"] = data.apply(
+        lambda row: ", ".join([*(f"{k.rsplit('.', 1)[-1]}={row[k]}" for k in others), f"L={row['model.levels']}"]),
+        axis=1,
+    )
+    colors = _colors(data["line"])
     with sns.axes_style(STYLE):
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
     for ax, x, xlabel in ((axes[0], "flow_steps", "flow steps K x L"), (axes[1], "n_params", "parameters")):
-        for levels, frame in data.groupby("model.levels", sort=True):
-            index = frame.index
-            ax.errorbar(frame[x], frame["final_mean"], yerr=[err[0][index], err[1][index]], fmt="o-",
-                        capsize=3, color=colors[str(levels)], label=f"L = {levels}")  # fmt: skip
+        for label, frame in data.groupby("line", sort=False):
+            frame = frame.sort_values(x)
+            err = [(frame["final_mean"] - frame["final_ci_low"]).fillna(0),
+                   (frame["final_ci_high"] - frame["final_mean"]).fillna(0)]  # fmt: skip
+            ax.errorbar(frame[x], frame["final_mean"], yerr=err, fmt="o-", capsize=3,
+                        color=colors[label], label=label)  # fmt: skip
         ax.set_xlabel(xlabel)
         ax.legend(fontsize="small")
-    axes[1].set_xscale("log")
+    if data["n_params"].max() > 10 * data["n_params"].min():
+        axes[1].set_xscale("log")
     axes[0].set_ylabel("final test bits per dimension")
     return fig

@@ -46,7 +46,6 @@ class Analysis:
     """Every number the report shows, computed once from the tables."""
 
     tables: Tables
-    keys: list[str]
     summary: pd.DataFrame
     curves: pd.DataFrame
     divergence: pd.DataFrame
@@ -67,7 +66,6 @@ def analyse(tables: Tables) -> Analysis:
     threshold = float(np.ceil(worst * 100) / 100) if np.isfinite(worst) else float("nan")
     return Analysis(
         tables=tables,
-        keys=keys,
         summary=summary,
         curves=aggregate.curves(tables.evals, keys),
         divergence=aggregate.divergence(tables.finals, keys),
@@ -384,8 +382,9 @@ def _make_figures(a: Analysis, out: Path) -> list[FigureFile]:
         shape = a.tables.configs.groupby("variant", sort=False)[["model.depth", "model.levels"]].first()
         extra = [c for c in ("model.depth", "model.levels") if c not in a.summary]
         depth = a.summary.merge(shape[extra], left_on="variant", right_index=True)
+        others = [k for k in swept if k not in ("model.depth", "model.levels")]
         jobs.append(("depth", "Final test bpd against total flow steps K x L and parameter count (mean, 95% CI).",
-                     lambda: figures.depth_vs_bpd(depth)))  # fmt: skip
+                     lambda: figures.depth_vs_bpd(depth, others)))  # fmt: skip
     if len(a.tables.steps):
         jobs.append(("train_bpd_curves", "Training bpd of each logged batch, mean over seeds (smoothing, if any, in the title).",
                      lambda: figures.train_bpd_curves(a.tables.steps)))  # fmt: skip
@@ -437,10 +436,12 @@ def _environment() -> Environment:
     return env
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the report of ``results_dir`` into ``out_dir``; return the path of report.html."""
-    results_dir, out = Path(results_dir), Path(out_dir)
+def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the report of ``results_dir`` into ``out_dir`` (default ``reports/<study name>``);
+    return the path of report.html."""
+    results_dir = Path(results_dir)
     tables = load_tables(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / tables.name
     a = analyse(tables)
     out.mkdir(parents=True, exist_ok=True)
     figure_files = _make_figures(a, out)

@@ -21,10 +21,7 @@ def report_command(results_dir: Path, out_dir: Path | None) -> None:
     RESULTS_DIR is the folder `glow-repro run` wrote, e.g. results/permutation_ablation.
     """
     from glow_repro.analysis.report import build_report
-    from glow_repro.study.tables import load_tables
 
-    if out_dir is None:
-        out_dir = Path("reports") / load_tables(results_dir).name
     path = build_report(results_dir, out_dir)
     click.echo(f"wrote {path} and {path.with_suffix('.md')} (figures/, tables/ beside them)")
 
