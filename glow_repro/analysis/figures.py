@@ -117,7 +117,7 @@ def final_bpd(summary: pd.DataFrame, finals: pd.DataFrame | None = None) -> Figu
     ax.set_yticks(y, order)
     ax.invert_yaxis()
     ax.set_xlabel("final test bits per dimension (lower is better)")
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     return fig
 
 
