@@ -1,0 +1,121 @@
+"""``glow-repro run`` and ``glow-repro status``: run a study, see where it stands (issue #4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from glow_repro.commands.base import user_errors
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _counts(states: list[str]) -> str:
+    order = ["done", "diverged", "running", "elsewhere", "killed", "interrupted", "failed", "pending"]
+    present = sorted(set(states), key=lambda s: order.index(s) if s in order else len(order))
+    names = {"elsewhere": "running elsewhere"}
+    return ", ".join(f"{states.count(state)} {names.get(state, state)}" for state in present)
+
+
+@click.command("run")
+@click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="results directory [default: results/<study name>]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="runs trained at once by the local launcher (CPU threads are split among them)")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "inprocess"]), default="local",
+              show_default=True, help="local process pool, SLURM array job (submitit), or "
+              "sequentially in this process (debugging)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a base config value for every run, e.g. --set train.steps=50")
+@click.option("--only", multiple=True, metavar="KEY=VALUE",
+              help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0")
+@click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
+@click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
+@click.option("--partition", help="SLURM partition")
+@click.option("--time", "time_", metavar="TIME", help="SLURM time limit: minutes or HH:MM:SS")
+@click.option("--gpus", type=click.IntRange(min=0), help="SLURM GPUs per node")
+@user_errors
+def run_command(study: Path, results_dir: Path | None, workers: int, launcher: str,
+                overrides: tuple[str, ...], only: tuple[str, ...], dry_run: bool,
+                retry_failed: bool, partition: str | None, time_: str | None,
+                gpus: int | None) -> None:
+    """Train every run of STUDY (a study YAML) that is not finished yet.
+
+    Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
+    are retried with --retry-failed. Safe to run twice at once on one results directory.
+    Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
+    """
+    from glow_repro.study.runner import run_study
+
+    report = run_study(
+        study, results_dir=results_dir, workers=workers, launcher=launcher, overrides=overrides,
+        only=only, dry_run=dry_run, retry_failed=retry_failed,
+        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus},
+    )
+    plan = report.plan
+    if dry_run:
+        n_variants = len({p.run.variant for p in plan})
+        n_seeds = len({p.run.seed for p in plan})
+        click.echo(f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) "
+                   f"-> {report.results_dir}")
+        rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
+        click.echo(_table(["run id", "variant", "seed", "state", "action"], rows))
+        n_launch = sum(p.action in ("train", "resume", "retry") for p in plan)
+        click.echo(f"would train {n_launch} of {len(plan)} runs")
+        return
+    states = [report.final_state(p) for p in plan]
+    click.echo(f"{report.spec.name}: {_counts(states)} ({report.counts['trained']} trained now, "
+               f"{report.counts['skipped']} already finished) -> {report.results_dir}")
+    for planned in report.runs_in("elsewhere"):
+        click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
+    if report.interrupted:
+        stopped = [p.run.run_id for p in report.runs_in("interrupted")]
+        click.echo(f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
+                   f"Run the same command again to resume.", err=True)
+        click.get_current_context().exit(130)
+    failed = report.runs_in("failed")
+    if failed:
+        for planned in failed:
+            error = report.outcomes.get(planned.run.run_id)
+            reason = (error.error if error and error.error else "failed earlier").splitlines()[0]
+            click.echo(f"  failed: {planned.run.run_id}: {reason}", err=True)
+        click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again",
+                   err=True)
+        click.get_current_context().exit(1)
+
+
+@click.command("status")
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@user_errors
+def status_command(results_dir: Path) -> None:
+    """Show every run of RESULTS_DIR: state, step, last test bpd and wall time."""
+    from glow_repro.study.runner import collect_status
+
+    runs = collect_status(results_dir)
+    rows = [
+        [r.run_id, r.variant, "-" if r.seed is None else str(r.seed), r.state,
+         "-" if r.step is None else str(r.step),
+         "-" if r.test_bpd is None else f"{r.test_bpd:.3f}", _duration(r.wall_time)]
+        for r in runs
+    ]
+    click.echo(_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
+    click.echo(f"{len(runs)} runs: {_counts([r.state for r in runs]) or 'none started'}")
+    for r in runs:
+        if r.state == "failed" and r.error:
+            click.echo(f"  failed {r.run_id}: {r.error.splitlines()[0][:200]}")
+    if any(r.state == "killed" for r in runs):
+        click.echo("  killed: status says running but no process holds the run; "
+                   "`glow-repro run` resumes it")

@@ -1,0 +1,376 @@
+"""Launchers: how a study's runs get trained (issue #4).
+
+- ``inprocess``: one run after another in this process (tests, debugging).
+- ``local``: a ``ProcessPoolExecutor`` (spawn) of N workers, the CPU threads split among them.
+- ``slurm``: a submitit array job; ``submitit-local`` / ``submitit-debug`` run the same code
+  path through submitit's local and debug executors (tests, machines without SLURM).
+
+Every launcher calls :func:`execute_run` for each task, which takes the run's lock, calls
+``train`` and turns whatever happens into an :class:`Outcome`; one failing run never stops
+the others. The parent shows one overall progress bar (:class:`Tracker`).
+
+Each pool worker trains one run and exits (``max_tasks_per_child=1``): every run gets a
+fresh process (its own thread count, memory given back), and a worker never outlives the
+run it was given. Ctrl-C (SIGINT) reaches the workers: ``train`` checkpoints, writes
+``interrupted`` and raises; the parent sets a shared stop event so that no worker starts
+another run, waits for them, and reports which runs were interrupted. SIGTERM, and the
+parent's death (Linux ``PR_SET_PDEATHSIG``), make a worker checkpoint its run and exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from glow_repro.config import RunConfig
+from glow_repro.errors import UserFacingError
+from glow_repro.study.locks import RunLock
+from glow_repro.study.spec import LauncherSpec
+from glow_repro.study.store import RunDir
+
+TrainFn = Callable[..., dict]
+
+#: Outcome states besides the run states: ``elsewhere`` (another process holds the run's
+#: lock) and ``cancelled`` (never started because the study was interrupted).
+FINISHED_OUTCOMES = ("done", "diverged")
+
+
+class LauncherError(UserFacingError):
+    """A launcher cannot run here (e.g. no SLURM on this machine)."""
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Everything a worker needs to train one run (picklable)."""
+
+    run_id: str
+    variant: str
+    seed: int
+    config: RunConfig
+    run_dir: str
+    threads: int | None = None
+    train_fn: TrainFn | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    state: str
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    workers: int = 1
+    slurm: LauncherSpec = LauncherSpec()
+    folder: Path = Path("submitit")
+
+
+class _WorkerState:
+    stop: Any = None  # the pool's shared stop event (None outside a pool)
+    signalled = False  # a signal arrived: start no run, raise at most once
+    training = False  # inside train(): a signal raises KeyboardInterrupt there
+
+
+_worker = _WorkerState()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """Pool workers: the first signal during a run interrupts it (``train`` installs its own,
+    gentler handler around its step loop); an idle worker ignores SIGINT, exits on SIGTERM."""
+    first = not _worker.signalled
+    _worker.signalled = True
+    if _worker.training:
+        if first:
+            raise KeyboardInterrupt
+    elif signum == signal.SIGTERM:
+        raise SystemExit(128 + signum)
+
+
+def _worker_init(parent_pid: int, stop: Any) -> None:
+    """Pool worker setup: signal handlers, the stop event, and dying with the parent."""
+    _worker.stop = stop
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        raise SystemExit(1)
+
+
+def _default_train() -> TrainFn:
+    from glow_repro.train import train
+
+    return train
+
+
+def _keep_status(run_dir: RunDir, state: str, **fields: Any) -> None:
+    """Rewrite status.json with a new state, keeping the fields train wrote (step, ...)."""
+    old = {k: v for k, v in run_dir.status().items() if k not in ("state", "updated")}
+    run_dir.write_status(state, **{**old, **fields})
+
+
+def execute_run(task: RunTask) -> Outcome:
+    """Train one run under its lock and report what happened; never raises for a run's error."""
+    if _worker.signalled or (_worker.stop is not None and _worker.stop.is_set()):
+        return Outcome(task.run_id, "cancelled")
+    lock = RunLock(task.run_dir)
+    if not lock.acquire():
+        return Outcome(task.run_id, "elsewhere")
+    run_dir = RunDir(task.run_dir)
+    try:
+        if run_dir.is_finished():  # another runner finished it after we planned
+            return Outcome(task.run_id, run_dir.status()["state"], summary=run_dir.summary())
+        train = task.train_fn or _default_train()
+        _worker.training = True
+        try:
+            summary = train(task.config, task.run_dir, threads=task.threads, progress=False)
+        finally:
+            _worker.training = False
+        state = run_dir.status().get("state", "done")
+        return Outcome(task.run_id, summary.get("state", state), summary=summary)
+    except KeyboardInterrupt:
+        if run_dir.status().get("state") == "running":
+            _keep_status(run_dir, "interrupted")
+        return Outcome(task.run_id, "interrupted")
+    except Exception as err:
+        status = run_dir.status()
+        if status.get("state") == "interrupted":  # train turned a signal into its own error
+            return Outcome(task.run_id, "interrupted")
+        if status.get("state") != "failed":
+            _keep_status(
+                run_dir, "failed", error=f"{type(err).__name__}: {err}",
+                traceback=traceback.format_exc(),
+            )
+        return Outcome(task.run_id, "failed", error=run_dir.status().get("error"))
+    finally:
+        lock.release()
+
+
+class Tracker:
+    """The parent's view of a launch: one overall progress bar, a line per finished run."""
+
+    def __init__(self, tasks: Sequence[RunTask], desc: str, slots: int):
+        self.tasks = {task.run_id: task for task in tasks}
+        self.outcomes: dict[str, Outcome] = {}
+        self.interrupted = False
+        self.slots = slots
+        self.bar = tqdm(total=len(self.tasks), desc=desc, unit="run", dynamic_ncols=True)
+        self._refresh()
+
+    def record(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.run_id] = outcome
+        if outcome.state != "cancelled":
+            self.write(self._line(outcome))
+        self._refresh(redraw=False)
+        self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _count(self, *states: str) -> int:
+        return sum(outcome.state in states for outcome in self.outcomes.values())
+
+    def _refresh(self, redraw: bool = True) -> None:
+        left = len(self.tasks) - len(self.outcomes)
+        self.bar.set_postfix(
+            done=self._count(*FINISHED_OUTCOMES),
+            running=0 if self.interrupted else min(self.slots, left),
+            failed=self._count("failed"),
+            refresh=redraw,
+        )
+
+    def _line(self, outcome: Outcome) -> str:
+        task = self.tasks[outcome.run_id]
+        detail = ""
+        if outcome.error:
+            detail = f": {outcome.error.splitlines()[0][:160]}"
+        elif outcome.summary.get("final_test_bpd") is not None:
+            detail = f": test bpd {outcome.summary['final_test_bpd']:.3f}"
+        elif outcome.state == "elsewhere":
+            detail = ": locked by another process"
+        return f"{outcome.state:<11} {task.run_id}  ({task.variant}, seed {task.seed}){detail}"
+
+
+def launch_inprocess(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions) -> None:
+    """Train the runs one after another in this process."""
+    try:
+        for task in tasks:
+            outcome = execute_run(task)
+            tracker.record(outcome)
+            if outcome.state == "interrupted":
+                tracker.interrupted = True
+                return
+    except KeyboardInterrupt:
+        tracker.interrupted = True
+
+
+def local_threads(workers: int) -> int:
+    """CPU threads per worker: the cores this process may use, split evenly."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
+def launch_local(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions) -> None:
+    """A process pool of ``options.workers``; a dead worker fails its run, not the study."""
+    threads = local_threads(options.workers)
+    remaining = [
+        task if task.config.train.threads else dataclasses.replace(task, threads=threads)
+        for task in tasks
+    ]
+    while remaining and not tracker.interrupted:
+        remaining = _pool_round(remaining, tracker, options.workers)
+
+
+def _interrupt_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
+def _pool_round(tasks: list[RunTask], tracker: Tracker, workers: int) -> list[RunTask]:
+    """Run ``tasks`` in a fresh pool; return those to run again after a worker died."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(os.getpid(), stop),
+        max_tasks_per_child=1,
+    )
+    futures = {pool.submit(execute_run, task): task for task in tasks}
+    before = len(tracker.outcomes)
+    try:
+        for future in as_completed(futures):
+            if not isinstance(future.exception(), BrokenProcessPool):
+                tracker.record(_result(future, futures[future]))
+    except KeyboardInterrupt:
+        tracker.interrupted = True
+        tracker.write("interrupted: stopping workers, saving checkpoints ...")
+        stop.set()
+        _interrupt_children()
+        for future in futures:
+            future.cancel()
+        for future, task in futures.items():
+            if not future.cancelled() and task.run_id not in tracker.outcomes:
+                try:
+                    tracker.record(_result(future, task))
+                except BrokenProcessPool:
+                    pass
+        pool.shutdown(wait=True, cancel_futures=True)
+        return []
+    pool.shutdown(wait=True)
+    retry, crashed = [], 0
+    for task in tasks:
+        if task.run_id in tracker.outcomes:
+            continue
+        run_dir = RunDir(task.run_dir)
+        if run_dir.status().get("state") == "running":  # its worker died mid-run
+            error = "worker process died (killed, or out of memory?)"
+            _keep_status(run_dir, "failed", error=error)
+            tracker.record(Outcome(task.run_id, "failed", error=error))
+            crashed += 1
+        else:
+            retry.append(task)
+    if retry and not crashed and len(tracker.outcomes) == before:
+        for task in retry:  # workers die before training anything: do not loop forever
+            tracker.record(Outcome(task.run_id, "failed", error="worker process died at start"))
+        return []
+    return retry
+
+
+def _result(future: Any, task: RunTask) -> Outcome:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise
+    except Exception as err:  # e.g. a result that cannot be pickled back
+        return Outcome(task.run_id, "failed", error=f"{type(err).__name__}: {err}")
+
+
+def launch_submitit(
+    tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions, *, cluster: str
+) -> None:
+    """Submit one array job through submitit and wait for it. A job that SLURM kills leaves
+    its run resumable (status ``running``); Ctrl-C stops waiting, not the jobs."""
+    import submitit
+
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise LauncherError(
+            "--launcher slurm needs SLURM (no sbatch on PATH); use --launcher local here"
+        )
+    res = options.slurm
+    executor = submitit.AutoExecutor(folder=options.folder / "%j", cluster=cluster)
+    params = {
+        "name": tracker.bar.desc or "glow-repro",
+        "timeout_min": res.timeout_min,
+        "gpus_per_node": res.gpus_per_node,
+        "cpus_per_task": res.cpus_per_task,
+        "mem_gb": res.mem_gb,
+        "slurm_partition": res.partition,
+        "slurm_array_parallelism": res.array_parallelism,
+        "slurm_additional_parameters": res.additional or None,
+    }
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    threads = res.cpus_per_task
+    tasks = [
+        task if task.config.train.threads else dataclasses.replace(task, threads=threads)
+        for task in tasks
+    ]
+    jobs = executor.map_array(execute_run, tasks)
+    if jobs:
+        tracker.write(f"submitted {len(jobs)} jobs (first id {jobs[0].job_id}); logs in {options.folder}")
+    pending = dict(zip(jobs, tasks))
+    poll = 15.0 if cluster == "slurm" else 0.2
+    try:
+        while pending:
+            for job in [job for job in pending if job.done()]:
+                task = pending.pop(job)
+                try:
+                    outcome = job.result()
+                except Exception as err:  # the job itself died: timeout, preemption, node failure
+                    outcome = Outcome(task.run_id, "failed", error=f"job {job.job_id}: {err}")
+                tracker.record(outcome)
+            if pending:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        tracker.interrupted = True
+        tracker.write(
+            f"stopped waiting; {len(pending)} jobs keep running (scancel stops them); "
+            "`glow-repro status` shows their progress"
+        )
+
+
+Launcher = Callable[[Sequence[RunTask], Tracker, LaunchOptions], None]
+
+LAUNCHERS: dict[str, Launcher] = {
+    "inprocess": launch_inprocess,
+    "local": launch_local,
+    "slurm": partial(launch_submitit, cluster="slurm"),
+    "submitit-local": partial(launch_submitit, cluster="local"),
+    "submitit-debug": partial(launch_submitit, cluster="debug"),
+}

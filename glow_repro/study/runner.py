@@ -1,0 +1,289 @@
+"""Run a study: plan which runs need training, launch them, and report (issue #4).
+
+Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
+
+    study.yaml       the spec as run: base inlined, --set applied, original header kept
+    manifest.json    {"study", "runs": {run_id: {"variant", "seed", "overrides"}}}: every run
+                     ever planned here, with its label and swept settings (``status`` uses it)
+    runs/<run_id>/   one run directory (glow_repro.study.store.RunDir)
+    submitit/        submitit logs (slurm launcher only)
+
+A run is skipped when its status is ``done`` or ``diverged``; ``interrupted`` runs (and
+``running`` ones whose lock nobody holds: a killed runner) resume from their checkpoint;
+``failed`` runs are retried only with ``retry_failed``; runs locked by another process are
+left to it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from glow_repro.config import ConfigError, parse_override, validate_model
+from glow_repro.study.launchers import LAUNCHERS, LaunchOptions, Outcome, RunTask, Tracker, TrainFn
+from glow_repro.study.locks import RunLock
+from glow_repro.study.spec import (
+    LauncherSpec,
+    RunSpec,
+    StudySpec,
+    expand,
+    load_study,
+    spec_yaml,
+    with_overrides,
+)
+from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text, read_json
+
+MANIFEST = "manifest.json"
+#: Plan actions that launch training.
+LAUNCH_ACTIONS = ("train", "resume", "retry")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the study and what the runner will do with it."""
+
+    run: RunSpec
+    run_dir: Path
+    state: str  # the run's state now; ``killed`` = status says running, but no lock is held
+    action: str  # train | resume | retry | skip (finished) | keep-failed | elsewhere (locked)
+
+
+@dataclass
+class StudyReport:
+    """What ``run_study`` did: the plan, each launched run's outcome, and whether Ctrl-C hit."""
+
+    spec: StudySpec
+    results_dir: Path
+    plan: list[PlannedRun]
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def final_state(self, planned: PlannedRun) -> str:
+        """The run's state after this invocation; ``elsewhere`` = another process has it."""
+        outcome = self.outcomes.get(planned.run.run_id)
+        if outcome is not None and outcome.state != "cancelled":
+            return outcome.state
+        return {"keep-failed": "failed", "elsewhere": "elsewhere"}.get(planned.action, planned.state)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Runs per final state, plus ``trained`` (runs trained by this invocation) and
+        ``skipped`` (finished before it)."""
+        counts = Counter(self.final_state(p) for p in self.plan)
+        counts["trained"] = sum(
+            o.state not in ("cancelled", "elsewhere") for o in self.outcomes.values()
+        )
+        counts["skipped"] = sum(p.action == "skip" for p in self.plan)
+        return dict(counts)
+
+    def runs_in(self, state: str) -> list[PlannedRun]:
+        return [p for p in self.plan if self.final_state(p) == state]
+
+
+def run_state(run_dir: Path) -> str:
+    """The run's state; a ``running`` status whose lock nobody holds reads as ``killed``."""
+    state = RunDir(run_dir).status().get("state", "pending")
+    if state == "running" and not RunLock(run_dir).held_elsewhere():
+        return "killed"
+    return state
+
+
+def _action(state: str, retry_failed: bool) -> str:
+    if state in ("done", "diverged"):
+        return "skip"
+    if state == "running":
+        return "elsewhere"
+    if state == "failed":
+        return "retry" if retry_failed else "keep-failed"
+    return "train" if state == "pending" else "resume"
+
+
+def select_runs(runs: list[RunSpec], only: Sequence[str], source: str) -> list[RunSpec]:
+    """Runs matching every ``--only key=value`` (several values for one key: any of them).
+    A key is ``seed``, a full config path, or the last part of a swept key."""
+    if not only:
+        return runs
+    swept = sorted({key for run in runs for key in run.overrides})
+    wanted: dict[str, list[tuple[str, Any]]] = {}
+    for text in only:
+        key, parsed = parse_override(text)
+        raw = text.partition("=")[2].strip()
+        wanted.setdefault(_resolve_key(key, swept, runs[0], text), []).append((raw, parsed))
+    chosen = [
+        run
+        for run in runs
+        if all(any(_matches(_value(run, key), *v) for v in values) for key, values in wanted.items())
+    ]
+    if not chosen:
+        raise ConfigError(f"{source}: no run matches --only {' --only '.join(only)}")
+    return chosen
+
+
+def _resolve_key(key: str, swept: list[str], sample: RunSpec, text: str) -> str:
+    if key == "seed" or key in swept:
+        return key
+    by_suffix = [full for full in swept if full.rsplit(".", 1)[-1] == key]
+    if len(by_suffix) == 1:
+        return by_suffix[0]
+    try:
+        _value(sample, key)
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"--only {text}: unknown key {key}; swept keys: {', '.join(swept) or 'none'}, seed, "
+            "or any config key.path"
+        ) from None
+    return key
+
+
+def _value(run: RunSpec, key: str) -> Any:
+    if key == "seed":
+        return run.seed
+    node: Any = run.config.to_dict()
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _matches(actual: Any, text: str, parsed: Any) -> bool:
+    """``--only`` value equality that accepts ``1e-3`` (a string to YAML) for 0.001."""
+    if actual == parsed or str(actual) == text:
+        return True
+    if isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        try:
+            return float(text) == actual
+        except ValueError:
+            return False
+    return False
+
+
+def plan_study(
+    spec: StudySpec, results_dir: Path, only: Sequence[str] = (), retry_failed: bool = False
+) -> list[PlannedRun]:
+    """Expand the spec, apply ``--only`` and decide what to do with each run."""
+    runs = select_runs(expand(spec), only, spec.source)
+    plan = []
+    for run in runs:
+        run_dir = results_dir / "runs" / run.run_id
+        state = run_state(run_dir)
+        plan.append(PlannedRun(run, run_dir, state, _action(state, retry_failed)))
+    return plan
+
+
+def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -> None:
+    """Write study.yaml and add the runs to manifest.json (under a lock: runners may race)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(results_dir / ".manifest.lock", timeout=60):
+        atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
+        manifest = read_json(results_dir / MANIFEST, default=None) or {"runs": {}}
+        manifest["study"] = spec.name
+        for run in runs:
+            manifest["runs"][run.run_id] = {
+                "variant": run.variant, "seed": run.seed, "overrides": run.overrides
+            }
+        atomic_write_json(results_dir / MANIFEST, manifest)
+
+
+def run_study(
+    spec_path: str | Path,
+    results_dir: str | Path | None = None,
+    workers: int = 1,
+    launcher: str = "local",
+    overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    train_fn: TrainFn | None = None,
+    slurm: dict[str, Any] | None = None,
+) -> StudyReport:
+    """Train every run of a study that is not finished yet; see the module docstring.
+
+    ``slurm`` overrides fields of the spec's ``launcher:`` section (partition, time, ...).
+    ``train_fn`` replaces ``glow_repro.train.train`` (tests). On Ctrl-C the report comes back
+    with ``interrupted=True`` once the workers have checkpointed.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher {launcher!r}: must be one of {', '.join(LAUNCHERS)}")
+    if workers < 1:
+        raise ConfigError(f"workers {workers}: must be at least 1")
+    spec = with_overrides(load_study(spec_path), tuple(overrides))
+    given = {key: value for key, value in (slurm or {}).items() if value is not None}
+    resources = validate_model(
+        LauncherSpec, {**spec.launcher.model_dump(), **given}, "launcher options"
+    )
+    results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
+    report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))
+    if dry_run:
+        return report
+    launch = [p for p in report.plan if p.action in LAUNCH_ACTIONS]
+    _record_study(spec, results, [p.run for p in report.plan])
+    tasks = [
+        RunTask(
+            run_id=p.run.run_id, variant=p.run.variant, seed=p.run.seed, config=p.run.config,
+            run_dir=str(p.run_dir), train_fn=train_fn,
+        )
+        for p in launch
+    ]
+    options = LaunchOptions(workers=workers, slurm=resources, folder=results / "submitit")
+    slots = workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
+    tracker = Tracker(tasks, desc=spec.name, slots=slots)
+    try:
+        LAUNCHERS[launcher](tasks, tracker, options)
+    finally:
+        tracker.close()
+    report.outcomes = tracker.outcomes
+    report.interrupted = tracker.interrupted
+    return report
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One row of ``glow-repro status``."""
+
+    run_id: str
+    variant: str
+    seed: int | None
+    state: str
+    step: int | None
+    test_bpd: float | None
+    wall_time: float | None
+    error: str | None
+
+
+def collect_status(results_dir: str | Path) -> list[RunStatus]:
+    """Every run of a results directory (manifest order, then unlisted run dirs)."""
+    from glow_repro.study.tables import ResultsDirError  # one error class for both readers
+
+    results = Path(results_dir)
+    manifest = read_json(results / MANIFEST, default=None)
+    if not results.is_dir() or (manifest is None and not (results / "runs").is_dir()):
+        raise ResultsDirError(
+            f"{results}: not a results directory (no {MANIFEST} or runs/); give the folder "
+            "`glow-repro run` wrote, e.g. results/<study name>"
+        )
+    listed: dict[str, dict[str, Any]] = (manifest or {}).get("runs", {})
+    found = sorted(p.name for p in (results / "runs").glob("*") if p.is_dir())
+    ids = list(listed) + [run_id for run_id in found if run_id not in listed]
+    return [_run_status(results / "runs" / run_id, listed.get(run_id, {})) for run_id in ids]
+
+
+def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
+    run_dir = RunDir(path)
+    status, summary = run_dir.status(), run_dir.summary()
+    evals = [row for row in run_dir.evals.read() if row.get("test_bpd") is not None]
+    bpd = summary.get("final_test_bpd", evals[-1]["test_bpd"] if evals else None)
+    wall = summary.get("wall_time", status.get("wall_time"))
+    return RunStatus(
+        run_id=path.name,
+        variant=entry.get("variant", "?"),
+        seed=entry.get("seed"),
+        state=run_state(path),
+        step=status.get("step", summary.get("step")),
+        test_bpd=bpd,
+        wall_time=wall,
+        error=status.get("error"),
+    )

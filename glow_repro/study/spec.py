@@ -1,0 +1,334 @@
+"""Study specs: a base run config, grid axes and explicit variants, and seeds (issue #4).
+
+A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
+empty axes, bad seed lists and invalid combined configs are :class:`ConfigError` messages
+that name the file and the key. :func:`expand` turns a spec into one :class:`RunSpec` per
+variant x seed; each run's id is a hash of its resolved config (seed included, pure
+execution settings excluded), so the same spec always maps to the same run directories
+and reordering YAML keys changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator
+
+from glow_repro.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    parse_override,
+    read_yaml,
+    set_path,
+    validate_model,
+)
+
+#: Config keys that change how a run executes but not what it computes; left out of run ids.
+EXECUTION_KEYS = ("train.threads", "train.progress")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+
+
+def parse_time_minutes(value: int | str) -> int:
+    """Minutes from an int or a SLURM time (``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``)."""
+    if isinstance(value, int):
+        return value
+    if str(value).strip().isdigit():
+        return int(value)
+    match = _SLURM_TIME.match(str(value).strip())
+    if not match:
+        raise ValueError(f"time must be minutes or HH:MM:SS / D-HH:MM:SS (got {value!r})")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    if match.group(2) is None:  # "MM:SS"
+        hours, minutes, seconds = 0, minutes, seconds
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+class LauncherSpec(BaseModel):
+    """SLURM resources for ``--launcher slurm`` (submitit); CLI options override these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = None
+    time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: int | None = Field(None, ge=1, description="max array tasks at once")
+    additional: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: int | str) -> int | str:
+        if parse_time_minutes(value) < 1:
+            raise ValueError("time must be at least one minute")
+        return value
+
+    @property
+    def timeout_min(self) -> int:
+        return parse_time_minutes(self.time)
+
+
+class StudySpec(BaseModel):
+    """One study file: what it reproduces, the base config, the axes swept and the seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="results go to results/<name>/")
+    description: str = ""
+    reference: str = Field("", description="the paper figure or table this study reproduces")
+    base: dict[str, Any] | str = Field(
+        default_factory=dict, description="a run config mapping, or a path relative to this file"
+    )
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="key.path: [values]")
+    variants: list[dict[str, Any]] | None = Field(
+        None, description="explicit override mappings (non-product designs); optional 'label'"
+    )
+    seeds: list[StrictInt] = Field(min_length=1)
+    launcher: LauncherSpec = LauncherSpec()
+
+    _source: str = PrivateAttr("<study>")
+
+    @property
+    def source(self) -> str:
+        """The file this spec came from, for messages and resolving a relative ``base``."""
+        return self._source
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be a directory-safe name: letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            _check_axis_key(key, "grid")
+            if not values:
+                raise ValueError(f"axis {key} is empty; give at least one value")
+            if len({_canonical(v) for v in values}) != len(values):
+                raise ValueError(f"axis {key} repeats a value ({values})")
+        return grid
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, variants: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if variants is None:
+            return None
+        if not variants:
+            raise ValueError("is empty; remove it or give at least one variant")
+        labels = [v["label"] for v in variants if "label" in v]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct (got {labels})")
+        for variant in variants:
+            if "label" in variant and not isinstance(variant["label"], str):
+                raise ValueError(f"label must be a string (got {variant['label']!r})")
+            for key in variant:
+                if key != "label":
+                    _check_axis_key(key, "variant")
+        return variants
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if any(seed < 0 for seed in seeds):
+            raise ValueError(f"seeds must be non-negative (got {seeds})")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct (got {seeds})")
+        return seeds
+
+
+def _check_axis_key(key: str, where: str) -> None:
+    if key == "seed":
+        raise ValueError(f"{where} key 'seed': list seeds under 'seeds:' instead")
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"{where} key {key!r} is not a key.path")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: its validated config (seed set), id and swept settings."""
+
+    run_id: str
+    config: RunConfig
+    seed: int
+    overrides: dict[str, Any]
+    variant: str
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and fully validate a study file (every run it expands to is a valid config)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    spec = validate_model(StudySpec, raw, str(path))
+    spec._source = str(path)
+    spec = _resolve_base(spec)
+    expand(spec)
+    return spec
+
+
+def _resolve_base(spec: StudySpec) -> StudySpec:
+    """Inline a ``base: path.yaml`` (relative to the study file) as a mapping."""
+    if isinstance(spec.base, dict):
+        return spec
+    base_path = Path(spec.source).parent / spec.base
+    if not base_path.is_file():
+        raise ConfigError(f"{spec.source}: base: no such file {base_path}")
+    raw = read_yaml(base_path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{base_path}: expected a run config mapping (data/model/train)")
+    resolved = spec.model_copy(update={"base": raw})
+    resolved._source = spec.source
+    return resolved
+
+
+def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> StudySpec:
+    """The spec with ``--set key.path=value`` applied to its base (never to a swept key)."""
+    if not overrides:
+        return spec
+    spec = _resolve_base(spec)
+    swept = set(spec.grid) | {k for v in spec.variants or () for k in v if k != "label"}
+    for text in overrides:
+        key, _ = parse_override(text)
+        if key in swept or key == "seed":
+            raise ConfigError(
+                f"--set {text}: {key} is swept by {spec.source}; use --only {key}=VALUE to "
+                "select runs instead"
+            )
+    updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
+    updated._source = spec.source
+    expand(updated)
+    return updated
+
+
+def expand(spec: StudySpec) -> list[RunSpec]:
+    """One RunSpec per (variant, grid point, seed), in file order; raises ConfigError on any
+    invalid combination, naming the study file and the swept settings."""
+    spec = _resolve_base(spec)
+    variants = spec.variants or [{}]
+    axes = list(spec.grid)
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for variant in variants:
+        label = variant.get("label")
+        fixed = {k: v for k, v in variant.items() if k != "label"}
+        clash = sorted(set(fixed) & set(axes))
+        if clash:
+            raise ConfigError(f"{spec.source}: variant and grid both set {', '.join(clash)}")
+        for point in itertools.product(*(spec.grid[key] for key in axes)):
+            for seed in spec.seeds:
+                run = _make_run(spec, fixed, dict(zip(axes, point)), seed, label)
+                if run.run_id in seen:
+                    raise ConfigError(
+                        f"{spec.source}: variants {seen[run.run_id]!r} and {run.variant!r} "
+                        "give the same config; make them differ or drop one"
+                    )
+                seen[run.run_id] = run.variant
+                runs.append(run)
+    return runs
+
+
+def _make_run(
+    spec: StudySpec, fixed: dict[str, Any], point: dict[str, Any], seed: int, label: str | None
+) -> RunSpec:
+    """Validate one run; a variant's ``label`` stands for its own settings in names."""
+    assert isinstance(spec.base, dict)
+    swept = {**fixed, **point}
+    where = f"{spec.source} ({', '.join(f'{k}={v!r}' for k, v in swept.items()) or 'base'})"
+    raw = spec.base
+    try:
+        for key, value in swept.items():
+            raw = set_path(raw, key, value)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    config: RunConfig = validate_model(RunConfig, set_path(raw, "seed", seed), where)
+    resolved = config.to_dict()
+    overrides = {key: _lookup(resolved, key) for key in swept}
+    named = {key: overrides[key] for key in (point if label else swept)}
+    variant = ", ".join(([label] if label else []) + ([_describe(named)] if named else [])) or "base"
+    return RunSpec(
+        run_id=_run_id(resolved, named, seed, label),
+        config=config,
+        seed=seed,
+        overrides=overrides,
+        variant=variant,
+    )
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Last segment of each key path, or the full path where two keys share it."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    names = _short_names(list(overrides))
+    return ", ".join(f"{names[k]}={_fmt(v)}" for k, v in overrides.items())
+
+
+def _fmt(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: str | None) -> str:
+    """Readable prefix (label, then the named settings sorted by key so that reordering the
+    YAML keeps ids) + the first 8 hex digits of sha256 over the canonical resolved config."""
+    identity = json.loads(json.dumps(resolved))
+    for dotted in EXECUTION_KEYS:
+        section, key = dotted.split(".")
+        identity[section].pop(key, None)
+    digest = hashlib.sha256(_canonical(identity).encode()).hexdigest()[:8]
+    words = [label] if label else []
+    words += [
+        v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{_fmt(v)}"
+        for k, v in sorted(named.items())
+    ]
+    prefix = _UNSAFE.sub("_", "-".join(words)).strip("_-.")[:40]
+    return "-".join(part for part in (prefix, f"s{seed}", digest) if part)
+
+
+def spec_yaml(spec: StudySpec) -> str:
+    """Self-contained YAML of a spec (base inlined, ``--set`` applied) under the original
+    file's header comment, so ``load_study`` of it expands to the same runs."""
+    spec = _resolve_base(spec)
+    try:
+        lines = Path(spec.source).read_text().splitlines()
+    except OSError:
+        lines = []
+    note = "# Resolved copy of "
+    header = [
+        line
+        for line in itertools.takewhile(lambda line: line.startswith("#"), lines)
+        if not line.startswith(note)
+    ]
+    header.append(f"{note}{spec.source} written by `glow-repro run`: base inlined.")
+    body = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return "\n".join(header) + "\n" + body
