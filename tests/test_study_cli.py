@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,15 @@ def test_missing_study_file_and_swept_set_are_user_errors(tmp_path):
     assert missing.exit_code == 2 and "nope.yaml: no such file" in missing.output
     swept = cli("run", SMOKE, "--set", "model.coupling=affine", "--dry-run")
     assert swept.exit_code == 2 and "model.coupling is swept" in swept.output
+
+
+def test_launcher_options_are_checked_before_anything_is_written(tmp_path):
+    bad_time = cli("run", SMOKE, "--results", tmp_path / "a", "--time", "soon")
+    assert bad_time.exit_code == 2 and "--time/--gpus: time: must be minutes" in bad_time.output
+    if shutil.which("sbatch") is None:
+        no_slurm = cli("run", SMOKE, "--results", tmp_path / "b", "--launcher", "slurm")
+        assert no_slurm.exit_code == 2 and "needs SLURM (no sbatch on PATH)" in no_slurm.output
+    assert not any(tmp_path.iterdir())
 
 
 def test_status_table_and_counts(tmp_path):

@@ -319,10 +319,6 @@ def launch_submitit(
     its run resumable (status ``running``); Ctrl-C stops waiting, not the jobs."""
     import submitit
 
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise LauncherError(
-            "--launcher slurm needs SLURM (no sbatch on PATH); use --launcher local here"
-        )
     res = options.slurm
     executor = submitit.AutoExecutor(folder=options.folder / "%j", cluster=cluster)
     params = {
@@ -363,6 +359,14 @@ def launch_submitit(
             f"stopped waiting; {len(pending)} jobs keep running (scancel stops them); "
             "`glow-repro status` shows their progress"
         )
+
+
+def check_launcher(name: str) -> None:
+    """Raise a one-line error if launcher ``name`` cannot run on this machine."""
+    if name not in LAUNCHERS:
+        raise LauncherError(f"launcher {name!r}: must be one of {', '.join(LAUNCHERS)}")
+    if name == "slurm" and shutil.which("sbatch") is None:
+        raise LauncherError("--launcher slurm needs SLURM (no sbatch on PATH); use --launcher local here")
 
 
 Launcher = Callable[[Sequence[RunTask], Tracker, LaunchOptions], None]

@@ -25,7 +25,15 @@ from typing import Any
 from filelock import FileLock
 
 from glow_repro.config import ConfigError, parse_override, validate_model
-from glow_repro.study.launchers import LAUNCHERS, LaunchOptions, Outcome, RunTask, Tracker, TrainFn
+from glow_repro.study.launchers import (
+    LAUNCHERS,
+    LaunchOptions,
+    Outcome,
+    RunTask,
+    Tracker,
+    TrainFn,
+    check_launcher,
+)
 from glow_repro.study.locks import RunLock
 from glow_repro.study.spec import (
     LauncherSpec,
@@ -206,19 +214,18 @@ def run_study(
     ``train_fn`` replaces ``glow_repro.train.train`` (tests). On Ctrl-C the report comes back
     with ``interrupted=True`` once the workers have checkpointed.
     """
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"launcher {launcher!r}: must be one of {', '.join(LAUNCHERS)}")
     if workers < 1:
         raise ConfigError(f"workers {workers}: must be at least 1")
     spec = with_overrides(load_study(spec_path), tuple(overrides))
     given = {key: value for key, value in (slurm or {}).items() if value is not None}
     resources = validate_model(
-        LauncherSpec, {**spec.launcher.model_dump(), **given}, "launcher options"
+        LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
     report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))
     if dry_run:
         return report
+    check_launcher(launcher)
     launch = [p for p in report.plan if p.action in LAUNCH_ACTIONS]
     _record_study(spec, results, [p.run for p in report.plan])
     tasks = [

@@ -47,7 +47,7 @@ def parse_time_minutes(value: int | str) -> int:
         return int(value)
     match = _SLURM_TIME.match(str(value).strip())
     if not match:
-        raise ValueError(f"time must be minutes or HH:MM:SS / D-HH:MM:SS (got {value!r})")
+        raise ValueError("must be minutes, or HH:MM:SS / D-HH:MM:SS")
     days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     if match.group(2) is None:  # "MM:SS"
         hours, minutes, seconds = 0, minutes, seconds
