@@ -70,7 +70,7 @@ class ModelConfig(_Section):
     """Glow architecture (Glow, section 3 and Table 1; official-code choices in docs/fidelity.md)."""
 
     depth: int = Field(8, ge=1, description="K: flow steps per level")
-    levels: int = Field(3, ge=1, description="L: multi-scale levels")
+    levels: int = Field(2, ge=1, description="L: multi-scale levels (the paper uses 3 at 32x32)")
     width: int = Field(128, ge=1, description="hidden channels of the coupling networks")
     permutation: Literal["conv1x1", "shuffle", "reverse"] = "conv1x1"
     conv1x1_form: Literal["lu", "dense"] = "lu"
@@ -101,6 +101,12 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    precision: Literal["float32", "bf16"] = Field(
+        "float32", description="bf16 autocasts the coupling and prior convolutions only")
+    tf32: bool = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the training forward")
+    grad_checkpointing: bool = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
     max_rollbacks: int = Field(3, ge=0, description="rollback: give up after this many")
@@ -152,6 +158,20 @@ class RunConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe dict of every resolved value."""
         return self.model_dump(mode="json")
+
+
+#: Keys that change how or where a run executes but not what it computes: left out of a run's
+#: identity (its run id, and the check that a directory holds the same run).
+EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.download")
+
+
+def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as a plain dict without :data:`EXECUTION_ONLY_KEYS`."""
+    record = copy.deepcopy(config.to_dict() if isinstance(config, RunConfig) else config)
+    for dotted in EXECUTION_ONLY_KEYS:
+        section, key = dotted.split(".")
+        record.get(section, {}).pop(key, None)
+    return record
 
 
 def _describe_location(loc: tuple[Any, ...]) -> str:

@@ -20,19 +20,22 @@ EVAL_NOISE_SEED = 20180709
 
 
 @torch.inference_mode()
-def evaluate_bpd(model: Glow, images: torch.Tensor, n_bits: int, batch_size: int,
-                 device: torch.device) -> float:
-    """Mean bpd over ``images`` (uint8 [N, C, H, W]) with fixed dequantisation noise."""
+def bpd_sum(model: Glow, images: torch.Tensor, n_bits: int, batch_size: int, device: torch.device,
+            *, rank: int = 0, world_size: int = 1) -> float:
+    """Sum of per-image bpd over ``images`` (uint8 [N, C, H, W]) with fixed dequantisation
+    noise; with ``world_size`` ranks, batch i is this rank's when i % world_size == rank, and
+    every rank draws the noise of every batch, so the ranks' sums add up to the one-process sum."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
     n_dims = math.prod(images.shape[1:])
     total = 0.0
-    for start in range(0, len(images), batch_size):
+    for index, start in enumerate(range(0, len(images), batch_size)):
         x = preprocess(images[start : start + batch_size], n_bits, generator=generator)
-        total += bits_per_dim(model.log_prob(x.to(device)), n_dims, n_bits).double().sum().item()
+        if index % world_size == rank:
+            total += bits_per_dim(model.log_prob(x.to(device)), n_dims, n_bits).double().sum().item()
     model.train(was_training)
-    return total / len(images)
+    return total
 
 
 def png_bytes(batch: torch.Tensor, n_bits: int, nrow: int) -> bytes:

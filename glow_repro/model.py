@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from glow_repro.config import ModelConfig
 from glow_repro.flows import FlowStep, Split, Squeeze, TopPrior
@@ -51,6 +52,9 @@ class Glow(nn.Module):
             c, h, w = (c * 4 if last else c * 2), h // 2, w // 2
         self.levels = nn.ModuleList(levels)
         self.top_prior = TopPrior((c, h, w), config.learn_top, config.zero_conv_logscale_factor)
+        #: Recompute each flow step's activations in backward instead of storing them, as the
+        #: official code does; saves memory, costs one more forward (issue #7).
+        self.grad_checkpointing = False
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         logdet = x.new_zeros(x.shape[0])
@@ -59,7 +63,10 @@ class Glow(nn.Module):
         for level in self.levels:
             x, _ = level.squeeze(x)
             for step in level.steps:
-                x, step_logdet = step(x)
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x, step_logdet = checkpoint(step, x, use_reentrant=False)
+                else:
+                    x, step_logdet = step(x)
                 logdet = logdet + step_logdet
             if level.split is not None:
                 x, z, split_log_prior = level.split.split(x)

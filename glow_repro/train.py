@@ -23,32 +23,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from glow_repro.config import RunConfig, dump_run_config, read_yaml, validate_model
+from glow_repro.config import RunConfig, dump_run_config, read_yaml, run_identity, validate_model
 from glow_repro.data import ImageData, load_split
 from glow_repro.errors import UserFacingError
-from glow_repro.evaluation import evaluate_bpd, save_samples
+from glow_repro.distributed import DistContext, from_environment, shutdown
+from glow_repro.evaluation import bpd_sum, save_samples
 from glow_repro.model import Glow
 from glow_repro.objective import bits_per_dim, preprocess
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
-from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
-
-#: Settings that change how a run executes but not what it computes (excluded from identity).
-EXECUTION_ONLY = ("threads", "progress")
-
+from glow_repro.study.store import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 class RunInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; the run saved a checkpoint at a step boundary."""
-
-
-def _identity(config: RunConfig) -> dict:
-    record = config.to_dict()
-    for key in EXECUTION_ONLY:
-        record["train"].pop(key, None)
-    return record
 
 
 def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -129,12 +120,16 @@ class _Run:
     """The state of one run in progress; ``_train`` below drives it."""
 
     def __init__(self, config: RunConfig, run: RunDir, device: torch.device,
-                 train_data: ImageData, test_data: ImageData):
-        self.config, self.run, self.device = config, run, device
+                 train_data: ImageData, test_data: ImageData, dist: DistContext):
+        self.config, self.run, self.device, self.dist = config, run, device, dist
         self.train_data, self.test_data = train_data, test_data
         self.n_dims = math.prod(train_data.images.shape[1:])
         torch.manual_seed(config.seed)
         self.model = Glow(config.model, config.data.shape).to(device)
+        self.model.grad_checkpointing = config.train.grad_checkpointing
+        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.forward: torch.nn.Module = self.model  # see wrap_for_training
         self.optimizer = _make_optimizer(config, self.model)
         decay = config.train.ema_decay
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -157,6 +152,8 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
@@ -184,7 +181,8 @@ class _Run:
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         logs = (self.run.metrics, self.run.evals) if rollback else (self.run.metrics, self.run.evals, self.run.events)
-        for log in logs:
+        self.dist.barrier()  # every rank has read the checkpoint before the main one cuts logs
+        for log in logs if self.dist.is_main else ():
             log.truncate_after(self.step)
         if not rollback:
             self.elapsed_before, self.clock = state["elapsed"], time.perf_counter()
@@ -201,19 +199,34 @@ class _Run:
                        generator=_step_generator(self.config.seed, 0, stream=2))
         self.model.train()
         with torch.no_grad():
-            self.model(x.to(self.device))
+            self.model(x.to(self.device, memory_format=self.memory_format))
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
+
+    def wrap_for_training(self) -> None:
+        """DDP (which broadcasts rank 0's initialised state) and torch.compile, once the
+        ActNorms hold their data-dependent values; both share the model's parameters."""
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.config.train.compile:
+            self.forward = torch.compile(self.forward)
+
+    def write(self, log: JsonlLog, rows: list[dict]) -> None:
+        if self.dist.is_main and rows:
+            log.extend(rows)
 
     def eval_model(self) -> Glow:
         return self.ema.module if self.ema is not None else self.model
 
     def evaluate(self) -> float:
         images = self.test_data.images[: self.config.train.eval_limit]
-        bpd = evaluate_bpd(self.eval_model(), images, self.config.data.n_bits,
-                           self.config.train.eval_batch_size, self.device)
-        self.run.evals.append({"step": self.step, "test_bpd": bpd, "n_images": len(images),
-                               "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step)})
+        total = bpd_sum(self.eval_model(), images, self.config.data.n_bits,
+                        self.config.train.eval_batch_size, self.device,
+                        rank=self.dist.rank, world_size=self.dist.world_size)
+        bpd = self.dist.sum([total], self.device)[0] / len(images)
+        self.write(self.run.evals, [{"step": self.step, "test_bpd": bpd, "n_images": len(images),
+                                     "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step)}])
         return bpd
 
     def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
@@ -227,17 +240,21 @@ class _Run:
         images = self.batches(step)
         if cfg.train.augment_shift:
             images = _shift(images, _step_generator(cfg.seed, step, stream=3))
-        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0)).to(self.device)
+        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
+        x = self.dist.shard(x).to(self.device, memory_format=self.memory_format)
         self.model.train()
         self.monitor.record_scales(self.monitor.health_due(step))
         self.optimizer.zero_grad(set_to_none=True)
-        loss = bits_per_dim(self.model(x), self.n_dims, cfg.data.n_bits).mean()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            log_prob = self.forward(x)
+        loss = bits_per_dim(log_prob.float(), self.n_dims, cfg.data.n_bits).mean()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
-        bad = None if torch.isfinite(loss) else "nonfinite_loss"
+        mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
+        bad = None if math.isfinite(mean_loss) else "nonfinite_loss"
         bad = bad or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
-        bad = bad or (None if loss.item() <= cfg.monitor.max_bpd else "bpd_explosion")
+        bad = bad or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
         if bad is None:
             self.optimizer.step()
             if not self.monitor.parameters_finite():
@@ -245,7 +262,7 @@ class _Run:
             elif self.ema is not None:
                 self.ema.update_parameters(self.model)
         self.step = step
-        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": loss.item(),
+        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": mean_loss,
                "lr": lr, "grad_norm": grad_norm.item()}
         return row, x, bad
 
@@ -255,11 +272,11 @@ class _Run:
         cfg = self.config.train
         step, lr = self.step, row["lr"]
         finding = locate_nonfinite(self.model, batch, self.config.data.n_bits)
-        if self.first_nonfinite is None:
-            self.first_nonfinite = step
+        if self.first_nonfinite is None and self.dist.is_main:
             capsule = self.run.path / "capsules" / f"step_{step:07d}.pt"
             save_capsule(capsule, config=self.config, model=self.model, batch=batch, step=step,
                          lr=lr, finding=finding)
+        self.first_nonfinite = self.first_nonfinite or step
         value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]
         events = [{**self.monitor.event(step, kind, value, layer=finding.layer, lr=lr), "phase": finding.phase}]
         # an update that was applied cannot be skipped; only a rollback can undo it
@@ -279,7 +296,7 @@ class _Run:
                 events.append(self.monitor.event(step, "rollback", self.step, lr=lr * cfg.rollback_lr_factor))
         if diverged and policy != "stop":
             events.append(self.monitor.event(step, "gave_up", self.skipped + self.rollbacks, lr=lr))
-        self.run.events.extend(events)
+        self.write(self.run.events, events)
         return diverged
 
 
@@ -287,7 +304,7 @@ def _check_same_run(run: RunDir, config: RunConfig) -> None:
     if not run.config.exists():
         return
     existing = validate_model(RunConfig, read_yaml(run.config), str(run.config))
-    if _identity(existing) != _identity(config):
+    if run_identity(existing) != run_identity(config):
         raise UserFacingError(
             f"{run.path} already holds a run with a different config; "
             "choose another --out directory or delete that one")
@@ -322,45 +339,61 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
 
     Status goes ``running`` -> ``done`` | ``diverged`` | ``failed`` (error recorded, exception
     re-raised) | ``interrupted`` (SIGINT/SIGTERM: checkpoint saved, :class:`RunInterrupted`
-    raised). A directory that already holds a checkpoint is resumed.
+    raised). A directory that already holds a checkpoint is resumed. Started by ``torchrun``,
+    the run is data-parallel over its processes; only rank 0 writes files.
     """
     threads = threads or config.train.threads
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(config.train.device)
+    if config.train.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     train_data = load_split(config.data, "train")
     test_data = load_split(config.data, "test")
     run = RunDir(run_dir)
     _check_same_run(run, config)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.samples.mkdir(exist_ok=True)
-    if not run.config.exists():
-        atomic_write_text(run.config, dump_run_config(config))
-    atomic_write_json(run.environment, environment(device))
-    run.write_status("running", step=0)
+    dist = from_environment(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if config.train.batch_size % dist.world_size:
+        raise UserFacingError(f"train.batch_size={config.train.batch_size} is not divisible by "
+                              f"the {dist.world_size} data-parallel processes")
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.samples.mkdir(exist_ok=True)
+        if not run.config.exists():
+            atomic_write_text(run.config, dump_run_config(config))
+        atomic_write_json(run.environment, {**environment(device), "world_size": dist.world_size})
+        run.write_status("running", step=0)
+    dist.barrier()
     try:
-        return _train(config, run, device, train_data, test_data, progress)
+        return _train(config, run, device, train_data, test_data, progress, dist)
     except RunInterrupted:
         raise
     except Exception as err:
-        (run.path / "error.txt").write_text(traceback.format_exc())
-        run.write_status("failed", step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
+        if dist.is_main:
+            (run.path / "error.txt").write_text(traceback.format_exc())
+            run.write_status("failed", step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
         raise
+    finally:
+        shutdown(dist)
 
 
 def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: ImageData,
-           test_data: ImageData, progress: bool | None) -> dict:
-    work = _Run(config, run, device, train_data, test_data)
+           test_data: ImageData, progress: bool | None, dist: DistContext) -> dict:
+    work = _Run(config, run, device, train_data, test_data, dist)
     cfg = config.train
     if run.checkpoint.exists():
         work.load_checkpoint()
     else:
-        for log in (run.metrics, run.evals, run.events):
+        for log in (run.metrics, run.evals, run.events) if dist.is_main else ():
             log.truncate_after(-1)
         work.initialise_actnorm()
         work.evaluate()
         work.save_checkpoint()
-    show = (cfg.progress if progress is None else progress) and sys.stderr.isatty()
+    work.wrap_for_training()
+    show = (cfg.progress if progress is None else progress) and sys.stderr.isatty() and dist.is_main
     bar = tqdm(total=cfg.steps, initial=work.step, disable=not show, desc=run.path.name,
                unit="step", dynamic_ncols=True, leave=False)
     state = "done"
@@ -370,10 +403,10 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
             row, batch, bad = work.train_step()
             seconds = time.perf_counter() - started
             if bad is None:
-                run.events.extend(work.monitor.observe(work.step, row["train_bpd"], row["grad_norm"], row["lr"]))
+                work.write(run.events, work.monitor.observe(work.step, row["train_bpd"], row["grad_norm"], row["lr"]))
             if work.step % cfg.log_every == 0 or bad:
-                run.metrics.append({**row, "step_time": seconds, "images_per_s": work.batches.batch_size / seconds,
-                                    "wall_time": work.elapsed})
+                work.write(run.metrics, [{**row, "step_time": seconds, "wall_time": work.elapsed,
+                                          "images_per_s": work.batches.batch_size / seconds}])
             if bad:
                 if work.recover(bad, row, batch):
                     state = "diverged"
@@ -386,18 +419,23 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
             bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
             if work.step % cfg.checkpoint_every == 0 or work.step == cfg.steps:
                 work.save_checkpoint()
-                run.write_status("running", step=work.step)
-            if signals["stop"]:
+                if dist.is_main:
+                    run.write_status("running", step=work.step)
+            if dist.any(signals["stop"], device):
                 work.save_checkpoint()
-                run.write_status("interrupted", step=work.step)
+                if dist.is_main:
+                    run.write_status("interrupted", step=work.step)
                 raise RunInterrupted(f"{run.path}: interrupted at step {work.step}")
-    reconstruction = None
-    if state == "done":  # a diverged run keeps its last good checkpoint
-        reconstruction = save_samples(work.eval_model(), run.samples, cfg.sample_temperatures,
-                                      cfg.n_samples, config.data.n_bits, test_data.images,
-                                      device, config.seed)
-        work.save_checkpoint()
-    summary = _summary(work, state, reconstruction)
-    atomic_write_json(run.summary_file, summary)
-    run.write_status(state, step=work.step)
-    return summary
+    summary: dict | None = None
+    if dist.is_main:
+        reconstruction = None
+        if state == "done":  # a diverged run keeps its last good checkpoint
+            reconstruction = save_samples(work.eval_model(), run.samples, cfg.sample_temperatures,
+                                          cfg.n_samples, config.data.n_bits, test_data.images,
+                                          device, config.seed)
+            work.save_checkpoint()
+        summary = _summary(work, state, reconstruction)
+        atomic_write_json(run.summary_file, summary)
+        run.write_status(state, step=work.step)
+    dist.barrier()  # rank 0 has written summary.json: every rank returns the same summary
+    return summary or run.summary()

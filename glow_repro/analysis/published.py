@@ -239,7 +239,8 @@ FIDELITY: tuple[FidelityChoice, ...] = (
         "`s = exp(log s)`, `y_b = s * x_b + t` (Table 1)",
         "`scale = sigmoid(h + 2)`, applied as `(x_b + t) * scale` (model.py; openai/glow issue #62: "
         "without the bound training did not converge)",
-        "the official bounded scale; `exp` gives the paper's form",
+        "the official bounded scale; `exp` gives the paper's `exp(h)`, composed as `(x_b + t) * s` "
+        "(the same family as `s * x_b + t'`, with t' = s * t)",
         ("model.scale",),
     ),
     FidelityChoice(

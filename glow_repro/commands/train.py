@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,4 +41,5 @@ def train_command(config_path: Path, out: Path, overrides: tuple[str, ...], thre
     except RunInterrupted as err:
         click.echo(f"{err}; run the same command again to resume", err=True)
         sys.exit(130)
-    _print_summary(summary, out)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
+        _print_summary(summary, out)

@@ -66,7 +66,9 @@ class CouplingNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        # under bf16 autocast only the convolutions run in bf16; shift, scale and log-det
+        # come back in the flow's own dtype (issue #7)
+        return self.layers(x).to(x.dtype)
 
 
 def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

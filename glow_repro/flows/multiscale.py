@@ -86,7 +86,7 @@ class Split(nn.Module):
         self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep), zero_conv_logscale_factor)
 
     def prior_params(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.prior(z1)
+        h = self.prior(z1).to(z1.dtype)  # priors stay in the flow's dtype under autocast
         return h[:, 0::2], h[:, 1::2]
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

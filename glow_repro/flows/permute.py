@@ -53,7 +53,9 @@ def random_rotation(channels: int) -> torch.Tensor:
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(x, weight.to(x.dtype).unsqueeze(-1).unsqueeze(-1))
+    """The invertible map itself never runs in reduced precision, even under autocast."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.conv2d(x, weight.to(x.dtype).unsqueeze(-1).unsqueeze(-1))
 
 
 class InvConv1x1(FlowLayer):

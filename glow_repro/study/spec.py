@@ -27,12 +27,10 @@ from glow_repro.config import (
     apply_overrides,
     parse_override,
     read_yaml,
+    run_identity,
     set_path,
     validate_model,
 )
-
-#: Config keys that change how a run executes but not what it computes; left out of run ids.
-EXECUTION_KEYS = ("train.threads", "train.progress")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -301,11 +299,7 @@ def _canonical(value: Any) -> str:
 def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: str | None) -> str:
     """Readable prefix (label, then the named settings sorted by key so that reordering the
     YAML keeps ids) + the first 8 hex digits of sha256 over the canonical resolved config."""
-    identity = json.loads(json.dumps(resolved))
-    for dotted in EXECUTION_KEYS:
-        section, key = dotted.split(".")
-        identity[section].pop(key, None)
-    digest = hashlib.sha256(_canonical(identity).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(_canonical(run_identity(resolved)).encode()).hexdigest()[:8]
     words = [label] if label else []
     words += [
         v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{_fmt(v)}"
