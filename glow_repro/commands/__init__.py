@@ -1,9 +1,10 @@
 """Click commands, one module per topic; ``ALL_COMMANDS`` is what ``glow-repro`` registers."""
 
+from glow_repro.commands.bench import bench_command
 from glow_repro.commands.report import compare_command, report_command
 from glow_repro.commands.stability import replay_command
 from glow_repro.commands.study import run_command, status_command
 from glow_repro.commands.train import train_command
 
 ALL_COMMANDS: list = [train_command, run_command, status_command, report_command, compare_command,
-                      replay_command]
+                      replay_command, bench_command]

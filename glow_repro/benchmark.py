@@ -1,0 +1,191 @@
+"""Throughput, memory and FLOP measurements of a config's training step and sampling pass
+(issues #2, #3, #5, #7), shared by ``glow-repro bench`` and ``benchmarks/bench_step.py``.
+
+Figures are medians over ``repeats`` timed blocks of ``steps`` steps each, after warm-up.
+FLOPs of a step are counted once with ``torch.utils.flop_counter`` (convolutions and matrix
+products, forward and backward); achieved TFLOP/s is that count over the median step time.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from glow_repro.config import RunConfig
+from glow_repro.model import Glow
+from glow_repro.objective import bits_per_dim, preprocess
+from glow_repro.stability import StabilityMonitor
+
+#: The reference benchmark config of issue #2: 1x32x32, K=8, L=3, width 128, affine, LU 1x1,
+#: learned top prior, batch 32 (run with 2 threads on the CPU).
+REFERENCE = {
+    "data": {"dataset": "synthetic", "image_size": 32, "synthetic_size": 1024},
+    "model": {"depth": 8, "levels": 3, "width": 128, "coupling": "affine", "permutation": "conv1x1",
+              "conv1x1_form": "lu", "learn_top": True},
+    "train": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "progress": False},
+}
+
+#: The paper's CIFAR-10 model (Glow, section 5): 3x32x32, K=32, L=3, width 512, batch 64.
+PAPER_CIFAR10 = {
+    "data": {"dataset": "cifar10"},
+    "model": {"depth": 32, "levels": 3, "width": 512, "coupling": "affine", "permutation": "conv1x1",
+              "conv1x1_form": "dense", "learn_top": True},
+    "train": {"batch_size": 64, "optimizer": "adamax", "lr": 1e-3, "progress": False},
+}
+
+PRESETS = {"reference": REFERENCE, "paper-cifar10": PAPER_CIFAR10}
+
+#: Dense peak TFLOP/s by GPU name fragment and precision (vendor datasheets, SXM parts).
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "tf32": 494.7, "float32": 66.9},
+    "H100": {"bf16": 989.4, "tf32": 494.7, "float32": 66.9},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "float32": 19.5},
+}
+
+
+@dataclass
+class BenchResult:
+    device: str
+    threads: int
+    n_params: int
+    train_images_per_s: float
+    sample_images_per_s: float
+    peak_memory_mb: float
+    train_tflops: float | None = None
+    peak_tflops: float | None = None
+    train_rates: list[float] = field(default_factory=list)
+    monitor_fraction: float | None = None
+
+    @property
+    def fraction_of_peak(self) -> float | None:
+        if self.train_tflops is None or not self.peak_tflops:
+            return None
+        return self.train_tflops / self.peak_tflops
+
+
+def _peak_tflops(device: torch.device, config: RunConfig) -> float | None:
+    if device.type != "cuda":
+        return None
+    precision = "bf16" if config.train.precision == "bf16" else ("tf32" if config.train.tf32 else "float32")
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats: int = 5,
+            monitor: bool = False) -> BenchResult:
+    """Median images/s of bare training steps (forward + bpd + backward + clip + optimiser)
+    and of sampling passes with the config's speed options; optionally the stability
+    monitor's own seconds per step as a fraction of the step."""
+    cfg = config.train
+    if cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    shape = config.data.shape
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = Glow(config.model, shape).to(device, memory_format=memory_format)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
+    x = preprocess(images, config.data.n_bits).to(device, memory_format=memory_format)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    forward = torch.compile(model) if cfg.compile else model
+    optimizer_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
+    optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
+    n_dims = math.prod(shape)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            log_prob = forward(x)
+        bits_per_dim(log_prob.float(), n_dims, config.data.n_bits).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf, foreach=True)
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    watcher = StabilityMonitor(config.monitor, model, "bench")
+    train_rates, sample_rates, monitor_costs = [], [], []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        train_rates.append(steps * cfg.batch_size / (time.perf_counter() - started))
+        if monitor:
+            monitor_costs.append(_monitor_seconds(watcher, step))
+        started = time.perf_counter()
+        model.sample(cfg.batch_size, temperature=0.7)
+        _sync(device)
+        sample_rates.append(cfg.batch_size / (time.perf_counter() - started))
+    rate = statistics.median(train_rates)
+    step_seconds = cfg.batch_size / rate
+    return BenchResult(
+        device=str(device),
+        threads=torch.get_num_threads(),
+        n_params=model.n_params(),
+        train_images_per_s=rate,
+        sample_images_per_s=statistics.median(sample_rates),
+        peak_memory_mb=_peak_memory_mb(device),
+        train_tflops=counter.get_total_flops() / step_seconds / 1e12 if device.type == "cuda" else None,
+        peak_tflops=_peak_tflops(device, config),
+        train_rates=train_rates,
+        monitor_fraction=statistics.median(monitor_costs) / step_seconds if monitor else None,
+    )
+
+
+def _monitor_seconds(watcher: StabilityMonitor, step) -> float:
+    """The monitor's own seconds per step as train() runs it: per-step checks on every step,
+    the health check once every ``health_every`` steps."""
+    every = max(watcher.config.health_every, 1)
+    spent = 0.0
+    for index in range(1, every + 1):
+        watcher.record_scales(watcher.health_due(index))
+        step()
+        started = time.perf_counter()
+        watcher.parameters_finite()
+        watcher.observe(index, 3.0, 1.0, 1e-3)
+        spent += time.perf_counter() - started
+    return spent / every
+
+
+def train_loop_rates(config: RunConfig, steps: int, repeats: int) -> list[float]:
+    """images/s of ``train()``'s loop from its own step log (data, logging, monitor and
+    checkpoints every 25 steps included; the step-0 and final evaluations excluded)."""
+    from glow_repro.study.store import RunDir
+    from glow_repro.train import train
+
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = config.model_copy(update={"train": config.train.model_copy(update={
+                "steps": steps + 1, "eval_every": 10_000, "eval_limit": 64, "checkpoint_every": 25,
+                "n_samples": 2})})
+            train(cfg, f"{tmp}/run")
+            rows = RunDir(f"{tmp}/run").metrics.read()
+            seconds = rows[-1]["wall_time"] - rows[0]["wall_time"]
+            rates.append(steps * cfg.train.batch_size / seconds)
+    return rates

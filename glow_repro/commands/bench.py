@@ -1,0 +1,53 @@
+"""``glow-repro bench``: size a study before launching it (issue #7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from glow_repro.commands.base import user_errors
+
+
+@click.command("bench")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run config to measure (default: the --preset).")
+@click.option("--preset", type=click.Choice(["reference", "paper-cifar10"]), default="reference",
+              show_default=True, help="reference: 1x32x32 K=8 L=3 width 128 batch 32; "
+                                      "paper-cifar10: 3x32x32 K=32 L=3 width 512 batch 64.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key, e.g. --set train.precision=bf16.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per timed block.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
+@user_errors
+def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, ...], device: str,
+                  steps: int, repeats: int, threads: int | None) -> None:
+    """Print training and sampling images/s, peak memory and, on a GPU, achieved TFLOP/s
+    against the device's peak, for a run config. Data is random: no dataset is loaded."""
+    import torch
+
+    from glow_repro.benchmark import PRESETS, measure
+    from glow_repro.config import RunConfig, apply_overrides, load_run_config, validate_model
+    from glow_repro.runinfo import resolve_device
+
+    if config_path is not None:
+        config = load_run_config(config_path, overrides)
+    else:
+        config = validate_model(RunConfig, apply_overrides(PRESETS[preset], overrides), f"preset {preset}")
+    if threads:
+        torch.set_num_threads(threads)
+    result = measure(config, resolve_device(device), steps=steps, repeats=repeats)
+    c, h, w = config.data.shape
+    m = config.model
+    click.echo(f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
+               f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
+               f"{result.n_params:,} parameters")
+    click.echo(f"device     {result.device} ({result.threads} threads)")
+    click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
+    click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
+    click.echo(f"memory     {result.peak_memory_mb:,.0f} MB peak")
+    if result.train_tflops is not None:
+        peak = f" of {result.peak_tflops:.0f} peak ({result.fraction_of_peak:.1%})" if result.peak_tflops else ""
+        click.echo(f"compute    {result.train_tflops:.1f} TFLOP/s{peak}")

@@ -1,0 +1,34 @@
+"""``glow-repro bench`` measures and reports without timed assertions (issue #7)."""
+
+from __future__ import annotations
+
+import torch
+from click.testing import CliRunner
+
+from glow_repro.benchmark import measure
+from glow_repro.cli import main
+from glow_repro.config import RunConfig
+
+TINY = {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 2, "width": 8},
+        "train": {"batch_size": 4}}
+
+
+def test_measure_reports_rates_memory_and_parameters():
+    torch.set_num_threads(1)
+    result = measure(RunConfig.model_validate(TINY), torch.device("cpu"), steps=1, repeats=2, monitor=True)
+    assert len(result.train_rates) == 2 and result.train_images_per_s > 0
+    assert result.sample_images_per_s > 0 and result.peak_memory_mb > 0
+    assert result.n_params > 0 and 0 < result.monitor_fraction
+    assert result.train_tflops is None  # FLOP rates are reported for GPUs only
+
+
+def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
+    runner = CliRunner()
+    args = ["bench", "--device", "cpu", "--steps", "1", "--repeats", "1", "--threads", "1",
+            "--set", "model.depth=1", "--set", "model.width=8", "--set", "train.batch_size=2",
+            "--set", "data.image_size=8", "--set", "model.levels=2"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output and "parameters" in result.output
+    bad = runner.invoke(main, ["bench", "--set", "model.coupling=both"])
+    assert bad.exit_code == 2 and "model.coupling: must be one of" in bad.output
