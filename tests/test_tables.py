@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -18,7 +21,8 @@ from PIL import Image
 
 from glow_repro.config import RunConfig, dump_run_config, validate_model
 from glow_repro.errors import UserFacingError
-from glow_repro.study.tables import config_differences, load_tables, short_names, write_tables
+from glow_repro.study.labels import describe, format_value, short_names
+from glow_repro.study.tables import config_differences, load_tables, write_tables
 
 PERMUTATIONS = ("reverse", "conv1x1")
 COUPLINGS = ("additive", "affine")
@@ -167,6 +171,24 @@ def test_config_differences_lists_swept_keys_and_incidental_ones(fake_study: Pat
 
 def test_variant_labels_use_short_names_unless_ambiguous() -> None:
     assert short_names(["model.depth", "a.lr", "b.lr"]) == {"model.depth": "depth", "a.lr": "a.lr", "b.lr": "b.lr"}
+    assert describe({"model.permutation": "conv1x1", "train.lr": 1e-3}) == "permutation=conv1x1, lr=0.001"
+    assert describe({}) == "base"
+
+
+@pytest.mark.parametrize("value, text", [
+    (None, "null"), (float("nan"), "null"), (np.float64("nan"), "null"),
+    (True, "true"), (False, "false"), (np.bool_(True), "true"), (pd.Series([False]).iloc[0], "false"),
+    (0.001, "0.001"), (1.0, "1"), (np.float32(0.5), "0.5"), (8, "8"), (np.int64(8), "8"),
+    ("1e-3", "0.001"), ("1.0e5", "100000"), ("conv1x1", "conv1x1"), ("1e3x", "1e3x"),
+    ([16, 32], "16x32"), ((0.7, 1.0), "0.7x1"), ([True, None], "truexnull"),
+])  # fmt: skip
+def test_format_value_gives_the_same_text_whatever_type_holds_the_value(value, text) -> None:
+    assert format_value(value) == text
+
+
+def test_labels_import_neither_torch_nor_pandas() -> None:
+    code = "import sys, glow_repro.study.labels; sys.exit(bool({'torch', 'pandas'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_a_key_varied_outside_the_grid_becomes_a_swept_column(tmp_path: Path) -> None:
@@ -179,6 +201,22 @@ def test_a_key_varied_outside_the_grid_becomes_a_swept_column(tmp_path: Path) ->
     assert tables.swept == ["model.permutation", "model.coupling", "train.lr"]
     assert "permutation=conv1x1, coupling=affine, lr=0.002" in set(tables.finals["variant"])
     assert list(tables.evals.columns[:6]) == [*ID_AND_SWEPT, "train.lr"]
+
+
+def test_a_list_valued_axis_keeps_the_grid_order(tmp_path: Path) -> None:
+    results = make_fake_study(tmp_path)
+    study = yaml.safe_load((results / "study.yaml").read_text())
+    study["grid"]["train.sample_temperatures"] = [[1.0], [0.7, 0.5]]  # not sorted, as text or number
+    (results / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    for i, run in enumerate(sorted((results / "runs").iterdir())):
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["train"]["sample_temperatures"] = study["grid"]["train.sample_temperatures"][i % 2]
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    variants = list(dict.fromkeys(load_tables(results).finals["variant"]))
+    assert variants[:2] == [
+        "permutation=reverse, coupling=additive, sample_temperatures=[1.0]",
+        "permutation=reverse, coupling=additive, sample_temperatures=[0.7, 0.5]",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("make", [

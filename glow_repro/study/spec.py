@@ -31,6 +31,7 @@ from glow_repro.config import (
     set_path,
     validate_model,
 )
+from glow_repro.study.labels import describe, format_value
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -255,7 +256,7 @@ def _make_run(
     resolved = config.to_dict()
     overrides = {key: _lookup(resolved, key) for key in swept}
     named = {key: overrides[key] for key in (point if label else swept)}
-    variant = ", ".join(([label] if label else []) + ([_describe(named)] if named else [])) or "base"
+    variant = ", ".join(([label] if label else []) + ([describe(named)] if named else [])) or "base"
     return RunSpec(
         run_id=_run_id(resolved, named, seed, label),
         config=config,
@@ -271,27 +272,6 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def _short_names(keys: list[str]) -> dict[str, str]:
-    """Last segment of each key path, or the full path where two keys share it."""
-    last = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
-
-
-def _describe(overrides: dict[str, Any]) -> str:
-    names = _short_names(list(overrides))
-    return ", ".join(f"{names[k]}={_fmt(v)}" for k, v in overrides.items())
-
-
-def _fmt(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "x".join(_fmt(v) for v in value)
-    return str(value)
-
-
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -302,7 +282,7 @@ def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: s
     digest = hashlib.sha256(_canonical(run_identity(resolved)).encode()).hexdigest()[:8]
     words = [label] if label else []
     words += [
-        v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{_fmt(v)}"
+        v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{format_value(v)}"
         for k, v in sorted(named.items())
     ]
     prefix = _UNSAFE.sub("_", "-".join(words)).strip("_-.")[:40]

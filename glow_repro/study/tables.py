@@ -21,7 +21,6 @@ This module never imports torch: a report can be rebuilt on a laptop.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from tqdm.auto import tqdm
 
 from glow_repro.config import read_yaml
 from glow_repro.errors import UserFacingError
+from glow_repro.study.labels import describe, format_value
+from glow_repro.study.labels import short_names  # noqa: F401  (analysis.report imports it from here)
 from glow_repro.study.store import RunDir, read_json
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
@@ -77,33 +78,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, (list, tuple)):
-            flat[dotted] = json.dumps(list(value))
         else:
-            flat[dotted] = value
+            flat[dotted] = _cell(value)
     return flat
 
 
-def format_value(value: Any) -> str:
-    """Short text of a config value for labels: ``0.001``, ``true``, ``null``, ``conv1x1``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "null"
-    if pd.api.types.is_bool(value):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str):
-        try:
-            return f"{float(value):g}"  # YAML 1.1 reads ``1e-3`` as text
-        except ValueError:
-            return value
-    return str(value)
-
-
-def short_names(keys: list[str]) -> dict[str, str]:
-    """Last dotted component of each key, or the full key where that would be ambiguous."""
-    last = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: (tail if last.count(tail) == 1 else key) for key, tail in zip(keys, last)}
+def _cell(value: Any) -> Any:
+    """A config value as a table cell: lists become JSON text (hashable, one parquet type)."""
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
 
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
@@ -129,7 +111,7 @@ def _grid_orders(study: dict[str, Any]) -> dict[str, list[str]]:
     grid = study.get("grid") if isinstance(study.get("grid"), dict) else {}
     variants = study.get("variants") if isinstance(study.get("variants"), list) else []
     for key, values in flatten_axes(grid).items():
-        orders.setdefault(key, []).extend(format_value(v) for v in values)
+        orders.setdefault(key, []).extend(format_value(_cell(v)) for v in values)
     for variant in variants:
         if isinstance(variant, dict):
             for key, value in flatten(variant).items():
@@ -178,10 +160,7 @@ def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataF
     grid_keys = list(orders)
     swept = [k for k in varying_keys(configs) if k not in NOT_SWEPT]
     swept.sort(key=lambda k: (grid_keys.index(k) if k in grid_keys else len(grid_keys), k))
-    names = short_names(swept)
-    configs["variant"] = configs.apply(
-        lambda row: ", ".join(f"{names[k]}={format_value(row[k])}" for k in swept) or "base", axis=1
-    )
+    configs["variant"] = configs.apply(lambda row: describe({k: row[k] for k in swept}), axis=1)
     keys = [c for k in swept for c in _sort_columns(configs[k], orders.get(k, []))]
     order = pd.concat([*keys, configs["seed"], configs["run_id"]], axis=1, ignore_index=True)
     configs = configs.loc[order.sort_values(list(order.columns), na_position="last").index]
