@@ -7,3 +7,7 @@ class UserFacingError(RuntimeError):
 
 class DataUnavailableError(UserFacingError):
     """A dataset's files are missing; the message says which, where to put them, how to get them."""
+
+
+class ResultsDirError(UserFacingError):
+    """The path given is not a results directory written by ``glow-repro run``."""

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from glow_repro.config import ConfigError, dump_run_config
+from glow_repro.errors import ResultsDirError
 from glow_repro.study.locks import RunLock
 from glow_repro.study.runner import collect_status, run_study
 from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text
@@ -223,6 +224,8 @@ def test_status_reads_every_run(tmp_path):
     run_dir = RunDir(results / "runs" / rows["width=12"].run_id)
     run_dir.write_status("running", step=2)  # as a SIGKILLed runner leaves it
     assert {row.variant: row.state for row in collect_status(results)}["width=12"] == "killed"
+    with pytest.raises(ResultsDirError, match="not a results directory"):
+        collect_status(tmp_path)  # the study's parent: no manifest.json, no runs/
 
 
 def _wait_for(predicate, timeout=60.0):

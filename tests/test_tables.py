@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from glow_repro.config import RunConfig, dump_run_config, validate_model
-from glow_repro.errors import UserFacingError
+from glow_repro.errors import ResultsDirError
 from glow_repro.study.labels import describe, format_value, short_names
 from glow_repro.study.tables import config_differences, load_tables, write_tables
 
@@ -226,6 +226,6 @@ def test_a_list_valued_axis_keeps_the_grid_order(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_not_a_results_directory_is_a_one_line_user_error(tmp_path: Path, make) -> None:
     path = make(tmp_path)
-    with pytest.raises(UserFacingError) as err:
+    with pytest.raises(ResultsDirError) as err:
         load_tables(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)

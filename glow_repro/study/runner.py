@@ -25,6 +25,7 @@ from typing import Any
 from filelock import FileLock
 
 from glow_repro.config import ConfigError, parse_override, validate_model
+from glow_repro.errors import ResultsDirError
 from glow_repro.study.launchers import (
     LAUNCHERS,
     LaunchOptions,
@@ -263,8 +264,6 @@ class RunStatus:
 
 def collect_status(results_dir: str | Path) -> list[RunStatus]:
     """Every run of a results directory (manifest order, then unlisted run dirs)."""
-    from glow_repro.study.tables import ResultsDirError  # one error class for both readers
-
     results = Path(results_dir)
     manifest = read_json(results / MANIFEST, default=None)
     if not results.is_dir() or (manifest is None and not (results / "runs").is_dir()):

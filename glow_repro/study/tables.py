@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from glow_repro.config import read_yaml
-from glow_repro.errors import UserFacingError
+from glow_repro.errors import ResultsDirError
 from glow_repro.study.labels import describe, format_value
 from glow_repro.study.labels import short_names  # noqa: F401  (analysis.report imports it from here)
 from glow_repro.study.store import RunDir, read_json
@@ -45,10 +45,6 @@ SUMMARY_COLUMNS = (
     "final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_time", "n_params", "diverged",
     "first_nonfinite_step", "reconstruction_error", "images_per_s",
 )  # fmt: skip
-
-
-class ResultsDirError(UserFacingError):
-    """The path given is not a results directory written by ``glow-repro run``."""
 
 
 @dataclass
