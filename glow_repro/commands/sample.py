@@ -24,7 +24,8 @@ from glow_repro.commands.base import user_errors
               help="pairs of test images to interpolate between, one row each")
 @click.option("--steps", type=click.IntRange(min=2), default=8, show_default=True,
               help="images per interpolation row, both ends included")
-@click.option("--device", type=click.Choice(["cpu", "auto", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "auto", "cuda"]), default="cpu", show_default=True,
+              help="where the model runs; auto picks CUDA when present")
 @user_errors
 def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None, out_dir: Path | None,
                    seed: int | None, pairs: int, steps: int, device: str) -> None:
