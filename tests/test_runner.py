@@ -11,13 +11,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from glow_repro.config import ConfigError, dump_run_config
-from glow_repro.errors import ResultsDirError
+from glow_repro.errors import DataUnavailableError, ResultsDirError
 from glow_repro.study.locks import RunLock
-from glow_repro.study.runner import collect_status, run_study
+from glow_repro.study.runner import collect_status, run_study, tables_dir
 from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +100,40 @@ def test_study_trains_every_run_then_a_rerun_trains_nothing(tmp_path):
     assert calls(results)[victim.name] == 2 and sum(calls(results).values()) == 5
     steps = [row["step"] for row in RunDir(victim).metrics.read()]
     assert steps == [1, 2, 3]  # resumed, no duplicated rows
+
+
+def test_the_long_tables_are_written_at_the_end_failed_runs_included(tmp_path):
+    results = tmp_path / "results"
+    report = run_study(make_study(tmp_path, widths=(12, FAIL_WIDTH)), results, launcher="inprocess",
+                       train_fn=fake_train)
+    assert report.tables_dir == results / "tables" == tables_dir(results)
+    for name in ("steps", "evals", "finals", "events"):
+        assert (results / "tables" / f"{name}.csv").is_file(), name
+    finals = pd.read_parquet(results / "tables" / "finals.parquet")
+    assert sorted(finals["run_id"]) == sorted(p.name for p in (results / "runs").iterdir())
+    assert sorted(finals["state"]) == ["done", "done", "failed", "failed"]
+    assert len(pd.read_parquet(results / "tables" / "steps.parquet")) == 2 * 3  # done runs only
+
+
+def interrupted_train(config, run_dir, **kwargs):
+    """Ctrl-C during the first run's training (its config is written by then)."""
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dump_run_config(config))
+    raise KeyboardInterrupt
+
+
+def train_without_data(config, run_dir, **kwargs):
+    """train() when the dataset is missing: it raises before writing the run's config."""
+    raise DataUnavailableError("fashion-mnist: no files")
+
+
+@pytest.mark.parametrize("train_fn, state", [(interrupted_train, "interrupted"), (train_without_data, "failed")])
+def test_no_tables_after_ctrl_c_or_when_no_run_started(tmp_path, train_fn, state):
+    results = tmp_path / "results"
+    report = run_study(make_study(tmp_path), results, launcher="inprocess", train_fn=train_fn)
+    assert report.runs_in(state) and report.tables_dir is None
+    assert not (results / "tables").exists() and tables_dir(results) is None
 
 
 def test_local_pool_runs_in_worker_processes_with_split_threads(tmp_path):

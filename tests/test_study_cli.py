@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -96,6 +97,17 @@ def test_status_table_and_counts(tmp_path):
     assert done[1:] == ["width=12", "0", "done", "3", "7.000", "0m00s"]
     assert "1 runs" not in result.output and "2 runs: 1 done, 1 failed" in result.output
     assert "boom at width 13" in result.output
+    assert f"tables: {results / 'tables'}/" in result.output
+
+
+def test_run_names_the_tables_and_the_failures_then_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: fake_train)
+    study, results = make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), tmp_path / "results"
+    result = cli("run", study, "--results", results, "--launcher", "inprocess")
+    assert result.exit_code == 1, result.output
+    assert f"tables: {results / 'tables'}/ (steps, evals, finals, events" in result.output
+    assert "boom at width 13" in result.output
+    assert (results / "tables" / "finals.parquet").is_file()
 
 
 def test_status_of_a_directory_that_is_not_a_results_dir(tmp_path):
@@ -137,6 +149,9 @@ def test_smoke_study_trains_for_real_and_reruns_only_what_is_missing(tmp_path):
 
     status = finished(glow_repro("status", results))
     assert "4 runs: 4 done" in status
+    assert f"tables: {results / 'tables'}/" in out and f"tables: {results / 'tables'}/" in status
+    finals = pd.read_parquet(results / "tables" / "finals.parquet")
+    assert sorted(finals["run_id"]) == [r.name for r in runs] and (finals["final_test_bpd"] > 0).all()
 
 
 @pytest.mark.slow

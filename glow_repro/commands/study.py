@@ -56,6 +56,8 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
 
     Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
     are retried with --retry-failed. Safe to run twice at once on one results directory.
+    At the end (unless interrupted) the long tables of every run, failed ones included, are
+    written to tables/ in the results directory, as parquet and CSV.
     Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
     """
     from glow_repro.study.runner import run_study
@@ -81,6 +83,8 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
                f"{report.counts['skipped']} already finished) -> {report.results_dir}")
     for planned in report.runs_in("elsewhere"):
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
+    if report.tables_dir is not None:
+        click.echo(f"tables: {report.tables_dir}/ (steps, evals, finals, events as .parquet and .csv)")
     if report.interrupted:
         stopped = [p.run.run_id for p in report.runs_in("interrupted")]
         click.echo(f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
@@ -101,8 +105,9 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
 @click.argument("results_dir", type=click.Path(path_type=Path))
 @user_errors
 def status_command(results_dir: Path) -> None:
-    """Show every run of RESULTS_DIR: state, step, last test bpd and wall time."""
-    from glow_repro.study.runner import collect_status
+    """Show every run of RESULTS_DIR: state, step, last test bpd and wall time, and where
+    the long tables are once a `glow-repro run` has written them."""
+    from glow_repro.study.runner import collect_status, tables_dir
 
     runs = collect_status(results_dir)
     rows = [
@@ -113,6 +118,9 @@ def status_command(results_dir: Path) -> None:
     ]
     click.echo(_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
     click.echo(f"{len(runs)} runs: {_counts([r.state for r in runs]) or 'none started'}")
+    tables = tables_dir(results_dir)
+    if tables is not None:
+        click.echo(f"tables: {tables}/ (written when the last uninterrupted `glow-repro run` ended)")
     for r in runs:
         if r.state == "failed" and r.error:
             click.echo(f"  failed {r.run_id}: {r.error.splitlines()[0][:200]}")

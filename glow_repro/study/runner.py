@@ -6,6 +6,9 @@ Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
     manifest.json    {"study", "runs": {run_id: {"variant", "seed", "overrides"}}}: every run
                      ever planned here, with its label and swept settings (``status`` uses it)
     runs/<run_id>/   one run directory (glow_repro.study.store.RunDir)
+    tables/          steps, evals, finals, events, configs as .parquet and .csv (the long
+                     tables of glow_repro.study.tables), rewritten at the end of every
+                     ``glow-repro run`` that was not interrupted, failed runs included
     submitit/        submitit logs (slurm launcher only)
 
 A run is skipped when its status is ``done`` or ``diverged``; ``interrupted`` runs (and
@@ -46,8 +49,10 @@ from glow_repro.study.spec import (
     with_overrides,
 )
 from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text, read_json
+from glow_repro.study.tables import load_tables, write_tables
 
 MANIFEST = "manifest.json"
+TABLES = "tables"
 #: Plan actions that launch training.
 LAUNCH_ACTIONS = ("train", "resume", "retry")
 
@@ -71,6 +76,9 @@ class StudyReport:
     plan: list[PlannedRun]
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: bool = False
+    tables_dir: Path | None = None
+    """Where the long tables were written; None on --dry-run, Ctrl-C, or when no run has
+    started (none has a config.yaml)."""
 
     def final_state(self, planned: PlannedRun) -> str:
         """The run's state after this invocation; ``elsewhere`` = another process has it."""
@@ -245,7 +253,30 @@ def run_study(
         tracker.close()
     report.outcomes = tracker.outcomes
     report.interrupted = tracker.interrupted
+    if not report.interrupted:
+        report.tables_dir = write_study_tables(results)
     return report
+
+
+def write_study_tables(results_dir: Path) -> Path | None:
+    """Write ``results/<study>/tables/`` from every run there (issue #4, "Status and tables");
+    None when no run has a config yet (all failed before starting, e.g. missing data).
+
+    Under a lock, so that of two runners finishing together the second reads and writes last.
+    """
+    with FileLock(results_dir / ".tables.lock"):
+        try:
+            tables = load_tables(results_dir)
+        except ResultsDirError:
+            return None
+        write_tables(tables, results_dir / TABLES)
+    return results_dir / TABLES
+
+
+def tables_dir(results_dir: str | Path) -> Path | None:
+    """``results/<study>/tables/`` if a run of the study has written it, else None."""
+    path = Path(results_dir) / TABLES
+    return path if (path / "finals.parquet").is_file() else None
 
 
 @dataclass(frozen=True)

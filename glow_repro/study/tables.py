@@ -15,11 +15,14 @@ seed and bookkeeping keys (:data:`NOT_SWEPT`). ``variant`` is a readable label o
 (``permutation=conv1x1, coupling=affine``). Rows are ordered by the study's grid order (from
 ``study.yaml``), then seed, so ``groupby(..., sort=False)`` keeps the grid order.
 
-This module never imports torch: a report can be rebuilt on a laptop.
+``glow-repro run`` writes them (:func:`write_tables`) to ``results/<study>/tables/`` when a
+study ends; ``glow-repro report`` writes them beside the report. This module never imports
+torch: a report can be rebuilt on a laptop.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from glow_repro.config import read_yaml
 from glow_repro.errors import ResultsDirError
 from glow_repro.study.labels import describe, format_value
 from glow_repro.study.labels import short_names  # noqa: F401  (analysis.report imports it from here)
-from glow_repro.study.store import RunDir, read_json
+from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
 NOT_SWEPT = ("seed", "train.threads", "train.progress")
@@ -231,7 +234,8 @@ def load_tables(results_dir: str | Path) -> Tables:
 
 
 def write_tables(tables: Tables, out_dir: str | Path) -> list[Path]:
-    """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``."""
+    """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``, each file
+    atomically (a reader never sees half a table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -240,8 +244,10 @@ def write_tables(tables: Tables, out_dir: str | Path) -> list[Path]:
         parquet = frame.copy()
         for column in parquet.columns[parquet.dtypes == object]:
             parquet[column] = parquet[column].map(lambda v: None if v is None else str(v))
-        parquet.to_parquet(out_dir / f"{name}.parquet", index=False)
-        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        buffer = io.BytesIO()
+        parquet.to_parquet(buffer, index=False)
+        atomic_write_bytes(out_dir / f"{name}.parquet", buffer.getvalue())
+        atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
         written += [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
     return written
 
