@@ -49,12 +49,12 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+def resolve_device(choice: str, option: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error naming ``option``."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
         from glow_repro.errors import UserFacingError
 
-        raise UserFacingError("train.device=cuda but no CUDA device is available; use auto or cpu")
+        raise UserFacingError(f"{option}=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(choice)

@@ -38,7 +38,7 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
         config = validate_model(RunConfig, apply_overrides(PRESETS[preset], overrides), f"preset {preset}")
     if threads:
         torch.set_num_threads(threads)
-    result = measure(config, resolve_device(device), steps=steps, repeats=repeats)
+    result = measure(config, resolve_device(device, "--device"), steps=steps, repeats=repeats)
     c, h, w = config.data.shape
     m = config.model
     click.echo(f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "

@@ -38,7 +38,7 @@ def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None
     from glow_repro.sampling import load_trained_model, write_figures
     from glow_repro.study.store import RunDir
 
-    config, model = load_trained_model(run_dir, resolve_device(device))
+    config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples
     about = {"run_dir": str(run_dir), "run_status": RunDir(run_dir).status()}
     record = write_figures(model, config, out, temperatures=temperatures or None, n=n, seed=seed,
