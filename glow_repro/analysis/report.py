@@ -394,19 +394,26 @@ def _make_figures(a: Analysis, out: Path) -> list[FigureFile]:
     return made
 
 
-def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[FigureFile]:
-    """Sample grids, reconstructions and interpolations of one finished run per variant."""
-    copied = []
+def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[FigureFile]]:
+    """Sample grids, reconstructions and interpolations of one finished run per variant,
+    grouped per variant (temperature grid first) so the report shows a variant on one row."""
+    order = {"temperatures": 0, "reconstructions": 1, "interpolation": 2}
+    groups = []
     done = a.tables.finals[a.tables.finals["state"] == "done"]
     for _, run in done.drop_duplicates("variant").iterrows():
         temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
-        for png in sorted((results_dir / "runs" / run["run_id"] / "samples").glob("*.png")):
+        pngs = sorted((results_dir / "runs" / run["run_id"] / "samples").glob("*.png"),
+                      key=lambda png: (order.get(png.stem, len(order)), png.name))
+        group = []
+        for png in pngs:
             target = out / "figures" / "samples" / f"{run['run_id']}_{png.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
             what = f"one row per temperature {temperatures}" if png.stem == "temperatures" else png.stem
-            copied.append(FigureFile(target.stem, f"`{run['variant']}`, seed {run['seed']}: {what}.", target))
-    return copied
+            group.append(FigureFile(target.stem, f"`{run['variant']}`, seed {run['seed']}: {what}.", target))
+        if group:
+            groups.append(group)
+    return groups
 
 
 # --------------------------------------------------------------------------- build
