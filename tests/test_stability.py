@@ -203,3 +203,16 @@ def test_health_signals_name_the_worst_layer():
     value, layer = signals["conv1x1_logabsdet_min"]
     assert layer == "1" and value == pytest.approx(math.log(1e-6), abs=1e-6)
     assert "conv1x1_logabsdet_min" not in kinds  # -13.8 is above the default limit of -20
+
+
+@pytest.mark.slow
+def test_smoke_study_raises_no_false_alarms(tmp_path):
+    """Issue #5: a healthy study produces no events with the default thresholds."""
+    from glow_repro.study.runner import run_study
+    from glow_repro.study.tables import load_tables
+
+    report = run_study("studies/smoke.yaml", results_dir=tmp_path / "smoke", launcher="inprocess")
+    assert report.counts.get("done") == 4
+    tables = load_tables(tmp_path / "smoke")
+    assert tables.events.empty
+    assert not tables.finals["diverged"].any()
