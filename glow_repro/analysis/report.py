@@ -33,8 +33,9 @@ from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.published import (
     FIGURE3_SOURCE, compare, fidelity_table, figure3_curves,
 )  # fmt: skip
+from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
-    Tables, describe_differences, format_value, load_tables, shared_settings, short_names, write_tables,
+    Tables, describe_differences, load_tables, shared_settings, write_tables,
 )  # fmt: skip
 
 #: The paper's orderings (Figure 3): lower bpd first.

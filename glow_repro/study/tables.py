@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from glow_repro.config import read_yaml
 from glow_repro.errors import ResultsDirError
 from glow_repro.study.labels import describe, format_value
-from glow_repro.study.labels import short_names  # noqa: F401  (analysis.report imports it from here)
 from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
