@@ -145,3 +145,18 @@ def test_actnorm_state_dict_load_does_not_reinitialise(tmp_path):
     loaded(torch.randn(32, 3, 4, 4) * 10)  # would re-initialise if the flag were lost
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_folded_coupling_convs_compute_conv_then_actnorm():
+    """The coupling NN runs conv + ActNorm and the scaled zero conv as single convolutions;
+    they must equal the two-step definitions (Glow section 3.3, official code)."""
+    from glow_repro.flows.coupling import CouplingNN
+
+    torch.manual_seed(0)
+    net = randomise(CouplingNN(2, 6, 8)).double()
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    normed, _, hidden, _, zero = net.layers
+    h = torch.relu(normed.norm(normed.conv(x))[0])
+    h = torch.relu(hidden.norm(hidden.conv(h))[0])
+    expected = zero.conv(h) * torch.exp(zero.logs * zero.logscale_factor)
+    torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)

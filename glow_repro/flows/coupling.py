@@ -36,11 +36,18 @@ class ZeroConv2d(nn.Module):
         self.logscale_factor = logscale_factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.exp(self.logs * self.logscale_factor)
+        # conv(x) * s == conv with weight * s and bias * s: one pass instead of two
+        scale = torch.exp(self.logs * self.logscale_factor).flatten()
+        return F.conv2d(x, self.conv.weight * scale.view(-1, 1, 1, 1), self.conv.bias * scale, padding=1)
 
 
 class _NormedConv(nn.Module):
-    """Conv followed by ActNorm (official code) or a plain conv with bias."""
+    """Conv followed by ActNorm (official code) or a plain conv with bias.
+
+    Once the ActNorm is initialised, ``(conv(x) + b) * s`` runs as one convolution with
+    weight ``W * s`` and bias ``b * s`` (the same function, without two elementwise passes
+    over the widest tensors of the model; issue #7).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, actnorm: bool):
         super().__init__()
@@ -49,8 +56,13 @@ class _NormedConv(nn.Module):
         self.norm = ActNorm(out_channels) if actnorm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return self.norm(x)[0] if self.norm is not None else x
+        if self.norm is None:
+            return self.conv(x)
+        if self.training and not self.norm.initialized:
+            return self.norm(self.conv(x))[0]  # data-dependent init sees the conv output
+        scale = torch.exp(self.norm.logs).flatten()
+        weight = self.conv.weight * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, self.norm.bias.flatten() * scale, padding=self.conv.padding)
 
 
 class CouplingNN(nn.Module):
