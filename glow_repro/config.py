@@ -88,7 +88,9 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamax"] = "adam"
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0)
-    steps: int = Field(1000, ge=1)
+    warmup_epochs: float | None = Field(None, gt=0, description="warmup in epochs; replaces warmup_steps")
+    steps: int | None = Field(1000, ge=1, description="budget in optimisation steps")
+    epochs: float | None = Field(None, gt=0, description="budget in passes over the training set; replaces steps")
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None disables")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="Polyak/EMA weights for eval")
@@ -114,6 +116,23 @@ class TrainConfig(_Section):
     sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
     n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_steps(cls, raw: Any) -> Any:
+        """A budget in epochs leaves ``steps`` unset (null) unless both were given."""
+        if isinstance(raw, dict) and raw.get("epochs") is not None and "steps" not in raw:
+            raw = {**raw, "steps": None}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give the budget as train.steps or as train.epochs, not both "
+                             "(set the other to null)")
+        if self.warmup_epochs is not None and self.warmup_steps:
+            raise ValueError("give the warmup as train.warmup_steps or as train.warmup_epochs, not both")
+        return self
 
 
 class MonitorConfig(_Section):

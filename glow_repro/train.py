@@ -51,10 +51,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=_step_generator(seed, epoch, stream=1))
 
 
-def learning_rate(config: RunConfig, step: int) -> float:
+def learning_rate(base_lr: float, warmup_steps: int, step: int) -> float:
     """Linear warmup from lr/warmup to lr over ``warmup_steps`` (Glow, section 5), then constant."""
-    warmup = config.train.warmup_steps
-    return config.train.lr * (min(1.0, step / warmup) if warmup else 1.0)
+    return base_lr * (min(1.0, step / warmup_steps) if warmup_steps else 1.0)
 
 
 def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -92,7 +91,7 @@ class _Batches:
 def _make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.Adamax if config.train.optimizer == "adamax" else torch.optim.Adam
-    return cls(params, lr=learning_rate(config, 1))
+    return cls(params, lr=config.train.lr)
 
 
 @contextlib.contextmanager
@@ -135,6 +134,11 @@ class _Run:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
                     if decay else None)
         self.batches = _Batches(train_data, config.train.batch_size, config.seed)
+        cfg = config.train
+        # budgets given in epochs become steps of this training set (drop-last batches)
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.per_epoch)
+        self.warmup_steps = (cfg.warmup_steps if cfg.warmup_epochs is None
+                             else round(cfg.warmup_epochs * self.batches.per_epoch))
         self.monitor = StabilityMonitor(config.monitor, self.model, run.path.name)
         self.step = 0
         self.elapsed_before = 0.0
@@ -234,7 +238,7 @@ class _Run:
         value it met (the update is not applied when loss or gradients are non-finite)."""
         cfg = self.config
         step = self.step + 1
-        lr = learning_rate(cfg, step) * self.lr_scale
+        lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = self.batches(step)
@@ -394,11 +398,11 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
         work.save_checkpoint()
     work.wrap_for_training()
     show = (cfg.progress if progress is None else progress) and sys.stderr.isatty() and dist.is_main
-    bar = tqdm(total=cfg.steps, initial=work.step, disable=not show, desc=run.path.name,
+    bar = tqdm(total=work.total_steps, initial=work.step, disable=not show, desc=run.path.name,
                unit="step", dynamic_ncols=True, leave=False)
     state = "done"
     with _stop_on_signals() as signals, bar:
-        while work.step < cfg.steps:
+        while work.step < work.total_steps:
             started = time.perf_counter()
             row, batch, bad = work.train_step()
             seconds = time.perf_counter() - started
@@ -413,11 +417,11 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
                     break
                 bar.n = work.step
                 continue
-            if work.step % cfg.eval_every == 0 or work.step == cfg.steps:
+            if work.step % cfg.eval_every == 0 or work.step == work.total_steps:
                 work.evaluate()
             bar.update(work.step - bar.n)
             bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
-            if work.step % cfg.checkpoint_every == 0 or work.step == cfg.steps:
+            if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps:
                 work.save_checkpoint()
                 if dist.is_main:
                     run.write_status("running", step=work.step)

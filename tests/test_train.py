@@ -123,8 +123,32 @@ def test_short_run_lowers_test_bpd_well_below_its_start(tmp_path):
 
 
 def test_warmup_is_linear_then_constant():
-    cfg = config(train={"warmup_steps": 4, "lr": 1e-3})
-    assert [learning_rate(cfg, s) for s in (1, 2, 4, 5, 100)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert [learning_rate(1e-3, 4, s) for s in (1, 2, 4, 5, 100)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(1e-3, 0, 1) == 1e-3
+
+
+def test_budget_and_warmup_in_epochs(tmp_path):
+    """256 synthetic images in batches of 16 make 16 steps an epoch."""
+    raw = config().to_dict()
+    raw["train"].update({"epochs": 1.5, "warmup_epochs": 0.25, "warmup_steps": 0, "lr": 1e-3})
+    del raw["train"]["steps"]
+    cfg = RunConfig.model_validate(raw)
+    assert cfg.train.steps is None
+    assert RunConfig.model_validate(yaml.safe_load(dump_run_config(cfg))) == cfg  # round trip
+    summary = train(cfg, tmp_path / "run", threads=1)
+    rows = RunDir(tmp_path / "run").metrics.read()
+    assert summary["step"] == 24 and [r["step"] for r in rows] == list(range(1, 25))
+    assert [r["lr"] for r in rows[:5]] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert rows[-1]["epoch"] == pytest.approx(1.5)
+
+
+def test_steps_and_epochs_together_are_refused(tmp_path):
+    raw = config().to_dict()
+    raw["train"]["epochs"] = 2
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "train.steps or as train.epochs, not both" in result.output
 
 
 def test_a_directory_holding_another_config_is_refused(tmp_path):

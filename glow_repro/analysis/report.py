@@ -123,6 +123,13 @@ def _states(finals: pd.DataFrame) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
 
 
+def _budget(config: dict) -> str:
+    """``400 steps`` or ``1.5 epochs``: how the runs' training budget was given."""
+    if pd.isna(config.get("train.steps")) and not pd.isna(config.get("train.epochs")):
+        return f"{format_value(config['train.epochs'])} epochs"
+    return f"{format_value(config.get('train.steps'))} steps"
+
+
 def summary_paragraphs(a: Analysis) -> list[str]:
     """The report's summary, written from the numbers (Markdown; `code` marks names)."""
     finals, name = a.tables.finals, short_names(a.tables.swept)
@@ -133,7 +140,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     out = [
         f"This study trained {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
-        f"{format_value(config.get('train.steps'))} steps each. Outcome: {_states(finals)}."
+        f"{_budget(config)} each. Outcome: {_states(finals)}."
     ]
     ranked = a.ranking
     if len(ranked) >= 2:
