@@ -94,7 +94,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None disables")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="Polyak/EMA weights for eval")
-    augment_shift: bool = False
+    augment_shift: bool = Field(False, description="random translation by up to 10% of the size, per image")
     init_images: int = Field(256, ge=1, description="images for ActNorm data-dependent init")
     eval_every: int = Field(200, ge=1)
     eval_limit: int | None = Field(None, ge=1, description="cap on test images per evaluation")

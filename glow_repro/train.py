@@ -3,8 +3,8 @@
 Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
 (the data order of each epoch, the dequantisation noise and the shift augmentation of each
 step) and the learning rate is a pure function of the step, so a checkpoint needs only the
-model, optimiser, EMA weights, step and elapsed time to continue bit-exactly on the same
-device and thread count. Logs are append-only; on resume they are cut back to the
+model, optimiser, EMA weights, step, elapsed time and the recovery counters (skips,
+rollbacks, lr scale) to continue bit-exactly on the same device and thread count. Logs are append-only; on resume they are cut back to the
 checkpoint's step, so no metric row is lost or duplicated.
 """
 
@@ -38,6 +38,7 @@ from glow_repro.runinfo import environment, resolve_device
 from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
 from glow_repro.study.store import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
+
 class RunInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; the run saved a checkpoint at a step boundary."""
 
@@ -56,15 +57,19 @@ def learning_rate(base_lr: float, warmup_steps: int, step: int) -> float:
     return base_lr * (min(1.0, step / warmup_steps) if warmup_steps else 1.0)
 
 
-def _shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The official random-translation augmentation: shift by up to 2 pixels, zero-filled."""
-    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
-    shifted = torch.roll(images, shifts=(dy, dx), dims=(2, 3))
-    if dy:
-        shifted[:, :, slice(0, dy) if dy > 0 else slice(dy, None)] = 0
-    if dx:
-        shifted[:, :, :, slice(0, dx) if dx > 0 else slice(dx, None)] = 0
-    return shifted
+def shift_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random translation of each image by up to round(0.1 * size) pixels per axis, edges
+    filled with the nearest pixel: the official code's Keras ``width_shift_range=0.1,
+    height_shift_range=0.1`` (whose shifts are real-valued and interpolated; ours are whole
+    pixels, so 8-bit values stay exact)."""
+    b, _, h, w = images.shape
+    reach_y, reach_x = round(0.1 * h), round(0.1 * w)
+    dy = torch.randint(-reach_y, reach_y + 1, (b, 1), generator=generator)
+    dx = torch.randint(-reach_x, reach_x + 1, (b, 1), generator=generator)
+    rows = (torch.arange(h) - dy).clamp(0, h - 1)  # [b, h]: source row of each output row
+    cols = (torch.arange(w) - dx).clamp(0, w - 1)
+    picked = images[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last
 
 
 class _Batches:
@@ -124,10 +129,9 @@ class _Run:
         self.train_data, self.test_data = train_data, test_data
         self.n_dims = math.prod(train_data.images.shape[1:])
         torch.manual_seed(config.seed)
-        self.model = Glow(config.model, config.data.shape).to(device)
-        self.model.grad_checkpointing = config.train.grad_checkpointing
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        self.model = Glow(config.model, config.data.shape).to(device, memory_format=self.memory_format)
+        self.model.grad_checkpointing = config.train.grad_checkpointing
         self.forward: torch.nn.Module = self.model  # see wrap_for_training
         self.optimizer = _make_optimizer(config, self.model)
         decay = config.train.ema_decay
@@ -243,7 +247,7 @@ class _Run:
             group["lr"] = lr
         images = self.batches(step)
         if cfg.train.augment_shift:
-            images = _shift(images, _step_generator(cfg.seed, step, stream=3))
+            images = shift_augment(images, _step_generator(cfg.seed, step, stream=3))
         x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
         x = self.dist.shard(x).to(self.device, memory_format=self.memory_format)
         self.model.train()

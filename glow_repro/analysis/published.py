@@ -315,6 +315,14 @@ FIDELITY: tuple[FidelityChoice, ...] = (
         "native 28x28x1; `image_size: 32`, `resize: pad`, `channels: 3` give the official pipeline",
         ("data.image_size", "data.resize", "data.channels"),
     ),
+    FidelityChoice(
+        "Data augmentation",
+        "not described",
+        "Keras `width_shift_range=0.1, height_shift_range=0.1` per image (real-valued shift, "
+        "interpolated, nearest fill) with `--data_augmentation_level 1`; more for level 2",
+        "off; when on, whole-pixel shifts of up to 10% per image, nearest fill",
+        ("train.augment_shift",),
+    ),
 )
 
 
