@@ -169,6 +169,7 @@ def _monitor_seconds(watcher: StabilityMonitor, step) -> float:
         watcher.parameters_finite()
         watcher.observe(index, 3.0, 1.0, 1e-3)
         spent += time.perf_counter() - started
+    watcher.record_scales(False)  # leave the timed bare steps without scale recording
     return spent / every
 
 
