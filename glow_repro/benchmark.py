@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig
 from glow_repro.model import Glow
 from glow_repro.objective import bits_per_dim, preprocess
 from glow_repro.stability import StabilityMonitor
+from glow_repro.study.store import RunDir
+from glow_repro.train import make_optimizer, train
 
 #: The reference benchmark config of issue #2: 1x32x32, K=8, L=3, width 128, affine, LU 1x1,
 #: learned top prior, batch 32 (run with 2 threads on the CPU).
@@ -94,6 +97,7 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
     """Median images/s of bare training steps (forward + bpd + backward + clip + optimiser)
     and of sampling passes with the config's speed options; optionally the stability
     monitor's own seconds per step as a fraction of the step."""
+    retain_freed_memory()
     cfg = config.train
     if cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -108,8 +112,7 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
     with torch.no_grad():
         model(x)
     forward = torch.compile(model) if cfg.compile else model
-    optimizer_cls = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
-    optimizer = optimizer_cls(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(config, model)
     n_dims = math.prod(shape)
 
     def step() -> None:
@@ -176,9 +179,6 @@ def _monitor_seconds(watcher: StabilityMonitor, step) -> float:
 def train_loop_rates(config: RunConfig, steps: int, repeats: int) -> list[float]:
     """images/s of ``train()``'s loop from its own step log (data, logging, monitor and
     checkpoints every 25 steps included; the step-0 and final evaluations excluded)."""
-    from glow_repro.study.store import RunDir
-    from glow_repro.train import train
-
     rates = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,79 @@
+"""Before/after throughput of two commits, measured in alternating processes (issue #7).
+
+This host's throughput drifts by about 15 % within minutes, so two benchmark runs taken at
+different times do not compare. This script checks out both revisions into temporary git
+worktrees and runs ``benchmarks/bench_step.py`` of each, alternately (A B B A A B ...), in
+fresh processes, then prints the median images/s of each and the median of the paired ratios.
+Process-level settings (the allocator) are compared fairly this way, which one process cannot do.
+
+    python benchmarks/ab_commits.py BEFORE AFTER [--pairs 5] [--bench-args "--repeats 5"]
+
+A revision is anything ``git worktree add`` accepts; ``WORKTREE`` means the working tree as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def checkout(revision: str, into: Path) -> Path:
+    if revision == "WORKTREE":
+        return REPO
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), revision],
+                   check=True, capture_output=True)
+    return into
+
+
+def bench(tree: Path, bench_args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_step.py"), *bench_args],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("{"):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--bench-args", default="--repeats 5", help="passed to bench_step.py")
+    args = parser.parse_args()
+    bench_args = shlex.split(args.bench_args)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {name: checkout(rev, Path(tmp) / name)
+                 for name, rev in (("before", args.before), ("after", args.after))}
+        try:
+            rates: dict[str, list[float]] = {"before": [], "after": []}
+            for pair in range(args.pairs):
+                order = ("before", "after") if pair % 2 == 0 else ("after", "before")
+                for name in order:
+                    rates[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
+                print(f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} img/s",
+                      file=sys.stderr, flush=True)
+        finally:
+            for tree in trees.values():
+                if tree != REPO:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                                   check=False, capture_output=True)
+    ratios = [a / b for a, b in zip(rates["after"], rates["before"])]
+    print(json.dumps({
+        "before": args.before, "after": args.after, "pairs": args.pairs, "bench_args": bench_args,
+        "before_images_per_s_median": round(statistics.median(rates["before"]), 1),
+        "after_images_per_s_median": round(statistics.median(rates["after"]), 1),
+        "paired_ratio_median": round(statistics.median(ratios), 3),
+        "paired_ratios": [round(r, 3) for r in ratios],
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
