@@ -72,8 +72,9 @@ class CouplingNN(nn.Module):
                  actnorm: bool = True, zero_logscale_factor: float = 3.0):
         super().__init__()
         self.layers = nn.Sequential(
-            _NormedConv(in_channels, width, 3, actnorm), nn.ReLU(),
-            _NormedConv(width, width, 1, actnorm), nn.ReLU(),
+            # in place: a convolution's backward needs its input, not its output
+            _NormedConv(in_channels, width, 3, actnorm), nn.ReLU(inplace=True),
+            _NormedConv(width, width, 1, actnorm), nn.ReLU(inplace=True),
             ZeroConv2d(width, out_channels, zero_logscale_factor),
         )
 
