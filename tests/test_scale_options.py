@@ -24,7 +24,7 @@ BASE = {
     "data": {"dataset": "synthetic", "synthetic_size": 256},
     "model": {"depth": 2, "levels": 2, "width": 16},
     "train": {"steps": 40, "batch_size": 32, "eval_every": 20, "checkpoint_every": 10,
-              "progress": False, "n_samples": 2},
+              "progress": False, "n_samples": 2, "channels_last": False},
 }
 
 # Largest per-step train-bpd difference from the float32 baseline we accept, per option.
