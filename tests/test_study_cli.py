@@ -79,7 +79,10 @@ def test_missing_study_file_and_swept_set_are_user_errors(tmp_path):
 
 def test_launcher_options_are_checked_before_anything_is_written(tmp_path):
     bad_time = cli("run", SMOKE, "--results", tmp_path / "a", "--time", "soon")
-    assert bad_time.exit_code == 2 and "--time/--gpus: time: must be minutes" in bad_time.output
+    assert bad_time.exit_code == 2 and "--processes-per-run: time: must be minutes" in bad_time.output
+    two_per_gpu = cli("run", SMOKE, "--results", tmp_path / "c", "--gpus", "1", "--processes-per-run", "2")
+    assert two_per_gpu.exit_code == 2
+    assert "processes_per_run=2 needs gpus_per_node 2 (one GPU per process) or 0 (CPU), got 1" in two_per_gpu.output
     if shutil.which("sbatch") is None:
         no_slurm = cli("run", SMOKE, "--results", tmp_path / "b", "--launcher", "slurm")
         assert no_slurm.exit_code == 2 and "needs SLURM (no sbatch on PATH)" in no_slurm.output

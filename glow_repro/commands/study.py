@@ -47,11 +47,13 @@ def _counts(states: list[str]) -> str:
 @click.option("--partition", help="SLURM partition")
 @click.option("--time", "time_", metavar="TIME", help="SLURM time limit: minutes or HH:MM:SS")
 @click.option("--gpus", type=click.IntRange(min=0), help="SLURM GPUs per node")
+@click.option("--processes-per-run", type=click.IntRange(min=1),
+              help="SLURM: data-parallel processes (tasks) per run, one per GPU")
 @user_errors
 def run_command(study: Path, results_dir: Path | None, workers: int, launcher: str,
                 overrides: tuple[str, ...], only: tuple[str, ...], dry_run: bool,
                 retry_failed: bool, partition: str | None, time_: str | None,
-                gpus: int | None) -> None:
+                gpus: int | None, processes_per_run: int | None) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
     Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
@@ -65,7 +67,8 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
     report = run_study(
         study, results_dir=results_dir, workers=workers, launcher=launcher, overrides=overrides,
         only=only, dry_run=dry_run, retry_failed=retry_failed,
-        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus},
+        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus,
+               "processes_per_run": processes_per_run},
     )
     plan = report.plan
     if dry_run:

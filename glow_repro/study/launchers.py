@@ -3,7 +3,8 @@
 - ``inprocess``: one run after another in this process (tests, debugging).
 - ``local``: a ``ProcessPoolExecutor`` (spawn) of N workers, the CPU threads split among them.
 - ``slurm``: a submitit array job; ``submitit-local`` / ``submitit-debug`` run the same code
-  path through submitit's local and debug executors (tests, machines without SLURM).
+  path through submitit's local and debug executors (tests, machines without SLURM). With
+  ``processes_per_run`` > 1 each job's tasks train their run together with DDP (issue #7).
 
 Every launcher calls :func:`execute_run` for each task, which takes the run's lock, calls
 ``train`` and turns whatever happens into an :class:`Outcome`; one failing run never stops
@@ -34,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -43,6 +44,11 @@ from glow_repro.errors import UserFacingError
 from glow_repro.study.locks import RunLock
 from glow_repro.study.spec import LauncherSpec
 from glow_repro.study.store import RunDir
+
+if TYPE_CHECKING:  # torch stays unimported until a run trains
+    import torch
+
+    from glow_repro.distributed import DistContext
 
 TrainFn = Callable[..., dict]
 
@@ -127,17 +133,29 @@ def _keep_status(run_dir: RunDir, state: str, **fields: Any) -> None:
     run_dir.write_status(state, **{**old, **fields})
 
 
-def execute_run(task: RunTask) -> Outcome:
-    """Train one run under its lock and report what happened; never raises for a run's error."""
+def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
+    """Train one run under its lock and report what happened; never raises for a run's error.
+
+    In a data-parallel ``group`` (a multi-process SLURM job) only rank 0 takes the lock and
+    writes a failed status; it decides for every rank whether the run is trained at all.
+    """
     if _worker.signalled or (_worker.stop is not None and _worker.stop.is_set()):
         return Outcome(task.run_id, "cancelled")
+    main = group is None or group.is_main
     lock = RunLock(task.run_dir)
-    if not lock.acquire():
-        return Outcome(task.run_id, "elsewhere")
     run_dir = RunDir(task.run_dir)
+    early = None
+    if main and not lock.acquire():
+        early = Outcome(task.run_id, "elsewhere")
+    elif main and run_dir.is_finished():  # another runner finished it after we planned
+        lock.release()
+        early = Outcome(task.run_id, run_dir.status()["state"], summary=run_dir.summary())
+    stop = early is not None
+    if group is not None:  # every rank returns when rank 0 does
+        stop = group.any(stop, _group_device(task, group))
+    if stop:
+        return early or Outcome(task.run_id, "elsewhere")
     try:
-        if run_dir.is_finished():  # another runner finished it after we planned
-            return Outcome(task.run_id, run_dir.status()["state"], summary=run_dir.summary())
         train = task.train_fn or _default_train()
         _worker.training = True
         try:
@@ -154,14 +172,45 @@ def execute_run(task: RunTask) -> Outcome:
         status = run_dir.status()
         if status.get("state") == "interrupted":  # train turned a signal into its own error
             return Outcome(task.run_id, "interrupted")
-        if status.get("state") != "failed":
+        if status.get("state") != "failed" and main:
             _keep_status(
                 run_dir, "failed", error=f"{type(err).__name__}: {err}",
                 traceback=traceback.format_exc(),
             )
         return Outcome(task.run_id, "failed", error=run_dir.status().get("error"))
     finally:
-        lock.release()
+        if main:
+            lock.release()
+
+
+def _group_device(task: RunTask, group: DistContext) -> torch.device:
+    """Where this rank's collectives run: its own GPU under nccl, the CPU under gloo."""
+    import torch
+
+    from glow_repro.runinfo import resolve_device
+
+    device = resolve_device(task.config.train.device)
+    return torch.device("cuda", group.local_rank) if device.type == "cuda" else device
+
+
+def execute_job_run(task: RunTask) -> Outcome:
+    """A submitit job's entry point. A job of several tasks (``processes_per_run``) is one
+    data-parallel run: its tasks join one process group, as torchrun's processes do, before
+    :func:`execute_run` (issue #7). Task 0's outcome is the job's result."""
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks <= 1:
+        return execute_run(task)
+    from glow_repro.distributed import from_environment, shutdown
+    from glow_repro.runinfo import resolve_device
+
+    # every task sees all of the node's GPUs and picks its own by local rank (train.py)
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    group = from_environment(resolve_device(task.config.train.device).type)
+    try:
+        return execute_run(task, group)
+    finally:
+        shutdown(group)  # train() leaves the group on its way out; this covers the early returns
 
 
 class Tracker:
@@ -325,6 +374,7 @@ def launch_submitit(
         "name": tracker.bar.desc or "glow-repro",
         "timeout_min": res.timeout_min,
         "gpus_per_node": res.gpus_per_node,
+        "tasks_per_node": res.processes_per_run,
         "cpus_per_task": res.cpus_per_task,
         "mem_gb": res.mem_gb,
         "slurm_partition": res.partition,
@@ -337,7 +387,7 @@ def launch_submitit(
         task if task.config.train.threads else dataclasses.replace(task, threads=threads)
         for task in tasks
     ]
-    jobs = executor.map_array(execute_run, tasks)
+    jobs = executor.map_array(execute_job_run, tasks)
     if jobs:
         tracker.write(f"submitted {len(jobs)} jobs (first id {jobs[0].job_id}); logs in {options.folder}")
     pending = dict(zip(jobs, tasks))
@@ -347,7 +397,7 @@ def launch_submitit(
             for job in [job for job in pending if job.done()]:
                 task = pending.pop(job)
                 try:
-                    outcome = job.result()
+                    outcome = job.results()[0]  # task 0 speaks for a multi-task job
                 except Exception as err:  # the job itself died: timeout, preemption, node failure
                     outcome = Outcome(task.run_id, "failed", error=f"job {job.job_id}: {err}")
                 tracker.record(outcome)

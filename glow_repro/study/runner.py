@@ -228,7 +228,7 @@ def run_study(
     spec = with_overrides(load_study(spec_path), tuple(overrides))
     given = {key: value for key, value in (slurm or {}).items() if value is not None}
     resources = validate_model(
-        LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus"
+        LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
     report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))

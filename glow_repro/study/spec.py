@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator, model_validator
 
 from glow_repro.config import (
     ConfigError,
@@ -61,10 +61,21 @@ class LauncherSpec(BaseModel):
     partition: str | None = None
     time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
     gpus_per_node: int = Field(0, ge=0)
+    processes_per_run: int = Field(
+        1, ge=1, description="data-parallel processes per run on one node (one per GPU); "
+        "more than 1 trains each run with DistributedDataParallel")
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     array_parallelism: int | None = Field(None, ge=1, description="max array tasks at once")
     additional: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
+
+    @model_validator(mode="after")
+    def _one_gpu_per_process(self) -> LauncherSpec:
+        if self.processes_per_run > 1 and self.gpus_per_node not in (0, self.processes_per_run):
+            raise ValueError(f"processes_per_run={self.processes_per_run} needs gpus_per_node "
+                             f"{self.processes_per_run} (one GPU per process) or 0 (CPU), "
+                             f"got {self.gpus_per_node}")
+        return self
 
     @field_validator("time")
     @classmethod
