@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig
-from glow_repro.model import Glow
-from glow_repro.objective import bits_per_dim, preprocess
+from glow_repro.model import Glow, memory_format
+from glow_repro.objective import preprocess, training_loss
 from glow_repro.stability import StabilityMonitor
 from glow_repro.study.store import RunDir
 from glow_repro.train import make_optimizer, train
@@ -103,23 +103,20 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     shape = config.data.shape
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = Glow(config.model, shape).to(device, memory_format=memory_format)
+    layout = memory_format(cfg.channels_last)
+    model = Glow(config.model, shape).to(device, memory_format=layout)
     model.grad_checkpointing = cfg.grad_checkpointing
     images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
-    x = preprocess(images, config.data.n_bits).to(device, memory_format=memory_format)
+    x = preprocess(images, config.data.n_bits).to(device, memory_format=layout)
     model.train()
     with torch.no_grad():
         model(x)
     forward = torch.compile(model) if cfg.compile else model
     optimizer = make_optimizer(config, model)
-    n_dims = math.prod(shape)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            log_prob = forward(x)
-        bits_per_dim(log_prob.float(), n_dims, config.data.n_bits).mean().backward()
+        training_loss(forward, x, config.data.n_bits, cfg.precision).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf, foreach=True)
         optimizer.step()
 

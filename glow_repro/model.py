@@ -16,6 +16,12 @@ from glow_repro.config import ModelConfig
 from glow_repro.flows import FlowStep, Split, Squeeze, TopPrior
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of a run's weights and batches (``train.channels_last``, issue #7). Sampling
+    and replays use the run's own, so they reproduce its floats exactly."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class _Level(nn.Module):
     def __init__(self, channels: int, config: ModelConfig, split: bool):
         super().__init__()

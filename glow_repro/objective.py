@@ -41,3 +41,11 @@ def bits_per_dim(log_prob: torch.Tensor, n_dims: int, n_bits: int) -> torch.Tens
     """Bits per dimension of the discrete data from the continuous log-density (nats)."""
     discrete_log_prob = log_prob - n_dims * math.log(2**n_bits)
     return -discrete_log_prob / (n_dims * math.log(2.0))
+
+
+def training_loss(forward, x: torch.Tensor, n_bits: int, precision: str = "float32") -> torch.Tensor:
+    """Mean bpd of a batch through ``forward`` (a Glow, or its DDP / compiled wrapper). Under
+    ``precision="bf16"`` only the forward runs in autocast; the loss is float32 (issue #7)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        log_prob = forward(x)
+    return bits_per_dim(log_prob.float(), math.prod(x.shape[1:]), n_bits).mean()

@@ -25,7 +25,7 @@ from glow_repro.config import RunConfig, load_run_config
 from glow_repro.data import load_split
 from glow_repro.errors import UserFacingError
 from glow_repro.evaluation import png_bytes, save_samples
-from glow_repro.model import Glow
+from glow_repro.model import Glow, memory_format
 from glow_repro.objective import preprocess
 from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json
 
@@ -72,7 +72,7 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     except RuntimeError as err:
         raise RunNotReadyError(f"{run.checkpoint}: its weights do not fit the model of "
                                f"{run.config} ({str(err).splitlines()[0]})") from None
-    return config, model.to(device).eval()
+    return config, model.to(device, memory_format=memory_format(config.train.channels_last)).eval()
 
 
 @torch.no_grad()

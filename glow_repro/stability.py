@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import io
-import math
 import statistics
 import time
 from collections import deque
@@ -27,8 +26,8 @@ from torch import nn
 
 from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import ActNorm, AffineCoupling, InvConv1x1, InvConv1x1LU
-from glow_repro.model import Glow
-from glow_repro.objective import bits_per_dim
+from glow_repro.model import Glow, memory_format
+from glow_repro.objective import training_loss
 from glow_repro.study.store import atomic_write_bytes
 
 #: Name given to the model itself when every submodule's output is finite but the priors or
@@ -57,8 +56,9 @@ class Finding:
         return f"first non-finite {self.phase} value in {self.layer}"
 
 
-def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int) -> Finding:
-    """Re-run forward and backward of one batch with hooks; name the first bad module."""
+def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int, precision: str = "float32") -> Finding:
+    """Re-run forward and backward of one batch with hooks, in the run's precision (a fault
+    that only bf16 autocast causes must show here too); name the first bad module."""
     names = {module: name or PRIORS for name, module in model.named_modules()}
     found: dict[str, str] = {}
 
@@ -74,16 +74,22 @@ def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int) -> Finding:
     for module in model.modules():
         handles.append(module.register_forward_hook(forward_hook))
         handles.append(module.register_full_backward_hook(backward_hook))
+    # backward hooks wrap module outputs, which autograd forbids modifying in place
+    in_place = [module for module in model.modules() if getattr(module, "inplace", False)]
+    for module in in_place:
+        module.inplace = False
     try:
         model.zero_grad(set_to_none=True)
         x = x.detach().clone().requires_grad_(True)
-        loss = bits_per_dim(model(x), math.prod(x.shape[1:]), n_bits).mean()
+        loss = training_loss(model, x, n_bits, precision)
         if "forward" in found or not torch.isfinite(loss):
             return Finding("forward", found.get("forward", PRIORS))
         loss.backward()
     finally:
         for handle in handles:
             handle.remove()
+        for module in in_place:
+            module.inplace = True
         model.zero_grad(set_to_none=True)
     if "backward" in found:
         return Finding("backward", found["backward"])
@@ -116,10 +122,11 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
     config = RunConfig.model_validate(state["config"])
     model = Glow(config.model, config.data.shape)
     model.load_state_dict(state["model"])
-    model.train()
+    model.to(memory_format=memory_format(config.train.channels_last)).train()
     torch.set_rng_state(state["torch_rng"])
     recorded = Finding(**state["finding"])
-    return state["step"], recorded, locate_nonfinite(model, state["batch"], config.data.n_bits)
+    finding = locate_nonfinite(model, state["batch"], config.data.n_bits, config.train.precision)
+    return state["step"], recorded, finding
 
 
 def health_signals(model: nn.Module) -> dict[str, tuple[float, str]]:

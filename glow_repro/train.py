@@ -33,8 +33,8 @@ from glow_repro.data import ImageData, load_split
 from glow_repro.errors import UserFacingError
 from glow_repro.distributed import DistContext, from_environment, shutdown
 from glow_repro.evaluation import bpd_sum, save_samples
-from glow_repro.model import Glow
-from glow_repro.objective import bits_per_dim, preprocess
+from glow_repro.model import Glow, memory_format
+from glow_repro.objective import preprocess, training_loss
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
 from glow_repro.study.store import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -131,10 +131,9 @@ class _Run:
                  train_data: ImageData, test_data: ImageData, dist: DistContext):
         self.config, self.run, self.device, self.dist = config, run, device, dist
         self.train_data, self.test_data = train_data, test_data
-        self.n_dims = math.prod(train_data.images.shape[1:])
         retain_freed_memory()
         torch.manual_seed(config.seed)
-        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(config.train.channels_last)
         self.model = Glow(config.model, config.data.shape).to(device, memory_format=self.memory_format)
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.forward: torch.nn.Module = self.model  # see wrap_for_training
@@ -258,9 +257,7 @@ class _Run:
         self.model.train()
         self.monitor.record_scales(self.monitor.health_due(step))
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            log_prob = self.forward(x)
-        loss = bits_per_dim(log_prob.float(), self.n_dims, cfg.data.n_bits).mean()
+        loss = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
@@ -284,7 +281,7 @@ class _Run:
         started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
         cfg = self.config.train
         step, lr = self.step, row["lr"]
-        finding = locate_nonfinite(self.model, batch, self.config.data.n_bits)
+        finding = locate_nonfinite(self.model, batch, self.config.data.n_bits, cfg.precision)
         if self.first_nonfinite is None and self.dist.is_main:
             capsule = self.run.path / "capsules" / f"step_{step:07d}.pt"
             save_capsule(capsule, config=self.config, model=self.model, batch=batch, step=step,

@@ -16,7 +16,7 @@ from glow_repro.cli import main
 from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import InvConv1x1
 from glow_repro.model import Glow
-from glow_repro.stability import StabilityMonitor, health_signals, replay_capsule
+from glow_repro.stability import Finding, StabilityMonitor, health_signals, locate_nonfinite, replay_capsule
 from glow_repro.study.store import RunDir
 from glow_repro.train import train
 
@@ -94,6 +94,25 @@ def test_gradient_fault_is_reported_with_its_layer_and_step(monkeypatch, tmp_pat
     assert summary["first_nonfinite_step"] == 4
     (event,) = RunDir(tmp_path / "run").events.read()
     assert (event["kind"], event["layer"], event["phase"]) == ("nonfinite_gradient", layer, "backward")
+
+
+def test_forensics_rerun_the_batch_in_the_runs_precision():
+    """A fault that only bf16 autocast triggers (here: a conv that overflows when its output is
+    bf16) is found by the re-run of a bf16 run, and absent from a float32 re-run."""
+    torch.manual_seed(0)
+    model = Glow(config().model, (1, 16, 16))
+    x = torch.rand(4, 1, 16, 16) - 0.5
+    model(x)  # ActNorm init
+    conv = model.get_submodule(f"{LAYER}.nn.layers.4")  # the zero conv: autocast runs it in bf16
+
+    def overflow_in_bf16(module, inputs, output):
+        return output * float("inf") if output.dtype == torch.bfloat16 else output
+
+    conv.register_forward_hook(overflow_in_bf16)
+    assert locate_nonfinite(model, x, 8, "float32") == Finding("none", None)
+    assert locate_nonfinite(model, x, 8, "bf16") == Finding("forward", f"{LAYER}.nn.layers.4")
+    # the re-run computes its ReLUs out of place (hooks forbid in place) and puts them back
+    assert all(relu.inplace for relu in model.modules() if isinstance(relu, torch.nn.ReLU))
 
 
 def test_skip_drops_the_bad_step_and_goes_on(monkeypatch, tmp_path):
