@@ -1,12 +1,12 @@
 """Reference-config benchmark for the closing notes (issues #2, #3, #5, #7).
 
-Prints the median images/s of a bare training step and of a sampling pass on the reference
-config (1x32x32, K=8, L=3, width 128, affine, LU 1x1, learned top prior, batch 32), peak RSS,
-the parameter count, the stability monitor's share of a step and, with ``--train-loop``, the
-throughput of ``train()``'s own loop and its overhead over the bare step.
+Prints the median images/s of a bare training step, a sampling pass and an evaluation batch
+on the reference config (1x32x32, K=8, L=3, width 128, affine, LU 1x1, learned top prior,
+batch 32), peak RSS, the parameter count, the stability monitor's share of a step and, with
+``--train-loop``, the throughput of ``train()``'s own loop and its overhead over the bare step.
 
     python benchmarks/bench_step.py [--repeats 5] [--steps 10] [--threads 2] [--train-loop]
-    python benchmarks/bench_step.py --set train.channels_last=true   # a speed option
+    python benchmarks/bench_step.py --set train.channels_last=false   # a speed option off
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
         "train_images_per_s_median": result.train_images_per_s,
         "train_images_per_s_all": [round(r, 1) for r in result.train_rates],
         "sample_images_per_s_median": result.sample_images_per_s,
+        "eval_images_per_s_median": result.eval_images_per_s,
         "monitor_fraction_of_step": result.monitor_fraction,
         "n_params": result.n_params,
         "peak_rss_mb": result.peak_memory_mb,

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig
+from glow_repro.evaluation import bpd_sum
 from glow_repro.model import Glow, memory_format
 from glow_repro.objective import preprocess, training_loss
 from glow_repro.stability import StabilityMonitor
@@ -60,6 +61,7 @@ class BenchResult:
     n_params: int
     train_images_per_s: float
     sample_images_per_s: float
+    eval_images_per_s: float
     peak_memory_mb: float
     train_tflops: float | None = None
     peak_tflops: float | None = None
@@ -94,9 +96,10 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats: int = 5,
             monitor: bool = False) -> BenchResult:
-    """Median images/s of bare training steps (forward + bpd + backward + clip + optimiser)
-    and of sampling passes with the config's speed options; optionally the stability
-    monitor's own seconds per step as a fraction of the step."""
+    """Median images/s of bare training steps (forward + bpd + backward + clip + optimiser),
+    of sampling passes and of test-bpd evaluation (one ``train.eval_batch_size`` batch) with
+    the config's speed options; optionally the stability monitor's own seconds per step as a
+    fraction of the step. Peak memory covers all three."""
     retain_freed_memory()
     cfg = config.train
     if cfg.tf32:
@@ -127,7 +130,8 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     watcher = StabilityMonitor(config.monitor, model, "bench")
-    train_rates, sample_rates, monitor_costs = [], [], []
+    eval_images = torch.randint(0, 256, (cfg.eval_batch_size, *shape), dtype=torch.uint8)
+    train_rates, sample_rates, eval_rates, monitor_costs = [], [], [], []
     for _ in range(repeats):
         _sync(device)
         started = time.perf_counter()
@@ -141,6 +145,9 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
         model.sample(cfg.batch_size, temperature=0.7)
         _sync(device)
         sample_rates.append(cfg.batch_size / (time.perf_counter() - started))
+        started = time.perf_counter()
+        bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)  # syncs (.item())
+        eval_rates.append(cfg.eval_batch_size / (time.perf_counter() - started))
     rate = statistics.median(train_rates)
     step_seconds = cfg.batch_size / rate
     return BenchResult(
@@ -149,6 +156,7 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
         n_params=model.n_params(),
         train_images_per_s=rate,
         sample_images_per_s=statistics.median(sample_rates),
+        eval_images_per_s=statistics.median(eval_rates),
         peak_memory_mb=_peak_memory_mb(device),
         train_tflops=counter.get_total_flops() / step_seconds / 1e12 if device.type == "cuda" else None,
         peak_tflops=_peak_tflops(device, config),

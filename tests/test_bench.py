@@ -17,7 +17,7 @@ def test_measure_reports_rates_memory_and_parameters():
     torch.set_num_threads(1)
     result = measure(RunConfig.model_validate(TINY), torch.device("cpu"), steps=1, repeats=2, monitor=True)
     assert len(result.train_rates) == 2 and result.train_images_per_s > 0
-    assert result.sample_images_per_s > 0 and result.peak_memory_mb > 0
+    assert result.sample_images_per_s > 0 and result.eval_images_per_s > 0 and result.peak_memory_mb > 0
     assert result.n_params > 0 and 0 < result.monitor_fraction
     assert result.train_tflops is None  # FLOP rates are reported for GPUs only
 
@@ -29,6 +29,6 @@ def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
             "--set", "data.image_size=8", "--set", "model.levels=2"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "images/s" in result.output and "parameters" in result.output
+    assert "images/s" in result.output and "parameters" in result.output and "evaluate" in result.output
     bad = runner.invoke(main, ["bench", "--set", "model.coupling=both"])
     assert bad.exit_code == 2 and "model.coupling: must be one of" in bad.output

@@ -47,6 +47,8 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     click.echo(f"device     {result.device} ({result.threads} threads)")
     click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
     click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
+    click.echo(f"evaluate   {result.eval_images_per_s:,.1f} images/s "
+               f"(test bpd, batches of {config.train.eval_batch_size})")
     click.echo(f"memory     {result.peak_memory_mb:,.0f} MB peak")
     if result.train_tflops is not None:
         peak = f" of {result.peak_tflops:.0f} peak ({result.fraction_of_peak:.1%})" if result.peak_tflops else ""
