@@ -12,6 +12,7 @@ memory is unchanged, but the process keeps its peak until it exits.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 
 # mallopt parameters (glibc malloc.h)
@@ -19,20 +20,13 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD_MAX = 2**31 - 1
 
-_state: dict[str, bool] = {}
 
-
+@functools.cache
 def retain_freed_memory() -> bool:
     """Stop glibc from serving blocks with ``mmap`` and from trimming its heap, once per process.
 
     Returns whether the setting is in effect (False off glibc, e.g. on macOS or musl).
     """
-    if "applied" not in _state:
-        _state["applied"] = _apply()
-    return _state["applied"]
-
-
-def _apply() -> bool:
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
