@@ -24,7 +24,7 @@ from glow_repro.evaluation import bpd_sum
 from glow_repro.model import Glow, memory_format
 from glow_repro.objective import preprocess, training_loss
 from glow_repro.stability import StabilityMonitor
-from glow_repro.study.store import RunDir
+from glow_repro.rundir import RunDir
 from glow_repro.train import make_optimizer, train
 
 #: The reference benchmark config of issue #2: 1x32x32, K=8, L=3, width 128, affine, LU 1x1,

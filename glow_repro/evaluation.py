@@ -12,7 +12,7 @@ from torchvision.utils import make_grid
 
 from glow_repro.model import Glow
 from glow_repro.objective import bits_per_dim, postprocess, preprocess
-from glow_repro.study.store import atomic_write_bytes, atomic_write_json
+from glow_repro.rundir import atomic_write_bytes, atomic_write_json
 
 #: Seed of the dequantisation noise used for every evaluation, so that evaluations at different
 #: steps, and of different runs, see the same noisy test set (paired comparisons).

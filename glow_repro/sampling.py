@@ -27,7 +27,7 @@ from glow_repro.errors import UserFacingError
 from glow_repro.evaluation import png_bytes, save_samples
 from glow_repro.model import Glow, memory_format
 from glow_repro.objective import preprocess
-from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json
+from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json
 
 #: What ``torch.load`` raises for a truncated, foreign or corrupt file.
 _UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError)

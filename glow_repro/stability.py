@@ -28,7 +28,7 @@ from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import ActNorm, AffineCoupling, InvConv1x1, InvConv1x1LU
 from glow_repro.model import Glow, memory_format
 from glow_repro.objective import training_loss
-from glow_repro.study.store import atomic_write_bytes
+from glow_repro.rundir import atomic_write_bytes
 
 #: Name given to the model itself when every submodule's output is finite but the priors or
 #: the log-density are not.

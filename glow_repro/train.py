@@ -37,7 +37,7 @@ from glow_repro.model import Glow, memory_format
 from glow_repro.objective import preprocess, training_loss
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
-from glow_repro.study.store import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from glow_repro.rundir import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from glow_repro.study.store import JsonlLog, RunDir, atomic_write_text
+from glow_repro.rundir import JsonlLog, RunDir, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):

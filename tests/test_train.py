@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, dump_run_config, load_run_config
-from glow_repro.study.store import RunDir
+from glow_repro.rundir import RunDir
 from glow_repro.train import learning_rate, train
 
 TINY = {

@@ -36,7 +36,7 @@ def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None
     """
     from glow_repro.runinfo import resolve_device
     from glow_repro.sampling import load_trained_model, write_figures
-    from glow_repro.study.store import RunDir
+    from glow_repro.rundir import RunDir
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples
