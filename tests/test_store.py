@@ -1,4 +1,4 @@
-"""Crash-safe writers of the run directory (issue #3)."""
+"""Crash-safe writers, logs and states of the run directory."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ and learning on synthetic data."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

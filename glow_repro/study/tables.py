@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from glow_repro.config import read_yaml
 from glow_repro.errors import ResultsDirError
-from glow_repro.study.labels import describe, format_value
 from glow_repro.rundir import RunDir, RunState, atomic_write_bytes, atomic_write_text, read_json
+from glow_repro.study.labels import describe, format_value
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
 NOT_SWEPT = ("seed", "train.threads", "train.progress")
