@@ -1,5 +1,5 @@
-"""The study runner with a fake train function: skipping, resuming, failures, locks, launchers
-(issue #4). Real-training end-to-end tests are in test_study_cli.py (marked slow)."""
+"""The study runner with a fake train function: skipping, resuming, failures, locks, launchers.
+Real-training end-to-end tests are in test_study_cli.py (marked slow)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stability forensics (issue #5): faults are found in the right layer and step, the recovery
+"""Stability forensics: faults are found in the right layer and step, the recovery
 policies do what they say without losing or duplicating metric rows, capsules replay, and a
 healthy run raises no alarm."""
 

@@ -1,4 +1,4 @@
-"""``glow-repro run`` and ``glow-repro status`` (issue #4): dry runs, one-line errors, the status
+"""``glow-repro run`` and ``glow-repro status``: dry runs, one-line errors, the status
 table, and (slow) the smoke study trained for real, killed with SIGKILL and resumed."""
 
 from __future__ import annotations

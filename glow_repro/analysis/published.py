@@ -1,4 +1,4 @@
-"""Published bpd numbers and the paper-vs-official-code choices, as data (issue #6).
+"""Published bpd numbers and the paper-vs-official-code choices, as data.
 
 Everything in ``/work/shared/PUBLISHED.md`` lives here once, with its source and the data
 pipeline it was measured on (dataset, image size, channels, n_bits, split), so that
