@@ -1,6 +1,7 @@
-"""Throughput, memory and FLOP measurements of a config's training step and sampling pass
-(issues #2, #3, #5, #7), shared by ``glow-repro bench`` and ``benchmarks/bench_step.py``.
+"""Throughput, memory and FLOP measurements of a config's training step and sampling pass,
+shared by ``glow-repro bench`` and ``benchmarks/bench_step.py``.
 
+The step timed is the engine's (:meth:`glow_repro.engine.Engine.step`), the one training takes.
 Figures are medians over ``repeats`` timed blocks of ``steps`` steps each, after warm-up.
 FLOPs of a step are counted once with ``torch.utils.flop_counter`` (convolutions and matrix
 products, forward and backward); achieved TFLOP/s is that count over the median step time.
@@ -8,7 +9,6 @@ products, forward and backward); achieved TFLOP/s is that count over the median 
 
 from __future__ import annotations
 
-import math
 import resource
 import statistics
 import tempfile
@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig
+from glow_repro.engine import Engine
 from glow_repro.evaluation import bpd_sum
-from glow_repro.model import Glow, memory_format
-from glow_repro.objective import preprocess, training_loss
+from glow_repro.objective import preprocess
+from glow_repro.rundir import RunDir
 from glow_repro.stability import StabilityMonitor
-from glow_repro.study.store import RunDir
-from glow_repro.train import make_optimizer, train
+from glow_repro.train import train
 
-#: The reference benchmark config of issue #2: 1x32x32, K=8, L=3, width 128, affine, LU 1x1,
+#: The reference benchmark config (benchmarks/README.md): 1x32x32, K=8, L=3, width 128, affine, LU 1x1,
 #: learned top prior, batch 32 (run with 2 threads on the CPU).
 REFERENCE = {
     "data": {"dataset": "synthetic", "image_size": 32, "synthetic_size": 1024},
@@ -96,32 +95,21 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats: int = 5,
             monitor: bool = False) -> BenchResult:
-    """Median images/s of bare training steps (forward + bpd + backward + clip + optimiser),
-    of sampling passes and of test-bpd evaluation (one ``train.eval_batch_size`` batch) with
-    the config's speed options; optionally the stability monitor's own seconds per step as a
-    fraction of the step. Peak memory covers all three."""
-    retain_freed_memory()
+    """Median images/s of the engine's training steps without the stability monitor (forward
+    + bpd + backward + clip + finiteness checks + optimiser + EMA), of sampling passes and of
+    test-bpd evaluation (one ``train.eval_batch_size`` batch) with the config's speed options;
+    optionally the stability monitor's own seconds per step as a fraction of the step. Peak
+    memory covers all three."""
     cfg = config.train
-    if cfg.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(0)
-    shape = config.data.shape
-    layout = memory_format(cfg.channels_last)
-    model = Glow(config.model, shape).to(device, memory_format=layout)
-    model.grad_checkpointing = cfg.grad_checkpointing
+    engine = Engine(config, device, seed=0)
+    model, shape = engine.model, config.data.shape
     images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
-    x = preprocess(images, config.data.n_bits).to(device, memory_format=layout)
-    model.train()
-    with torch.no_grad():
-        model(x)
-    forward = torch.compile(model) if cfg.compile else model
-    optimizer = make_optimizer(config, model)
+    x = engine.to_device(preprocess(images, config.data.n_bits))
+    engine.initialise(x)
+    engine.wrap()
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        training_loss(forward, x, config.data.n_bits, cfg.precision).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf, foreach=True)
-        optimizer.step()
+        engine.step(x, cfg.lr)
 
     for _ in range(3):
         step()

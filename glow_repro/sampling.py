@@ -1,33 +1,41 @@
-"""Samples, reconstructions and latent interpolations of a trained run (issue #6).
+"""Samples, reconstructions and latent interpolations of a trained run (Glow, sections 5-6).
 
 ``load_trained_model`` rebuilds a run's model from its ``config.yaml`` and ``checkpoint.pt``
 (the EMA weights when the run kept them, as its evaluations did). The image functions take a
-model and tensors and return model-space images; ``write_figures`` turns them into the PNG grids
-and the ``sample.json`` record of ``glow-repro sample``.
+model and tensors and return model-space images; :func:`write_samples`, the one writer of
+sample files, turns them into PNG grids and a JSON record: training calls it at the end of a
+run (record ``samples.json``, no interpolations), ``glow-repro sample`` calls it with the
+user's options (record ``sample.json``).
 
-Temperature grids and reconstructions reuse :func:`glow_repro.evaluation.save_samples`, so
-``glow-repro sample RUN_DIR`` with no options rewrites exactly the ``temperatures.png`` and
-``reconstructions.png`` that training wrote at the end of the run. ``samples_T<t>.png`` draws
-its own ``n`` samples with the generator reset to ``seed`` for each temperature, so a grid does
-not depend on which other temperatures were asked for, and grids of different temperatures
-share the same underlying noise (only its scale differs).
+Both draw ``temperatures.png`` and ``reconstructions.png`` the same way, so
+``glow-repro sample RUN_DIR`` with no options rewrites exactly the grids that training wrote.
+``samples_T<t>.png`` draws its own ``n`` samples with the generator reset to ``seed`` for each
+temperature, so a grid does not depend on which other temperatures were asked for, and grids
+of different temperatures share the same underlying noise (only its scale differs).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.utils import make_grid
 
 from glow_repro.config import RunConfig, load_run_config
-from glow_repro.data import load_split
+from glow_repro.engine import build_model
 from glow_repro.errors import UserFacingError
-from glow_repro.evaluation import png_bytes, save_samples
-from glow_repro.model import Glow, memory_format
-from glow_repro.objective import preprocess
-from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_json
+from glow_repro.model import Glow
+from glow_repro.objective import postprocess, preprocess
+from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json
+
+#: The record of the grids training writes at the end of a run, in its ``samples/`` folder.
+SAMPLES_RECORD = "samples.json"
+#: The record of what ``glow-repro sample`` wrote.
+SAMPLE_RECORD = "sample.json"
 
 #: What ``torch.load`` raises for a truncated, foreign or corrupt file.
 _UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError)
@@ -66,13 +74,13 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     except _UNREADABLE as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RunNotReadyError(f"{run.checkpoint}: unreadable checkpoint ({first_line})") from None
-    model = Glow(config.model, config.data.shape)
+    model = build_model(config, device)
     try:
         model.load_state_dict(_checkpoint_weights(state, config, run.checkpoint))
     except RuntimeError as err:
         raise RunNotReadyError(f"{run.checkpoint}: its weights do not fit the model of "
                                f"{run.config} ({str(err).splitlines()[0]})") from None
-    return config, model.to(device, memory_format=memory_format(config.train.channels_last)).eval()
+    return config, model.eval()
 
 
 @torch.no_grad()
@@ -107,55 +115,76 @@ def interpolate(model: Glow, a: torch.Tensor, b: torch.Tensor, steps: int) -> to
     return model.decode(lines).unflatten(0, (len(a), steps))
 
 
+def png_bytes(batch: torch.Tensor, n_bits: int, nrow: int) -> bytes:
+    """A PNG grid of model-space images."""
+    grid = make_grid(postprocess(batch.float().cpu(), n_bits), nrow=nrow, padding=1, pad_value=255)
+    buffer = io.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _name(temperature: float) -> str:
     return f"samples_T{temperature:g}.png"
 
 
-def write_figures(model: Glow, config: RunConfig, out_dir: str | Path, *,
+@torch.no_grad()
+def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_images: torch.Tensor, *,
                   temperatures: tuple[float, ...] | None = None, n: int | None = None,
-                  seed: int | None = None, pairs: int = 4, steps: int = 8,
-                  about: dict | None = None) -> dict:
-    """Write the sample grids, ``reconstructions.png``, ``interpolation.png`` and ``sample.json``
-    under ``out_dir``; returns the record written to ``sample.json``.
+                  seed: int | None = None, pairs: int = 4, steps: int = 8, about: dict | None = None,
+                  record: str = SAMPLE_RECORD) -> dict:
+    """Write sample grids, ``reconstructions.png``, ``interpolation.png`` (unless ``pairs`` is
+    0) and the JSON record named ``record`` under ``out_dir``; returns that record.
 
     ``temperatures`` None means the paper's (``train.sample_temperatures``) as one grid
-    ``temperatures.png``; given, each also gets ``samples_T<t>.png`` with ``n`` samples.
-    ``n`` defaults to ``train.n_samples`` and ``seed`` to the run's seed. ``pairs`` pairs of
-    distinct test images, drawn with ``seed``, are interpolated in ``steps`` steps, one per row.
-    ``about`` (where the model came from) is stored in ``sample.json`` as it is.
+    ``temperatures.png``, one row per temperature; given, they make that grid and each also
+    gets ``samples_T<t>.png`` with ``n`` samples. ``n`` defaults to ``train.n_samples`` and
+    ``seed`` to the run's seed; the first ``n`` of ``test_images`` (uint8) are reconstructed.
+    ``pairs`` pairs of distinct test images, drawn with ``seed``, are interpolated in ``steps``
+    steps, one per row. ``about`` (where the model came from) is stored in the record as it is.
     """
     out = Path(out_dir)
     device = next(model.parameters()).device
     n = n or config.train.n_samples
     seed = config.seed if seed is None else seed
     n_bits = config.data.n_bits
-    test_images = load_split(config.data, "test").images
     if 2 * pairs > len(test_images):
         raise UserFacingError(f"{pairs} interpolation pairs (--interpolations) need {2 * pairs} test "
                               f"images; the test split of {config.data.dataset} has {len(test_images)}")
+    model.eval()
     files = []
     for temperature in temperatures or ():
         images = sample_images(model, temperature, n, seed)
         atomic_write_bytes(out / _name(temperature), png_bytes(images, n_bits, math.ceil(math.sqrt(n))))
         files.append(_name(temperature))
-    record = save_samples(model, out, temperatures or config.train.sample_temperatures, n, n_bits,
-                          test_images, device, seed)
-    files += ["temperatures.png", "reconstructions.png", "samples.json"]
 
-    order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
-    x = preprocess(test_images[order], n_bits, noise=False).to(device)
-    lines = interpolate(model, x[0::2], x[1::2], steps)
-    atomic_write_bytes(out / "interpolation.png", png_bytes(lines.flatten(0, 1), n_bits, steps))
-    files.append("interpolation.png")
-
-    record = {
+    grid = list(temperatures or config.train.sample_temperatures)
+    torch.manual_seed(seed)
+    rows = [model.sample(n, temperature=t).cpu() for t in grid]
+    atomic_write_bytes(out / "temperatures.png", png_bytes(torch.cat(rows), n_bits, n))
+    # centred in their bins, so reconstruction errors of 1e-7 cannot move a pixel a level
+    x = (preprocess(test_images[:n], n_bits, noise=False) + 0.5 / 2**n_bits).to(device)
+    reconstructed = reconstruct(model, x)
+    atomic_write_bytes(out / "reconstructions.png",
+                       png_bytes(torch.cat([x, reconstructed]).cpu(), n_bits, len(x)))
+    files += ["temperatures.png", "reconstructions.png"]
+    written = {
         **(about or {}),
-        **record,
+        "temperatures": grid,
+        "n_samples": n,
+        "reconstruction_max_abs_error": (reconstructed - x).abs().max().item(),
+        "nonfinite_samples": int(sum((~torch.isfinite(r)).flatten(1).any(1).sum() for r in rows)),
         "seed": seed,
         "device": str(device),
         "weights": "ema" if config.train.ema_decay else "model",
-        "interpolation": {"pairs": order.view(pairs, 2).tolist(), "steps": steps},
-        "files": [*files, "sample.json"],
     }
-    atomic_write_json(out / "sample.json", record)
-    return record
+
+    if pairs:
+        order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
+        x = preprocess(test_images[order], n_bits, noise=False).to(device)
+        lines = interpolate(model, x[0::2], x[1::2], steps)
+        atomic_write_bytes(out / "interpolation.png", png_bytes(lines.flatten(0, 1), n_bits, steps))
+        files.append("interpolation.png")
+        written["interpolation"] = {"pairs": order.view(pairs, 2).tolist(), "steps": steps}
+    written["files"] = [*files, record]
+    atomic_write_json(out / record, written)
+    return written

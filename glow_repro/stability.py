@@ -1,4 +1,4 @@
-"""Stability forensics (issue #5): what went wrong, at which step, in which layer.
+"""Stability: what went wrong, at which step, in which layer, and what training does next.
 
 * :class:`StabilityMonitor` looks at every step: non-finite loss, gradients and parameters;
   upward spikes of the loss and of the gradient norm against a running median and MAD; and,
@@ -10,6 +10,9 @@
   finite) is non-finite.
 * A capsule (:func:`save_capsule`) holds the model state just before the bad step, the
   offending batch and the RNG state; :func:`replay_capsule` reproduces the finding.
+* :class:`RecoveryPolicy` applies ``train.on_nonfinite`` to a bad step: ``stop`` (the run
+  has diverged), ``skip`` the step, or ``rollback`` to the last checkpoint with a smaller
+  learning rate, giving up after ``train.max_skips`` / ``train.max_rollbacks``.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from glow_repro.config import MonitorConfig, RunConfig
+from glow_repro.config import MonitorConfig, RunConfig, TrainConfig
+from glow_repro.engine import build_model
 from glow_repro.flows import ActNorm, AffineCoupling, InvConv1x1, InvConv1x1LU
-from glow_repro.model import Glow, memory_format
+from glow_repro.model import Glow
 from glow_repro.objective import training_loss
-from glow_repro.study.store import atomic_write_bytes
+from glow_repro.rundir import atomic_write_bytes
 
 #: Name given to the model itself when every submodule's output is finite but the priors or
 #: the log-density are not.
@@ -120,9 +125,9 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = RunConfig.model_validate(state["config"])
-    model = Glow(config.model, config.data.shape)
+    model = build_model(config, "cpu")
     model.load_state_dict(state["model"])
-    model.to(memory_format=memory_format(config.train.channels_last)).train()
+    model.train()
     torch.set_rng_state(state["torch_rng"])
     recorded = Finding(**state["finding"])
     finding = locate_nonfinite(model, state["batch"], config.data.n_bits, config.train.precision)
@@ -220,3 +225,54 @@ class StabilityMonitor:
                 if (value < limit) if below else (value > limit):
                     events.append(self.event(step, kind, value, limit, layer, lr))
         return events
+
+
+# -- recovery from a bad step ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Response:
+    """What to do about one bad step: ``action`` is stop, skip or rollback; ``diverged`` ends
+    the run; ``gave_up`` says that a skip or rollback budget ran out."""
+
+    action: str
+    diverged: bool
+    gave_up: bool
+
+
+class RecoveryPolicy:
+    """``train.on_nonfinite`` with its counters, which a checkpoint saves and a rollback keeps."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.skipped = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+        self.first_nonfinite: int | None = None
+
+    def counters(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
+                "first_nonfinite": self.first_nonfinite}
+
+    def load_counters(self, counters: dict[str, Any]) -> None:
+        self.skipped, self.rollbacks = counters["skipped"], counters["rollbacks"]
+        self.lr_scale, self.first_nonfinite = counters["lr_scale"], counters["first_nonfinite"]
+
+    def respond(self, kind: str, step: int) -> Response:
+        """Count the bad ``step`` (a fault ``kind`` of the training step) and decide; a
+        rollback that goes ahead scales the learning rate by ``train.rollback_lr_factor``."""
+        cfg = self.config
+        self.first_nonfinite = self.first_nonfinite or step
+        action = cfg.on_nonfinite
+        if kind == "nonfinite_parameters" and action == "skip":
+            action = "stop"  # an update that was applied cannot be skipped; only a rollback undoes it
+        gave_up = False
+        if action == "skip":
+            self.skipped += 1
+            gave_up = self.skipped > cfg.max_skips
+        elif action == "rollback":
+            self.rollbacks += 1
+            gave_up = self.rollbacks > cfg.max_rollbacks
+            if not gave_up:
+                self.lr_scale *= cfg.rollback_lr_factor
+        return Response(action, diverged=action == "stop" or gave_up, gave_up=gave_up)

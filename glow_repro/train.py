@@ -1,11 +1,16 @@
-"""One training run: ``train(config, run_dir)`` — importable, no CLI (issue #3).
+"""One training run: ``train(config, run_dir)`` — importable, no CLI.
+
+The model, optimiser and step come from :mod:`glow_repro.engine`, the handling of a bad step
+from :class:`glow_repro.stability.RecoveryPolicy`; this module owns the data order, the
+budgets, the checkpoint, the evaluations and the run directory's records.
 
 Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
 (the data order of each epoch, the dequantisation noise and the shift augmentation of each
 step) and the learning rate is a pure function of the step, so a checkpoint needs only the
 model, optimiser, EMA weights, step, elapsed time and the recovery counters (skips,
-rollbacks, lr scale) to continue bit-exactly on the same device and thread count. Logs are append-only; on resume they are cut back to the
-checkpoint's step, so no metric row is lost or duplicated.
+rollbacks, lr scale) to continue bit-exactly on the same device and thread count. Logs are
+append-only; on resume they are cut back to the checkpoint's step, so no metric row is lost
+or duplicated.
 """
 
 from __future__ import annotations
@@ -23,21 +28,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig, dump_run_config, read_yaml, run_identity, validate_model
 from glow_repro.data import ImageData, load_split
-from glow_repro.errors import UserFacingError
 from glow_repro.distributed import DistContext, from_environment, shutdown
-from glow_repro.evaluation import bpd_sum, save_samples
-from glow_repro.model import Glow, memory_format
-from glow_repro.objective import preprocess, training_loss
+from glow_repro.engine import Engine
+from glow_repro.errors import UserFacingError
+from glow_repro.evaluation import bpd_sum
+from glow_repro.objective import preprocess
+from glow_repro.rundir import JsonlLog, RunDir, RunState, atomic_write_bytes, atomic_write_json, atomic_write_text
 from glow_repro.runinfo import environment, resolve_device
-from glow_repro.stability import StabilityMonitor, locate_nonfinite, save_capsule
-from glow_repro.study.store import JsonlLog, RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from glow_repro.sampling import SAMPLES_RECORD, write_samples
+from glow_repro.stability import RecoveryPolicy, StabilityMonitor, locate_nonfinite, save_capsule
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -94,15 +97,6 @@ class _Batches:
         return self.images[self._order[1][start : start + self.batch_size]]
 
 
-def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
-    """Adam or Adamax over the trainable parameters, updated by one multi-tensor kernel
-    (fused Adam; foreach Adamax, which has no fused form) rather than one loop per tensor."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.train.optimizer == "adamax":
-        return torch.optim.Adamax(params, lr=config.train.lr, foreach=True)
-    return torch.optim.Adam(params, lr=config.train.lr, fused=True)
-
-
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
@@ -125,37 +119,25 @@ def _stop_on_signals() -> Iterator[dict]:
 
 
 class _Run:
-    """The state of one run in progress; ``_train`` below drives it."""
+    """One run in progress, which ``_train`` below drives: the engine, the data order and
+    budgets, the checkpoint, evaluations, and forensics and recovery after a bad step."""
 
     def __init__(self, config: RunConfig, run: RunDir, device: torch.device,
                  train_data: ImageData, test_data: ImageData, dist: DistContext):
         self.config, self.run, self.device, self.dist = config, run, device, dist
         self.train_data, self.test_data = train_data, test_data
-        retain_freed_memory()
-        torch.manual_seed(config.seed)
-        self.memory_format = memory_format(config.train.channels_last)
-        self.model = Glow(config.model, config.data.shape).to(device, memory_format=self.memory_format)
-        self.model.grad_checkpointing = config.train.grad_checkpointing
-        self.forward: torch.nn.Module = self.model  # see wrap_for_training
-        self.optimizer = make_optimizer(config, self.model)
-        decay = config.train.ema_decay
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-                    if decay else None)
+        self.engine = Engine(config, device, dist)
         self.batches = _Batches(train_data, config.train.batch_size, config.seed)
         cfg = config.train
         # budgets given in epochs become steps of this training set (drop-last batches)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.per_epoch)
         self.warmup_steps = (cfg.warmup_steps if cfg.warmup_epochs is None
                              else round(cfg.warmup_epochs * self.batches.per_epoch))
-        self.monitor = StabilityMonitor(config.monitor, self.model, run.path.name)
+        self.monitor = StabilityMonitor(config.monitor, self.engine.model, run.path.name)
+        self.recovery = RecoveryPolicy(cfg)  # its counters survive a rollback, saved in checkpoints
         self.step = 0
         self.elapsed_before = 0.0
         self.clock = time.perf_counter()
-        # what the recovery policies count; survives a rollback, saved in checkpoints
-        self.skipped = 0
-        self.rollbacks = 0
-        self.lr_scale = 1.0
-        self.first_nonfinite: int | None = None
 
     @property
     def elapsed(self) -> float:
@@ -166,14 +148,14 @@ class _Run:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
+        weights = self.engine.state_dict()
         state = {
             "step": self.step,
             "elapsed": self.elapsed,
-            "counters": {"skipped": self.skipped, "rollbacks": self.rollbacks,
-                         "lr_scale": self.lr_scale, "first_nonfinite": self.first_nonfinite},
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
+            "counters": self.recovery.counters(),
+            "model": weights["model"],
+            "optimizer": weights["optimizer"],
+            "ema": weights["ema"],
             "torch_rng": torch.get_rng_state(),
         }
         for log in (self.run.metrics, self.run.evals, self.run.events):
@@ -186,10 +168,7 @@ class _Run:
         """Resume (everything, logs cut back to the checkpoint) or roll back (model and
         optimiser only: the counters and the event log keep what happened since)."""
         state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+        self.engine.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         logs = (self.run.metrics, self.run.evals) if rollback else (self.run.metrics, self.run.evals, self.run.events)
@@ -198,42 +177,23 @@ class _Run:
             log.truncate_after(self.step)
         if not rollback:
             self.elapsed_before, self.clock = state["elapsed"], time.perf_counter()
-            counters = state["counters"]
-            self.skipped, self.rollbacks = counters["skipped"], counters["rollbacks"]
-            self.lr_scale, self.first_nonfinite = counters["lr_scale"], counters["first_nonfinite"]
+            self.recovery.load_counters(state["counters"])
 
     # -- pieces of the loop ---------------------------------------------------------------------
     def initialise_actnorm(self) -> None:
         """Data-dependent init of every ActNorm from ``init_images`` training images (3.1)."""
         count = min(self.config.train.init_images, len(self.train_data.images))
         order = _epoch_order(len(self.train_data.images), self.config.seed, epoch=-1)
-        x = preprocess(self.train_data.images[order[:count]], self.config.data.n_bits,
-                       generator=_step_generator(self.config.seed, 0, stream=2))
-        self.model.train()
-        with torch.no_grad():
-            self.model(x.to(self.device, memory_format=self.memory_format))
-        if self.ema is not None:
-            self.ema.module.load_state_dict(self.model.state_dict())
-
-    def wrap_for_training(self) -> None:
-        """DDP (which broadcasts rank 0's initialised state) and torch.compile, once the
-        ActNorms hold their data-dependent values; both share the model's parameters."""
-        if self.dist.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
-        if self.config.train.compile:
-            self.forward = torch.compile(self.forward)
+        self.engine.initialise(preprocess(self.train_data.images[order[:count]], self.config.data.n_bits,
+                                          generator=_step_generator(self.config.seed, 0, stream=2)))
 
     def write(self, log: JsonlLog, rows: list[dict]) -> None:
         if self.dist.is_main and rows:
             log.extend(rows)
 
-    def eval_model(self) -> Glow:
-        return self.ema.module if self.ema is not None else self.model
-
     def evaluate(self) -> float:
         images = self.test_data.images[: self.config.train.eval_limit]
-        total = bpd_sum(self.eval_model(), images, self.config.data.n_bits,
+        total = bpd_sum(self.engine.eval_model, images, self.config.data.n_bits,
                         self.config.train.eval_batch_size, self.device,
                         rank=self.dist.rank, world_size=self.dist.world_size)
         bpd = self.dist.sum([total], self.device)[0] / len(images)
@@ -242,72 +202,43 @@ class _Run:
         return bpd
 
     def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
-        """One optimisation step; returns its log row, its batch and the kind of non-finite
-        value it met (the update is not applied when loss or gradients are non-finite)."""
+        """One optimisation step on batch ``step + 1`` of the seeded order; returns its log
+        row, its batch and the kind of fault the engine met (its update then not kept)."""
         cfg = self.config
         step = self.step + 1
-        lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.recovery.lr_scale
         images = self.batches(step)
         if cfg.train.augment_shift:
             images = shift_augment(images, _step_generator(cfg.seed, step, stream=3))
         x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
-        x = self.dist.shard(x).to(self.device, memory_format=self.memory_format)
-        self.model.train()
+        x = self.engine.to_device(self.dist.shard(x))
         self.monitor.record_scales(self.monitor.health_due(step))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
-        mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
-        bad = None if math.isfinite(mean_loss) else "nonfinite_loss"
-        bad = bad or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
-        bad = bad or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
-        if bad is None:
-            self.optimizer.step()
-            if not self.monitor.parameters_finite():
-                bad = "nonfinite_parameters"
-            elif self.ema is not None:
-                self.ema.update_parameters(self.model)
+        result = self.engine.step(x, lr, self.monitor)
         self.step = step
-        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": mean_loss,
-               "lr": lr, "grad_norm": grad_norm.item()}
-        return row, x, bad
+        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": result.loss,
+               "lr": lr, "grad_norm": result.grad_norm}
+        return row, x, result.fault
 
     def recover(self, kind: str, row: dict, batch: torch.Tensor) -> bool:
         """Record a non-finite (or exploded, > ``monitor.max_bpd``) step with the layer it
         started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
-        cfg = self.config.train
         step, lr = self.step, row["lr"]
-        finding = locate_nonfinite(self.model, batch, self.config.data.n_bits, cfg.precision)
-        if self.first_nonfinite is None and self.dist.is_main:
-            capsule = self.run.path / "capsules" / f"step_{step:07d}.pt"
-            save_capsule(capsule, config=self.config, model=self.model, batch=batch, step=step,
-                         lr=lr, finding=finding)
-        self.first_nonfinite = self.first_nonfinite or step
+        model = self.engine.model
+        finding = locate_nonfinite(model, batch, self.config.data.n_bits, self.config.train.precision)
+        if self.recovery.first_nonfinite is None and self.dist.is_main:
+            save_capsule(self.run.capsules / f"step_{step:07d}.pt", config=self.config, model=model,
+                         batch=batch, step=step, lr=lr, finding=finding)
+        response = self.recovery.respond(kind, step)
         value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]
         events = [{**self.monitor.event(step, kind, value, layer=finding.layer, lr=lr), "phase": finding.phase}]
-        # an update that was applied cannot be skipped; only a rollback can undo it
-        policy = cfg.on_nonfinite
-        if kind == "nonfinite_parameters" and policy == "skip":
-            policy = "stop"
-        diverged = policy == "stop"
-        if policy == "skip":
-            self.skipped += 1
-            diverged = self.skipped > cfg.max_skips
-        elif policy == "rollback":
-            self.rollbacks += 1
-            diverged = self.rollbacks > cfg.max_rollbacks
-            if not diverged:
-                self.load_checkpoint(rollback=True)
-                self.lr_scale *= cfg.rollback_lr_factor
-                events.append(self.monitor.event(step, "rollback", self.step, lr=lr * cfg.rollback_lr_factor))
-        if diverged and policy != "stop":
-            events.append(self.monitor.event(step, "gave_up", self.skipped + self.rollbacks, lr=lr))
+        if response.action == "rollback" and not response.gave_up:
+            self.load_checkpoint(rollback=True)
+            factor = self.config.train.rollback_lr_factor
+            events.append(self.monitor.event(step, "rollback", self.step, lr=lr * factor))
+        if response.gave_up:
+            events.append(self.monitor.event(step, "gave_up", self.recovery.skipped + self.recovery.rollbacks, lr=lr))
         self.write(self.run.events, events)
-        return diverged
+        return response.diverged
 
 
 def _check_same_run(run: RunDir, config: RunConfig) -> None:
@@ -320,7 +251,7 @@ def _check_same_run(run: RunDir, config: RunConfig) -> None:
             "choose another --out directory or delete that one")
 
 
-def _summary(work: _Run, state: str, reconstruction: dict | None) -> dict:
+def _summary(work: _Run, state: RunState, reconstruction: dict | None) -> dict:
     rows = work.run.metrics.read()
     rates = [r["images_per_s"] for r in rows if r.get("images_per_s")]
     evals = work.run.evals.read()
@@ -332,12 +263,12 @@ def _summary(work: _Run, state: str, reconstruction: dict | None) -> dict:
         "final_test_bpd": evals[-1]["test_bpd"] if evals else None,
         "best_test_bpd": min((e["test_bpd"] for e in evals if math.isfinite(e["test_bpd"])), default=None),
         "wall_time": work.elapsed,
-        "n_params": work.model.n_params(),
+        "n_params": work.engine.model.n_params(),
         "images_per_s": statistics.median(rates) if rates else None,
-        "diverged": state == "diverged",
-        "first_nonfinite_step": work.first_nonfinite,
-        "steps_skipped": work.skipped,
-        "rollbacks": work.rollbacks,
+        "diverged": state is RunState.DIVERGED,
+        "first_nonfinite_step": work.recovery.first_nonfinite,
+        "steps_skipped": work.recovery.skipped,
+        "rollbacks": work.recovery.rollbacks,
         "events_by_kind": dict(kinds),
         "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
     }
@@ -356,8 +287,6 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(config.train.device)
-    if config.train.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     train_data = load_split(config.data, "train")
     test_data = load_split(config.data, "test")
     run = RunDir(run_dir)
@@ -375,7 +304,7 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
         if not run.config.exists():
             atomic_write_text(run.config, dump_run_config(config))
         atomic_write_json(run.environment, {**environment(device), "world_size": dist.world_size})
-        run.write_status("running", step=0)
+        run.write_status(RunState.RUNNING, step=0)
     dist.barrier()
     try:
         return _train(config, run, device, train_data, test_data, progress, dist)
@@ -383,8 +312,8 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
         raise
     except Exception as err:
         if dist.is_main:
-            (run.path / "error.txt").write_text(traceback.format_exc())
-            run.write_status("failed", step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
+            run.error_file.write_text(traceback.format_exc())
+            run.write_status(RunState.FAILED, step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
         raise
     finally:
         shutdown(dist)
@@ -402,11 +331,11 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
         work.initialise_actnorm()
         work.evaluate()
         work.save_checkpoint()
-    work.wrap_for_training()
+    work.engine.wrap()
     show = (cfg.progress if progress is None else progress) and sys.stderr.isatty() and dist.is_main
     bar = tqdm(total=work.total_steps, initial=work.step, disable=not show, desc=run.path.name,
                unit="step", dynamic_ncols=True, leave=False)
-    state = "done"
+    state = RunState.DONE
     with _stop_on_signals() as signals, bar:
         while work.step < work.total_steps:
             started = time.perf_counter()
@@ -419,7 +348,7 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
                                           "images_per_s": work.batches.batch_size / seconds}])
             if bad:
                 if work.recover(bad, row, batch):
-                    state = "diverged"
+                    state = RunState.DIVERGED
                     break
                 bar.n = work.step
                 continue
@@ -430,19 +359,18 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
             if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps:
                 work.save_checkpoint()
                 if dist.is_main:
-                    run.write_status("running", step=work.step)
+                    run.write_status(RunState.RUNNING, step=work.step)
             if dist.any(signals["stop"], device):
                 work.save_checkpoint()
                 if dist.is_main:
-                    run.write_status("interrupted", step=work.step)
+                    run.write_status(RunState.INTERRUPTED, step=work.step)
                 raise RunInterrupted(f"{run.path}: interrupted at step {work.step}")
     summary: dict | None = None
     if dist.is_main:
         reconstruction = None
-        if state == "done":  # a diverged run keeps its last good checkpoint
-            reconstruction = save_samples(work.eval_model(), run.samples, cfg.sample_temperatures,
-                                          cfg.n_samples, config.data.n_bits, test_data.images,
-                                          device, config.seed)
+        if state is RunState.DONE:  # a diverged run keeps its last good checkpoint
+            reconstruction = write_samples(work.engine.eval_model, config, run.samples, test_data.images,
+                                           pairs=0, record=SAMPLES_RECORD)
             work.save_checkpoint()
         summary = _summary(work, state, reconstruction)
         atomic_write_json(run.summary_file, summary)

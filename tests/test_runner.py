@@ -1,5 +1,5 @@
-"""The study runner with a fake train function: skipping, resuming, failures, locks, launchers
-(issue #4). Real-training end-to-end tests are in test_study_cli.py (marked slow)."""
+"""The study runner with a fake train function: skipping, resuming, failures, locks, launchers.
+Real-training end-to-end tests are in test_study_cli.py (marked slow)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import yaml
 
 from glow_repro.config import ConfigError, dump_run_config
 from glow_repro.errors import DataUnavailableError, ResultsDirError
-from glow_repro.study.locks import RunLock
+from glow_repro.rundir import RunDir, RunLock, atomic_write_json, atomic_write_text
 from glow_repro.study.runner import collect_status, run_study, tables_dir
-from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +181,7 @@ def test_a_run_locked_by_another_process_is_skipped(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from glow_repro.study.locks import RunLock
+            from glow_repro.rundir import RunLock
             lock = RunLock({str(held)!r})
             assert lock.acquire()
             print("locked", flush=True)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from glow_repro.config import RunConfig, dump_run_config
-from glow_repro.study.store import RunDir
+from glow_repro.rundir import RunDir
 from glow_repro.train import train
 
 BASE = {

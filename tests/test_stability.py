@@ -1,4 +1,4 @@
-"""Stability forensics (issue #5): faults are found in the right layer and step, the recovery
+"""Stability forensics: faults are found in the right layer and step, the recovery
 policies do what they say without losing or duplicating metric rows, capsules replay, and a
 healthy run raises no alarm."""
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import glow_repro.train as train_module
+import glow_repro.engine as engine_module
 from glow_repro.cli import main
 from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import InvConv1x1
 from glow_repro.model import Glow
+from glow_repro.rundir import RunDir
 from glow_repro.stability import Finding, StabilityMonitor, health_signals, locate_nonfinite, replay_capsule
-from glow_repro.study.store import RunDir
 from glow_repro.train import train
 
 LAYER = "levels.0.steps.1.layers.2"  # the coupling of the second step of the first level
@@ -70,7 +70,7 @@ def inject(monkeypatch, layer: str, calls: set[int] | None = None, *, gradient: 
             target.register_forward_hook(poison_output)
         return model
 
-    monkeypatch.setattr(train_module, "Glow", build)
+    monkeypatch.setattr(engine_module, "Glow", build)
 
 
 def steps_logged(run: RunDir) -> list[int]:

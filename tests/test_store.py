@@ -1,11 +1,14 @@
-"""Crash-safe writers of the run directory (issue #3)."""
+"""Crash-safe writers, logs and states of the run directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
-from glow_repro.study.store import JsonlLog, RunDir, atomic_write_text
+import pytest
+
+from glow_repro.rundir import JsonlLog, RunDir, RunState, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
@@ -36,3 +39,25 @@ def test_status_of_a_run_never_started_is_pending(tmp_path):
     run.path.mkdir()
     run.write_status("diverged", step=7)
     assert run.status()["state"] == "diverged" and run.status()["step"] == 7 and run.is_finished()
+
+
+def test_run_states_keep_their_strings_and_say_what_the_runner_does():
+    assert [s.value for s in RunState if s.recorded] == ["done", "diverged", "running", "interrupted", "failed",
+                                                        "pending"]
+    assert {s for s in RunState if s.finished} == {RunState.DONE, RunState.DIVERGED}
+    actions = {state.value: state.action(retry_failed=False) for state in RunState}
+    assert actions == {"done": "skip", "diverged": "skip", "running": "elsewhere", "elsewhere": "elsewhere",
+                       "killed": "resume", "interrupted": "resume", "failed": "keep-failed",
+                       "pending": "train", "cancelled": "resume"}
+    assert RunState.FAILED.action(retry_failed=True) == "retry"
+    assert RunState.display_order(["pending", "failed", "done", "pending"]) == ["done", "failed", "pending"]
+    assert json.loads(json.dumps({"state": RunState.DONE})) == {"state": "done"}
+
+
+def test_only_recorded_states_are_written(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_status(RunState.INTERRUPTED, step=3)
+    assert run.state() is RunState.INTERRUPTED and run.status()["state"] == "interrupted"
+    with pytest.raises(ValueError, match="unknown run state 'killed'"):
+        run.write_status("killed")

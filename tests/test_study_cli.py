@@ -1,4 +1,4 @@
-"""``glow-repro run`` and ``glow-repro status`` (issue #4): dry runs, one-line errors, the status
+"""``glow-repro run`` and ``glow-repro status``: dry runs, one-line errors, the status
 table, and (slow) the smoke study trained for real, killed with SIGKILL and resumed."""
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.study.locks import RunLock
+from glow_repro.rundir import RunDir, RunLock
 from glow_repro.study.runner import run_study
-from glow_repro.study.store import RunDir
 from tests.test_runner import FAIL_WIDTH, fake_train, make_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
-"""One training run (issue #3): determinism, exact resume after SIGKILL, clear config errors,
+"""One training run: determinism, exact resume after SIGKILL, clear config errors,
 and learning on synthetic data."""
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import signal
 import subprocess
 import sys
@@ -18,7 +18,10 @@ from click.testing import CliRunner
 
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, dump_run_config, load_run_config
-from glow_repro.study.store import RunDir
+from glow_repro.engine import Engine
+from glow_repro.objective import preprocess
+from glow_repro.rundir import RunDir
+from glow_repro.stability import RecoveryPolicy
 from glow_repro.train import learning_rate, train
 
 TINY = {
@@ -222,3 +225,43 @@ def test_shift_augmentation_translates_each_image_with_nearest_fill():
 def test_a_run_with_shift_augmentation_trains(tmp_path):
     summary = train(config(train={"augment_shift": True, "steps": 5}), tmp_path / "run", threads=1)
     assert summary["state"] == "done" and summary["final_test_bpd"] < summary["initial_test_bpd"]
+
+
+def test_engine_builds_the_same_weights_from_a_seed_and_keeps_no_bad_update():
+    """Two engines of one seed start equal; a batch with a NaN reports ``nonfinite_loss`` and
+    leaves every weight as it was, while a good batch moves them."""
+    cfg = config()
+    engines = [Engine(cfg, torch.device("cpu")) for _ in range(2)]
+    first, second = (e.model.state_dict() for e in engines)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    engine = engines[0]
+    x = preprocess(torch.randint(0, 256, (8, *cfg.data.shape), dtype=torch.uint8), cfg.data.n_bits)
+    engine.initialise(x)
+    before = {name: value.clone() for name, value in engine.model.state_dict().items()}
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    result = engine.step(bad, 1e-3)
+    assert result.fault == "nonfinite_loss" and math.isnan(result.loss)
+    assert all(torch.equal(before[name], value) for name, value in engine.model.state_dict().items())
+    good = engine.step(x, 1e-3)
+    assert good.fault is None and math.isfinite(good.loss) and good.grad_norm > 0
+    assert any(not torch.equal(before[name], value) for name, value in engine.model.state_dict().items())
+
+
+@pytest.mark.parametrize("policy, kind, responses", [
+    ("stop", "nonfinite_loss", [("stop", True, False)]),
+    ("skip", "nonfinite_loss", [("skip", False, False), ("skip", False, False), ("skip", True, True)]),
+    ("skip", "nonfinite_parameters", [("stop", True, False)]),  # an applied update cannot be skipped
+    ("rollback", "nonfinite_parameters", [("rollback", False, False), ("rollback", False, False),
+                                          ("rollback", True, True)]),
+])
+def test_recovery_policy_counts_and_gives_up_after_its_budget(policy, kind, responses):
+    cfg = config(train={"on_nonfinite": policy, "max_skips": 2, "max_rollbacks": 2, "rollback_lr_factor": 0.5})
+    recovery = RecoveryPolicy(cfg.train)
+    got = [recovery.respond(kind, step) for step in range(7, 7 + len(responses))]
+    assert [(r.action, r.diverged, r.gave_up) for r in got] == responses
+    assert recovery.first_nonfinite == 7
+    assert recovery.lr_scale == (0.25 if policy == "rollback" else 1.0)  # the third rollback never ran
+    restored = RecoveryPolicy(cfg.train)
+    restored.load_counters(recovery.counters())
+    assert restored.counters() == recovery.counters()

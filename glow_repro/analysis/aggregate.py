@@ -1,4 +1,4 @@
-"""Per-variant statistics over seeds (issue #6, "Analysis"): pure pandas/scipy, no torch.
+"""Per-variant statistics over seeds: pure pandas/scipy, no torch.
 
 Conventions, stated once and repeated in the report:
 
@@ -23,6 +23,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from glow_repro.rundir import RunState
 
 CONFIDENCE = 0.95
 KEYS = ("variant",)
@@ -84,7 +86,7 @@ def curves(evals: pd.DataFrame, keys: Sequence[str] = KEYS, value: str = "test_b
 
 def done_runs(finals: pd.DataFrame) -> pd.DataFrame:
     """Runs that finished training (not diverged, failed, or still running)."""
-    return finals[finals["state"] == "done"]
+    return finals[finals["state"] == RunState.DONE]
 
 
 def variant_summary(finals: pd.DataFrame, keys: Sequence[str] = KEYS) -> pd.DataFrame:
@@ -98,8 +100,8 @@ def variant_summary(finals: pd.DataFrame, keys: Sequence[str] = KEYS) -> pd.Data
             **dict(zip(keys, group)),
             "n_runs": len(frame),
             "n_done": len(done),
-            "n_diverged": int((frame["state"] == "diverged").sum()),
-            "n_failed": int((frame["state"] == "failed").sum()),
+            "n_diverged": int((frame["state"] == RunState.DIVERGED).sum()),
+            "n_failed": int((frame["state"] == RunState.FAILED).sum()),
             "final_mean": final["mean"], "final_std": final["std"],
             "final_ci_low": final["ci_low"], "final_ci_high": final["ci_high"],
             "best_mean": best["mean"], "best_ci_low": best["ci_low"], "best_ci_high": best["ci_high"],
@@ -113,8 +115,8 @@ def divergence(finals: pd.DataFrame, keys: Sequence[str] = KEYS) -> pd.DataFrame
     """Per variant: diverged / (done + diverged) with a Wilson interval."""
     rows = []
     for group, frame in _groups(finals, keys):
-        diverged = int((frame["state"] == "diverged").sum())
-        trials = diverged + int((frame["state"] == "done").sum())
+        diverged = int((frame["state"] == RunState.DIVERGED).sum())
+        trials = diverged + int((frame["state"] == RunState.DONE).sum())
         low, high = wilson_interval(diverged, trials)
         rate = diverged / trials if trials else np.nan
         rows.append({**dict(zip(keys, group)), "n": trials, "n_diverged": diverged,

@@ -15,6 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from glow_repro.rundir import RunState
+
 STYLE = "whitegrid"
 PALETTE = "colorblind"
 
@@ -111,7 +113,7 @@ def final_bpd(summary: pd.DataFrame, finals: pd.DataFrame | None = None) -> Figu
     ax.errorbar(summary["final_mean"], y, xerr=[low.fillna(0), high.fillna(0)], fmt="o",
                 color="black", capsize=4, label="mean, 95% CI")  # fmt: skip
     if finals is not None:
-        done = finals[finals["state"] == "done"]
+        done = finals[finals["state"] == RunState.DONE]
         runs_y = done["variant"].map({v: i for i, v in enumerate(order)})
         ax.scatter(done["final_test_bpd"], runs_y + 0.18, s=14, alpha=0.7, color="tab:blue", label="runs")
     ax.set_yticks(y, order)

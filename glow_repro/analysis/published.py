@@ -1,4 +1,4 @@
-"""Published bpd numbers and the paper-vs-official-code choices, as data (issue #6).
+"""Published bpd numbers and the paper-vs-official-code choices, as data.
 
 Everything in ``/work/shared/PUBLISHED.md`` lives here once, with its source and the data
 pipeline it was measured on (dataset, image size, channels, n_bits, split), so that
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from glow_repro.config import DataConfig, RunConfig, validate_model
+from glow_repro.rundir import RunState
 
 GLOW = "Kingma & Dhariwal 2018 (arXiv:1807.03039)"
 GLOW_TABLE2 = f"{GLOW}, Table 2"
@@ -190,7 +191,7 @@ def compare(finals: pd.DataFrame, run_configs: pd.DataFrame) -> pd.DataFrame:
     published number get a row saying so. For CIFAR-10 runs of a permutation x coupling
     cell, the paper's Figure 3 value at our final epoch is added.
     """
-    done = finals[finals["state"] == "done"]
+    done = finals[finals["state"] == RunState.DONE]
     rows = []
     for variant, runs in finals.groupby("variant", sort=False):
         run_id = runs["run_id"].iloc[0]

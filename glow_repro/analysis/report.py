@@ -33,6 +33,7 @@ from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.published import (
     FIGURE3_SOURCE, compare, fidelity_table, figure3_curves,
 )  # fmt: skip
+from glow_repro.rundir import RunState
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
     Tables, describe_differences, load_tables, shared_settings, write_tables,
@@ -119,8 +120,7 @@ def _plural(n: int, word: str) -> str:
 
 def _states(finals: pd.DataFrame) -> str:
     counts = finals["state"].value_counts()
-    order = ["done", "diverged", "failed", "interrupted", "running", "pending"]
-    return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+    return ", ".join(f"{counts[s]} {s}" for s in RunState.display_order(counts.index))
 
 
 def _budget(config: dict) -> str:
@@ -178,8 +178,8 @@ def summary_paragraphs(a: Analysis) -> list[str]:
             holds = list(effect.order) == paper
             text += f". The paper's order ({' < '.join(paper)}) {'holds' if holds else 'does not hold'} in these means"
         out.append(text + ".")
-    diverged = int((finals["state"] == "diverged").sum())
-    trials = diverged + int((finals["state"] == "done").sum())
+    diverged = int((finals["state"] == RunState.DIVERGED).sum())
+    trials = diverged + int((finals["state"] == RunState.DONE).sum())
     if diverged:
         worst = a.divergence.sort_values("rate", ascending=False).iloc[0]
         out.append(f"{diverged} of {trials} runs that ended diverged; the highest rate is "
@@ -191,7 +191,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     if len(events):
         kinds = ", ".join(f"{n} {k}" for k, n in events["kind"].value_counts().items())
         out[-1] += f" The stability monitor recorded {_plural(len(events), 'event')} ({kinds})."
-    failed = int((finals["state"] == "failed").sum())
+    failed = int((finals["state"] == RunState.FAILED).sum())
     if failed:
         out[-1] += f" {_plural(failed, 'run')} failed with an error (listed under Stability)."
     out.append(_comparison_sentence(a))
@@ -298,7 +298,7 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     events = finals.groupby("variant", sort=False)[count_columns].sum().reset_index()
     events.columns = ["variant", *[c.removeprefix("n_events_") for c in count_columns]]
     event_list = a.tables.events[["variant", "seed", "step", "kind", "value", "threshold", "layer"]].head(50)
-    problems = finals[finals["state"].isin(["failed", "diverged", "interrupted", "running", "pending"])]
+    problems = finals[finals["state"] != RunState.DONE]
     problems = problems[["run_id", "variant", "seed", "state", "step", "first_nonfinite_step", "error"]].copy()
     problems["error"] = problems["error"].fillna("").astype(str).str.slice(0, 160)
     problems[["step", "first_nonfinite_step"]] = problems[["step", "first_nonfinite_step"]].astype("Int64")
@@ -407,7 +407,7 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
     grouped per variant (temperature grid first) so the report shows a variant on one row."""
     order = {"temperatures": 0, "reconstructions": 1, "interpolation": 2}
     groups = []
-    done = a.tables.finals[a.tables.finals["state"] == "done"]
+    done = a.tables.finals[a.tables.finals["state"] == RunState.DONE]
     for _, run in done.drop_duplicates("variant").iterrows():
         temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
         pngs = sorted((results_dir / "runs" / run["run_id"] / "samples").glob("*.png"),

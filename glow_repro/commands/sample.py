@@ -1,5 +1,5 @@
 """``glow-repro sample RUN_DIR``: sample grids, reconstructions and latent interpolations of a
-trained run (issue #6; Glow sections 5 and 6)."""
+trained run (Glow, sections 5 and 6)."""
 
 from __future__ import annotations
 
@@ -34,15 +34,17 @@ def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None
     RUN_DIR is one run, e.g. results/permutation_ablation/runs/<run id>; the model uses the
     run's latest checkpoint (its EMA weights when the run kept them).
     """
+    from glow_repro.data import load_split
+    from glow_repro.rundir import RunDir
     from glow_repro.runinfo import resolve_device
-    from glow_repro.sampling import load_trained_model, write_figures
-    from glow_repro.study.store import RunDir
+    from glow_repro.sampling import load_trained_model, write_samples
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples
     about = {"run_dir": str(run_dir), "run_status": RunDir(run_dir).status()}
-    record = write_figures(model, config, out, temperatures=temperatures or None, n=n, seed=seed,
-                           pairs=pairs, steps=steps, about=about)
+    record = write_samples(model, config, out, load_split(config.data, "test").images,
+                           temperatures=temperatures or None, n=n, seed=seed, pairs=pairs,
+                           steps=steps, about=about)
     click.echo(f"wrote {', '.join(record['files'])} to {out}")
     click.echo(f"reconstruction max abs error: {record['reconstruction_max_abs_error']:.3g} (model space)")
     if record["nonfinite_samples"]:

@@ -1,4 +1,4 @@
-"""``glow-repro run`` and ``glow-repro status``: run a study, see where it stands (issue #4)."""
+"""``glow-repro run`` and ``glow-repro status``: run a study, see where it stands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import user_errors
+from glow_repro.rundir import RunState
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -22,11 +23,8 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _counts(states: list[str]) -> str:
-    order = ["done", "diverged", "running", "elsewhere", "killed", "interrupted", "failed", "pending"]
-    present = sorted(set(states), key=lambda s: order.index(s) if s in order else len(order))
-    names = {"elsewhere": "running elsewhere"}
-    return ", ".join(f"{states.count(state)} {names.get(state, state)}" for state in present)
+def _counts(states: list[RunState]) -> str:
+    return ", ".join(f"{states.count(state)} {state.label}" for state in RunState.display_order(states))
 
 
 @click.command("run")
@@ -62,7 +60,7 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
     written to tables/ in the results directory, as parquet and CSV.
     Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
     """
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
 
     report = run_study(
         study, results_dir=results_dir, workers=workers, launcher=launcher, overrides=overrides,
@@ -78,22 +76,22 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
                    f"-> {report.results_dir}")
         rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
         click.echo(_table(["run id", "variant", "seed", "state", "action"], rows))
-        n_launch = sum(p.action in ("train", "resume", "retry") for p in plan)
+        n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
         click.echo(f"would train {n_launch} of {len(plan)} runs")
         return
     states = [report.final_state(p) for p in plan]
     click.echo(f"{report.spec.name}: {_counts(states)} ({report.counts['trained']} trained now, "
                f"{report.counts['skipped']} already finished) -> {report.results_dir}")
-    for planned in report.runs_in("elsewhere"):
+    for planned in report.runs_in(RunState.ELSEWHERE):
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
     if report.tables_dir is not None:
         click.echo(f"tables: {report.tables_dir}/ (steps, evals, finals, events as .parquet and .csv)")
     if report.interrupted:
-        stopped = [p.run.run_id for p in report.runs_in("interrupted")]
+        stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
         click.echo(f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
                    f"Run the same command again to resume.", err=True)
         click.get_current_context().exit(130)
-    failed = report.runs_in("failed")
+    failed = report.runs_in(RunState.FAILED)
     if failed:
         for planned in failed:
             error = report.outcomes.get(planned.run.run_id)
@@ -125,8 +123,8 @@ def status_command(results_dir: Path) -> None:
     if tables is not None:
         click.echo(f"tables: {tables}/ (written when the last uninterrupted `glow-repro run` ended)")
     for r in runs:
-        if r.state == "failed" and r.error:
+        if r.state is RunState.FAILED and r.error:
             click.echo(f"  failed {r.run_id}: {r.error.splitlines()[0][:200]}")
-    if any(r.state == "killed" for r in runs):
+    if any(r.state is RunState.KILLED for r in runs):
         click.echo("  killed: status says running but no process holds the run; "
                    "`glow-repro run` resumes it")

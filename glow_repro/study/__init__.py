@@ -1,1 +1,1 @@
-"""Studies: YAML ablation specs, the runner and its launchers, and the results store."""
+"""Studies: YAML ablation specs, the runner and its launchers, and the long tables of results."""

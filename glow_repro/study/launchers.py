@@ -1,10 +1,10 @@
-"""Launchers: how a study's runs get trained (issue #4).
+"""Launchers: how a study's runs get trained.
 
 - ``inprocess``: one run after another in this process (tests, debugging).
 - ``local``: a ``ProcessPoolExecutor`` (spawn) of N workers, the CPU threads split among them.
 - ``slurm``: a submitit array job; ``submitit-local`` / ``submitit-debug`` run the same code
   path through submitit's local and debug executors (tests, machines without SLURM). With
-  ``processes_per_run`` > 1 each job's tasks train their run together with DDP (issue #7).
+  ``processes_per_run`` > 1 each job's tasks train their run together with DDP.
 
 Every launcher calls :func:`execute_run` for each task, which takes the run's lock, calls
 ``train`` and turns whatever happens into an :class:`Outcome`; one failing run never stops
@@ -41,9 +41,8 @@ from tqdm import tqdm
 
 from glow_repro.config import RunConfig
 from glow_repro.errors import UserFacingError
-from glow_repro.study.locks import RunLock
+from glow_repro.rundir import RunDir, RunLock, RunState
 from glow_repro.study.spec import LauncherSpec
-from glow_repro.study.store import RunDir
 
 if TYPE_CHECKING:  # torch stays unimported until a run trains
     import torch
@@ -51,10 +50,6 @@ if TYPE_CHECKING:  # torch stays unimported until a run trains
     from glow_repro.distributed import DistContext
 
 TrainFn = Callable[..., dict]
-
-#: Outcome states besides the run states: ``elsewhere`` (another process holds the run's
-#: lock) and ``cancelled`` (never started because the study was interrupted).
-FINISHED_OUTCOMES = ("done", "diverged")
 
 
 class LauncherError(UserFacingError):
@@ -77,7 +72,7 @@ class RunTask:
 @dataclass(frozen=True)
 class Outcome:
     run_id: str
-    state: str
+    state: RunState
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +122,7 @@ def _default_train() -> TrainFn:
     return train
 
 
-def _keep_status(run_dir: RunDir, state: str, **fields: Any) -> None:
+def _keep_status(run_dir: RunDir, state: RunState, **fields: Any) -> None:
     """Rewrite status.json with a new state, keeping the fields train wrote (step, ...)."""
     old = {k: v for k, v in run_dir.status().items() if k not in ("state", "updated")}
     run_dir.write_status(state, **{**old, **fields})
@@ -140,21 +135,21 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
     writes a failed status; it decides for every rank whether the run is trained at all.
     """
     if _worker.signalled or (_worker.stop is not None and _worker.stop.is_set()):
-        return Outcome(task.run_id, "cancelled")
+        return Outcome(task.run_id, RunState.CANCELLED)
     main = group is None or group.is_main
     lock = RunLock(task.run_dir)
     run_dir = RunDir(task.run_dir)
     early = None
     if main and not lock.acquire():
-        early = Outcome(task.run_id, "elsewhere")
+        early = Outcome(task.run_id, RunState.ELSEWHERE)
     elif main and run_dir.is_finished():  # another runner finished it after we planned
         lock.release()
-        early = Outcome(task.run_id, run_dir.status()["state"], summary=run_dir.summary())
+        early = Outcome(task.run_id, run_dir.state(), summary=run_dir.summary())
     stop = early is not None
     if group is not None:  # every rank returns when rank 0 does
         stop = group.any(stop, _group_device(task, group))
     if stop:
-        return early or Outcome(task.run_id, "elsewhere")
+        return early or Outcome(task.run_id, RunState.ELSEWHERE)
     try:
         train = task.train_fn or _default_train()
         _worker.training = True
@@ -162,22 +157,21 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
             summary = train(task.config, task.run_dir, threads=task.threads, progress=False)
         finally:
             _worker.training = False
-        state = run_dir.status().get("state", "done")
-        return Outcome(task.run_id, summary.get("state", state), summary=summary)
+        return Outcome(task.run_id, RunState(summary.get("state", run_dir.state())), summary=summary)
     except KeyboardInterrupt:
-        if run_dir.status().get("state") == "running":
-            _keep_status(run_dir, "interrupted")
-        return Outcome(task.run_id, "interrupted")
+        if run_dir.state() is RunState.RUNNING:
+            _keep_status(run_dir, RunState.INTERRUPTED)
+        return Outcome(task.run_id, RunState.INTERRUPTED)
     except Exception as err:
-        status = run_dir.status()
-        if status.get("state") == "interrupted":  # train turned a signal into its own error
-            return Outcome(task.run_id, "interrupted")
-        if status.get("state") != "failed" and main:
+        state = run_dir.state()
+        if state is RunState.INTERRUPTED:  # train turned a signal into its own error
+            return Outcome(task.run_id, RunState.INTERRUPTED)
+        if state is not RunState.FAILED and main:
             _keep_status(
-                run_dir, "failed", error=f"{type(err).__name__}: {err}",
+                run_dir, RunState.FAILED, error=f"{type(err).__name__}: {err}",
                 traceback=traceback.format_exc(),
             )
-        return Outcome(task.run_id, "failed", error=run_dir.status().get("error"))
+        return Outcome(task.run_id, RunState.FAILED, error=run_dir.status().get("error"))
     finally:
         if main:
             lock.release()
@@ -196,7 +190,7 @@ def _group_device(task: RunTask, group: DistContext) -> torch.device:
 def execute_job_run(task: RunTask) -> Outcome:
     """A submitit job's entry point. A job of several tasks (``processes_per_run``) is one
     data-parallel run: its tasks join one process group, as torchrun's processes do, before
-    :func:`execute_run` (issue #7). Task 0's outcome is the job's result."""
+    :func:`execute_run`. Task 0's outcome is the job's result."""
     import submitit
 
     if submitit.JobEnvironment().num_tasks <= 1:
@@ -226,7 +220,7 @@ class Tracker:
 
     def record(self, outcome: Outcome) -> None:
         self.outcomes[outcome.run_id] = outcome
-        if outcome.state != "cancelled":
+        if outcome.state is not RunState.CANCELLED:
             self.write(self._line(outcome))
         self._refresh(redraw=False)
         self.bar.update(1)
@@ -237,15 +231,15 @@ class Tracker:
     def close(self) -> None:
         self.bar.close()
 
-    def _count(self, *states: str) -> int:
-        return sum(outcome.state in states for outcome in self.outcomes.values())
+    def _count(self, counted: Callable[[RunState], bool]) -> int:
+        return sum(counted(outcome.state) for outcome in self.outcomes.values())
 
     def _refresh(self, redraw: bool = True) -> None:
         left = len(self.tasks) - len(self.outcomes)
         self.bar.set_postfix(
-            done=self._count(*FINISHED_OUTCOMES),
+            done=self._count(lambda state: state.finished),
             running=0 if self.interrupted else min(self.slots, left),
-            failed=self._count("failed"),
+            failed=self._count(lambda state: state is RunState.FAILED),
             refresh=redraw,
         )
 
@@ -256,7 +250,7 @@ class Tracker:
             detail = f": {outcome.error.splitlines()[0][:160]}"
         elif outcome.summary.get("final_test_bpd") is not None:
             detail = f": test bpd {outcome.summary['final_test_bpd']:.3f}"
-        elif outcome.state == "elsewhere":
+        elif outcome.state is RunState.ELSEWHERE:
             detail = ": locked by another process"
         return f"{outcome.state:<11} {task.run_id}  ({task.variant}, seed {task.seed}){detail}"
 
@@ -267,7 +261,7 @@ def launch_inprocess(tasks: Sequence[RunTask], tracker: Tracker, options: Launch
         for task in tasks:
             outcome = execute_run(task)
             tracker.record(outcome)
-            if outcome.state == "interrupted":
+            if outcome.state is RunState.INTERRUPTED:
                 tracker.interrupted = True
                 return
     except KeyboardInterrupt:
@@ -338,16 +332,16 @@ def _pool_round(tasks: list[RunTask], tracker: Tracker, workers: int) -> list[Ru
         if task.run_id in tracker.outcomes:
             continue
         run_dir = RunDir(task.run_dir)
-        if run_dir.status().get("state") == "running":  # its worker died mid-run
+        if run_dir.state() is RunState.RUNNING:  # its worker died mid-run
             error = "worker process died (killed, or out of memory?)"
-            _keep_status(run_dir, "failed", error=error)
-            tracker.record(Outcome(task.run_id, "failed", error=error))
+            _keep_status(run_dir, RunState.FAILED, error=error)
+            tracker.record(Outcome(task.run_id, RunState.FAILED, error=error))
             crashed += 1
         else:
             retry.append(task)
     if retry and not crashed and len(tracker.outcomes) == before:
         for task in retry:  # workers die before training anything: do not loop forever
-            tracker.record(Outcome(task.run_id, "failed", error="worker process died at start"))
+            tracker.record(Outcome(task.run_id, RunState.FAILED, error="worker process died at start"))
         return []
     return retry
 
@@ -358,7 +352,7 @@ def _result(future: Any, task: RunTask) -> Outcome:
     except BrokenProcessPool:
         raise
     except Exception as err:  # e.g. a result that cannot be pickled back
-        return Outcome(task.run_id, "failed", error=f"{type(err).__name__}: {err}")
+        return Outcome(task.run_id, RunState.FAILED, error=f"{type(err).__name__}: {err}")
 
 
 def launch_submitit(
@@ -399,7 +393,7 @@ def launch_submitit(
                 try:
                     outcome = job.results()[0]  # task 0 speaks for a multi-task job
                 except Exception as err:  # the job itself died: timeout, preemption, node failure
-                    outcome = Outcome(task.run_id, "failed", error=f"job {job.job_id}: {err}")
+                    outcome = Outcome(task.run_id, RunState.FAILED, error=f"job {job.job_id}: {err}")
                 tracker.record(outcome)
             if pending:
                 time.sleep(poll)

@@ -5,7 +5,7 @@ Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
     study.yaml       the spec as run: base inlined, --set applied, original header kept
     manifest.json    {"study", "runs": {run_id: {"variant", "seed", "overrides"}}}: every run
                      ever planned here, with its label and swept settings (``status`` uses it)
-    runs/<run_id>/   one run directory (glow_repro.study.store.RunDir)
+    runs/<run_id>/   one run directory (glow_repro.rundir.RunDir)
     tables/          steps, evals, finals, events, configs as .parquet and .csv (the long
                      tables of glow_repro.study.tables), rewritten at the end of every
                      ``glow-repro run`` that was not interrupted, failed runs included
@@ -29,6 +29,7 @@ from filelock import FileLock
 
 from glow_repro.config import ConfigError, parse_override, validate_model
 from glow_repro.errors import ResultsDirError
+from glow_repro.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text, read_json
 from glow_repro.study.launchers import (
     LAUNCHERS,
     LaunchOptions,
@@ -38,7 +39,6 @@ from glow_repro.study.launchers import (
     TrainFn,
     check_launcher,
 )
-from glow_repro.study.locks import RunLock
 from glow_repro.study.spec import (
     LauncherSpec,
     RunSpec,
@@ -48,7 +48,6 @@ from glow_repro.study.spec import (
     spec_yaml,
     with_overrides,
 )
-from glow_repro.study.store import RunDir, atomic_write_json, atomic_write_text, read_json
 from glow_repro.study.tables import load_tables, write_tables
 
 MANIFEST = "manifest.json"
@@ -63,8 +62,8 @@ class PlannedRun:
 
     run: RunSpec
     run_dir: Path
-    state: str  # the run's state now; ``killed`` = status says running, but no lock is held
-    action: str  # train | resume | retry | skip (finished) | keep-failed | elsewhere (locked)
+    state: RunState  # the run's state now; ``killed`` = status says running, but no lock is held
+    action: str  # RunState.action: train | resume | retry | skip | keep-failed | elsewhere
 
 
 @dataclass
@@ -80,12 +79,12 @@ class StudyReport:
     """Where the long tables were written; None on --dry-run, Ctrl-C, or when no run has
     started (none has a config.yaml)."""
 
-    def final_state(self, planned: PlannedRun) -> str:
+    def final_state(self, planned: PlannedRun) -> RunState:
         """The run's state after this invocation; ``elsewhere`` = another process has it."""
         outcome = self.outcomes.get(planned.run.run_id)
-        if outcome is not None and outcome.state != "cancelled":
+        if outcome is not None and outcome.state is not RunState.CANCELLED:
             return outcome.state
-        return {"keep-failed": "failed", "elsewhere": "elsewhere"}.get(planned.action, planned.state)
+        return {"keep-failed": RunState.FAILED, "elsewhere": RunState.ELSEWHERE}.get(planned.action, planned.state)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -93,31 +92,21 @@ class StudyReport:
         ``skipped`` (finished before it)."""
         counts = Counter(self.final_state(p) for p in self.plan)
         counts["trained"] = sum(
-            o.state not in ("cancelled", "elsewhere") for o in self.outcomes.values()
+            o.state not in (RunState.CANCELLED, RunState.ELSEWHERE) for o in self.outcomes.values()
         )
         counts["skipped"] = sum(p.action == "skip" for p in self.plan)
         return dict(counts)
 
-    def runs_in(self, state: str) -> list[PlannedRun]:
+    def runs_in(self, state: RunState) -> list[PlannedRun]:
         return [p for p in self.plan if self.final_state(p) == state]
 
 
-def run_state(run_dir: Path) -> str:
+def run_state(run_dir: Path) -> RunState:
     """The run's state; a ``running`` status whose lock nobody holds reads as ``killed``."""
-    state = RunDir(run_dir).status().get("state", "pending")
-    if state == "running" and not RunLock(run_dir).held_elsewhere():
-        return "killed"
+    state = RunDir(run_dir).state()
+    if state is RunState.RUNNING and not RunLock(run_dir).held_elsewhere():
+        return RunState.KILLED
     return state
-
-
-def _action(state: str, retry_failed: bool) -> str:
-    if state in ("done", "diverged"):
-        return "skip"
-    if state == "running":
-        return "elsewhere"
-    if state == "failed":
-        return "retry" if retry_failed else "keep-failed"
-    return "train" if state == "pending" else "resume"
 
 
 def select_runs(runs: list[RunSpec], only: Sequence[str], source: str) -> list[RunSpec]:
@@ -187,7 +176,7 @@ def plan_study(
     for run in runs:
         run_dir = results_dir / "runs" / run.run_id
         state = run_state(run_dir)
-        plan.append(PlannedRun(run, run_dir, state, _action(state, retry_failed)))
+        plan.append(PlannedRun(run, run_dir, state, state.action(retry_failed)))
     return plan
 
 
@@ -286,7 +275,7 @@ class RunStatus:
     run_id: str
     variant: str
     seed: int | None
-    state: str
+    state: RunState
     step: int | None
     test_bpd: float | None
     wall_time: float | None

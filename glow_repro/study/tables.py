@@ -1,7 +1,7 @@
 """Load a results directory into long pandas tables (issue #4, "Status and tables").
 
 ``load_tables(results/<study>)`` reads every ``runs/<run_id>/`` written by the runner and
-``train()`` (layout in :mod:`glow_repro.study.store`) into four long DataFrames:
+``train()`` (layout in :mod:`glow_repro.rundir`) into four long DataFrames:
 
 ``steps``   one row per logged training step (``metrics.jsonl``)
 ``evals``   one row per test evaluation (``evals.jsonl``; step 0 is before training)
@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from glow_repro.config import read_yaml
 from glow_repro.errors import ResultsDirError
+from glow_repro.rundir import RunDir, RunState, atomic_write_bytes, atomic_write_text, read_json
 from glow_repro.study.labels import describe, format_value
-from glow_repro.study.store import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
 NOT_SWEPT = ("seed", "train.threads", "train.progress")
@@ -186,12 +186,12 @@ def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, colum
 def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
     status = run.status()
     summary = run.summary()
-    row: dict[str, Any] = {"state": status.get("state", "pending"), "step": status.get("step"), "error": status.get("error")}
+    row: dict[str, Any] = {"state": status.get("state", RunState.PENDING.value), "step": status.get("step"), "error": status.get("error")}
     for key in SUMMARY_COLUMNS:
         row[key] = summary.get(key)
     row.update({k: v for k, v in summary.items() if k not in row and k != "state"})
     if row["diverged"] is None:
-        row["diverged"] = row["state"] == "diverged"
+        row["diverged"] = row["state"] == RunState.DIVERGED
     if row["wall_time"] is None and steps:
         row["wall_time"] = steps[-1].get("wall_time")
     row["final_epoch"] = evals[-1].get("epoch") if evals else None

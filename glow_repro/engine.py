@@ -1,0 +1,138 @@
+"""The training engine: a run's model, optimiser and EMA in the run's layout, and one step.
+
+Training, the benchmark, sampling and the replay of a stability capsule all build the model
+here, so a run's layout (device, memory format, precision flags) is written once, and the
+benchmark times the very step that training takes. The step is the paper's (Glow, section 5):
+Adam (or Adamax) on the mean bits per dimension of a batch, with the gradient norm clipped
+and, when ``train.ema_decay`` is set, Polyak averaging of the weights for evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from glow_repro.allocator import retain_freed_memory
+from glow_repro.config import RunConfig
+from glow_repro.distributed import DistContext
+from glow_repro.model import Glow, memory_format
+from glow_repro.objective import training_loss
+
+if TYPE_CHECKING:  # the monitor's module builds its replays here
+    from glow_repro.stability import StabilityMonitor
+
+
+def build_model(config: RunConfig, device: torch.device | str) -> Glow:
+    """The run's Glow on ``device``, its weights in the run's memory format."""
+    layout = memory_format(config.train.channels_last)
+    return Glow(config.model, config.data.shape).to(device, memory_format=layout)
+
+
+def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
+    """Adam or Adamax over the trainable parameters, updated by one multi-tensor kernel
+    (fused Adam; foreach Adamax, which has no fused form) rather than one loop per tensor."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.train.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=config.train.lr, foreach=True)
+    return torch.optim.Adam(params, lr=config.train.lr, fused=True)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step: its bpd (the mean over data-parallel ranks), gradient norm before clipping,
+    and the kind of fault that kept its update from being kept (None for a good step)."""
+
+    loss: float
+    grad_norm: float
+    fault: str | None
+
+
+class Engine:
+    """Model, optimiser and EMA of one run in its layout, seeded with ``seed`` (the run's by
+    default) before the weights are drawn; ``dist`` makes the step data-parallel."""
+
+    def __init__(self, config: RunConfig, device: torch.device, dist: DistContext | None = None,
+                 *, seed: int | None = None):
+        retain_freed_memory()
+        if config.train.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(config.seed if seed is None else seed)
+        self.config, self.device = config, device
+        self.dist = dist or DistContext()
+        self.memory_format = memory_format(config.train.channels_last)
+        self.model = build_model(config, device)
+        self.model.grad_checkpointing = config.train.grad_checkpointing
+        self.forward: torch.nn.Module = self.model  # see wrap
+        self.optimizer = make_optimizer(config, self.model)
+        decay = config.train.ema_decay
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+                    if decay else None)
+
+    @property
+    def eval_model(self) -> Glow:
+        """The weights evaluations and samples use: the EMA's when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, memory_format=self.memory_format)
+
+    def initialise(self, x: torch.Tensor) -> None:
+        """Data-dependent init of every ActNorm from the batch ``x`` (Glow, section 3.1)."""
+        self.model.train()
+        with torch.no_grad():
+            self.model(self.to_device(x))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+
+    def wrap(self) -> None:
+        """DDP (which broadcasts rank 0's initialised state) and torch.compile, once the
+        ActNorms hold their data-dependent values; both share the model's parameters."""
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.config.train.compile:
+            self.forward = torch.compile(self.forward)
+
+    def step(self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None) -> StepResult:
+        """One optimisation step on the device batch ``x`` at learning rate ``lr``.
+
+        The update is not applied when the loss or the gradient is non-finite or the bpd is
+        above ``monitor.max_bpd``; with a ``monitor``, parameters made non-finite by the
+        update are reported too (the EMA then keeps its last good weights).
+        """
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
+        mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
+        fault = None if math.isfinite(mean_loss) else "nonfinite_loss"
+        fault = fault or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
+        fault = fault or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
+        if fault is None:
+            self.optimizer.step()
+            if monitor is not None and not monitor.parameters_finite():
+                fault = "nonfinite_parameters"
+            elif self.ema is not None:
+                self.ema.update_parameters(self.model)
+        return StepResult(mean_loss, grad_norm.item(), fault)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights and optimiser state a checkpoint holds."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,117 @@
+"""Imports go one way only, and the analysis never needs torch.
+
+The layers, lowest first; a module may import its own layer and the layers below it::
+
+    base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
+    config    config, registry
+    flows     glow_repro.flows.*
+    model     model, objective, data
+    rundir    rundir (the run-directory format; no torch)
+    engine    engine, train, evaluation, sampling, stability, benchmark
+    study     glow_repro.study.*
+    analysis  glow_repro.analysis.*
+    cli       cli, __main__, glow_repro.commands.*
+
+This is the direction config -> flows -> model -> rundir -> engine/train -> study -> analysis
+-> cli. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
+``distributed`` and ``runinfo`` import no other layer; ``objective`` and ``data`` are tensor
+functions and datasets that training reads, beside the model. A module that is in no layer
+fails the test, so a new module has to be placed here.
+"""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import glow_repro
+
+LAYERS = [
+    ("base", ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed",
+              "glow_repro.runinfo"]),
+    ("config", ["glow_repro.config", "glow_repro.registry"]),
+    ("flows", ["glow_repro.flows"]),
+    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
+    ("rundir", ["glow_repro.rundir"]),
+    ("engine", ["glow_repro.engine", "glow_repro.train", "glow_repro.evaluation", "glow_repro.sampling",
+                "glow_repro.stability", "glow_repro.benchmark"]),
+    ("study", ["glow_repro.study"]),
+    ("analysis", ["glow_repro.analysis"]),
+    ("cli", ["glow_repro.cli", "glow_repro.__main__", "glow_repro.commands"]),
+]
+#: Packages whose every module shares the package's layer.
+PACKAGES = ("glow_repro.flows", "glow_repro.study", "glow_repro.analysis", "glow_repro.commands")
+RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
+LAYER_NAME = [layer for layer, _ in LAYERS]
+ROOT = Path(glow_repro.__file__).parent
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__``)."""
+    found = {"glow_repro": ROOT / "__init__.py"}
+    for info in pkgutil.walk_packages([str(ROOT)], prefix="glow_repro."):
+        path = ROOT.joinpath(*info.name.split(".")[1:])
+        found[info.name] = path / "__init__.py" if info.ispkg else path.with_suffix(".py")
+    return found
+
+
+def rank(module: str) -> int | None:
+    package = next((p for p in PACKAGES if module == p or module.startswith(p + ".")), None)
+    return RANK.get(package or module)
+
+
+def imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The glow_repro modules that ``module`` imports, wherever the import statement is."""
+    names: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against this module's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+    return {name for name in names if name == "glow_repro" or name.startswith("glow_repro.")}
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(name for name in modules() if rank(name) is None)
+    assert not unplaced, f"place these modules in a layer of {__name__}.LAYERS: {unplaced}"
+
+
+def test_imports_point_down_the_layers() -> None:
+    known = modules()
+    upward = []
+    for module, path in sorted(known.items()):
+        own = rank(module)
+        for target in sorted(imported(module, path, known)):
+            other = rank(target)
+            if own is not None and other is not None and other > own:
+                upward.append(f"{module} ({LAYER_NAME[own]}) imports {target} ({LAYER_NAME[other]})")
+    assert not upward, "imports against the direction base -> ... -> cli:\n" + "\n".join(upward)
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """The scan above can fail: an import of the study layer from the run-dir layer is found."""
+    path = tmp_path / "rundir.py"
+    path.write_text("def f():\n    from glow_repro.study import runner\n")
+    targets = imported("glow_repro.rundir", path, modules())
+    assert "glow_repro.study.runner" in targets
+    assert rank("glow_repro.study.runner") > rank("glow_repro.rundir")
+
+
+@pytest.mark.parametrize("layer", ["rundir", "analysis"])
+def test_reading_results_never_imports_torch(layer: str) -> None:
+    """A report rebuilds without torch: the run-dir layer and every analysis module (with
+    what they import, e.g. the study's tables) load without it."""
+    names = [name for name in modules() if rank(name) == LAYER_NAME.index(layer)]
+    code = f"import sys, {', '.join(names)}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, f"{layer} imports torch"
