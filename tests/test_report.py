@@ -168,3 +168,32 @@ def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
     check_report(out)
     assert (out / "figures" / "depth.png").is_file()
     assert "`depth`" in (out / "report.md").read_text()
+
+
+def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: Path) -> None:
+    from glow_repro.study.runner import run_study
+    from glow_repro.study.tables import load_tables
+    from tests.test_runner import fake_train
+
+    spec = {
+        "name": "labelled", "seeds": [0, 1],
+        "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1}, "train": {"steps": 3}},
+        "variants": [{"label": "wide", "model.width": 16}, {"label": "narrow", "model.width": 8}],
+        "grid": {"model.coupling": ["additive", "affine"]},
+    }  # fmt: skip
+    (tmp_path / "labelled.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = tmp_path / "results"
+    run_study(tmp_path / "labelled.yaml", results, launcher="inprocess", train_fn=fake_train)
+    names = {f"{size}, coupling={coupling}" for size in ("wide", "narrow") for coupling in ("additive", "affine")}
+
+    status = CliRunner().invoke(main, ["status", str(results)]).output.splitlines()
+    shown = {" ".join(line.split()[1:-5]) for line in status[1:9]}  # between run id and seed
+    tables = load_tables(results)
+    assert shown == set(tables.finals["variant"]) == names
+    assert "model.width" in tables.swept  # a column still, though the label names it
+    build_report(results, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    html_text = (tmp_path / "report" / "report.html").read_text()
+    for name in names:
+        assert f"| {name}" in markdown and f"<td>{name}</td>" in html_text
+    assert "width=16" not in markdown and "width=8" not in html_text
