@@ -197,3 +197,37 @@ def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: P
     for name in names:
         assert f"| {name}" in markdown and f"<td>{name}</td>" in html_text
     assert "width=16" not in markdown and "width=8" not in html_text
+
+
+def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from glow_repro.analysis import figures
+
+    monkeypatch.setattr(figures, "FIGURES", list(figures.FIGURES))
+
+    def draw(a) -> Figure:
+        fig = Figure(figsize=(3, 2))
+        fig.subplots().plot(a.summary["final_mean"].to_numpy(), "o")
+        return fig
+
+    figures.register(figures.FigureRecord("toy_means", after="fidelity", applies=lambda a: True, draw=draw,
+                                          caption=lambda a: f"Toy: the means of {len(a.summary)} variants."))  # fmt: skip
+    out = tmp_path / "report"
+    build_report(make_fake_study(tmp_path), out)
+    text = check_report(out)
+    assert '<figure id="fig-toy_means"><img src="data:image/png;base64,' in text
+    assert "Toy: the means of 4 variants." in text
+    markdown = (out / "report.md").read_text()
+    assert "![toy_means](figures/toy_means.png)\n\n*Toy: the means of 4 variants.*" in markdown
+    assert markdown.index("## 6. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 7. ")
+    with pytest.raises(ValueError, match="registered already"):
+        figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
+
+
+def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
+    from glow_repro.analysis.document import FigureFile, Section, place_figures
+
+    lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
+    with pytest.raises(ValueError, match="'lost': after='nowhere' is neither a section nor a table.*results"):
+        place_figures([Section("results", "Results")], [lost])
