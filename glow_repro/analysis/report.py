@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.document import (
-    Code, Facts, FigureFile, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html, place_figures,
+    Block, Code, Facts, FigureFile, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html, place_figures,
 )  # fmt: skip
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
-    Tables, describe_differences, load_tables, shared_settings, write_tables,
+    UNREADABLE, Tables, describe_differences, load_tables, shared_settings, write_tables,
 )  # fmt: skip
 
 #: The paper's orderings (Figure 3): lower bpd first.
@@ -127,10 +127,41 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _over_runs(n: int, joint: str) -> str:
+    """``mean [95% CI] over 3 finished runs``; one run has no interval to state."""
+    return f"mean [95% CI]{joint}{_plural(n, 'finished run')}" if n > 1 else "1 finished run, no interval"
+
+
+#: Why a run that is not ``done`` is left out of the final-bpd statistics, by state.
+LEFT_OUT = {
+    "diverged": "diverged", "failed": "failed with an error", "interrupted": "interrupted",
+    "running": "still running", "pending": "not started", UNREADABLE: "whose status.json could not be read",
+}  # fmt: skip
+
+
+def _state_order(finals: pd.DataFrame) -> list[str]:
+    """The states the runs are in: done first, then as :data:`LEFT_OUT` lists them."""
+    present = set(finals["state"])
+    return [s for s in ["done", *LEFT_OUT] if s in present] + sorted(present - {"done", *LEFT_OUT})
+
+
 def _states(finals: pd.DataFrame) -> str:
     counts = finals["state"].value_counts()
-    order = ["done", "diverged", "failed", "interrupted", "running", "pending"]
-    return ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
+    return ", ".join(f"{counts[s]} {s}" for s in _state_order(finals))
+
+
+def left_out_sentence(finals: pd.DataFrame, shown: int = 5) -> str:
+    """Which runs the statistics over finished runs leave out, and why (their state)."""
+    left = finals[finals["state"] != "done"]
+    if left.empty:
+        return "No run is left out: every run finished."
+    parts = []
+    for state in _state_order(left):
+        runs = left[left["state"] == state]
+        ids = ", ".join(f"`{run_id}`" for run_id in runs["run_id"].head(shown))
+        more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+        parts.append(f"{_plural(len(runs), 'run')} {LEFT_OUT.get(state, state)} ({ids}{more})")
+    return f"Left out of these statistics: {'; '.join(parts)}."
 
 
 def _budget(config: dict) -> str:
@@ -156,16 +187,12 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     if len(ranked) >= 2:
         best, second, worst = ranked.iloc[0], ranked.iloc[1], ranked.iloc[-1]
         pair = _pair(a.pairs, best["variant"], second["variant"])
-        verdict = "significant" if pair["significant"] else "not significant"
         out.append(
             f"Lowest final test bpd: `{best['variant']}` with "
             f"{with_ci(best['final_mean'], best['final_ci_low'], best['final_ci_high'])} "
-            f"(mean [95% CI], {_plural(int(best['n_done']), 'finished run')}). The runner-up "
+            f"({_over_runs(int(best['n_done']), ', ')}). The runner-up "
             f"`{second['variant']}` reached {bpd(second['final_mean'])}: a difference of "
-            f"{bpd(second['final_mean'] - best['final_mean'])} bpd "
-            f"(95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
-            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
-            f"{_plural(len(a.pairs), 'pair')}: {p_clause(pair['p_holm'])})."
+            f"{bpd(second['final_mean'] - best['final_mean'])} bpd" + _test_clause(pair, len(a.pairs)) + "."
         )
         if len(ranked) > 2:
             out[-1] += (f" The last, `{worst['variant']}`, is {bpd(worst['final_mean'] - best['final_mean'])} bpd "
@@ -173,8 +200,9 @@ def summary_paragraphs(a: Analysis) -> list[str]:
                         "differences are significant.")  # fmt: skip
     elif len(ranked) == 1:
         row = ranked.iloc[0]
-        out.append(f"Final test bpd: {with_ci(row['final_mean'], row['final_ci_low'], row['final_ci_high'])} "
-                   f"(mean [95% CI] over {_plural(int(row['n_done']), 'finished run')}).")  # fmt: skip
+        which = f" of `{row['variant']}`" if n_variants > 1 else ""
+        out.append(f"Final test bpd{which}: {with_ci(row['final_mean'], row['final_ci_low'], row['final_ci_high'])} "
+                   f"({_over_runs(int(row['n_done']), ' over ')}). {no_comparison(a)}")  # fmt: skip
     else:
         out.append("No run finished, so there is no final test bpd to compare.")
     for effect in a.effects.itertuples():
@@ -202,6 +230,30 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         out[-1] += f" {_plural(failed, 'run')} failed with an error (listed under Stability)."
     out.append(_comparison_sentence(a))
     return out
+
+
+def no_comparison(a: Analysis) -> str:
+    """Why the study has no pairwise comparison (fewer than two variants with a finished
+    run); empty when it has one."""
+    finished = list(a.ranking.get("variant", []))
+    if len(finished) >= 2:
+        return ""
+    if a.tables.finals["variant"].nunique() == 1:
+        return "No comparison: the study has one variant."
+    if finished:
+        return f"No comparison: only `{finished[0]}` has a finished run."
+    return "No comparison: no variant has a finished run."
+
+
+def _test_clause(pair: pd.Series, n_pairs: int) -> str:
+    """`` (95% CI [...]), significant (Welch t-test, p = ...; Holm-adjusted ...)`` for the
+    pair ``best - second`` of the summary, or why it was not tested."""
+    if not np.isfinite(pair["p_value"]):
+        return ", not tested (a t-test needs two finished runs of each variant)"
+    verdict = "significant" if pair["significant"] else "not significant"
+    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
+            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
+            f"{_plural(n_pairs, 'pair')}: {p_clause(pair['p_holm'])})")  # fmt: skip
 
 
 def _pair(pairs: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -278,7 +330,7 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     events = finals.groupby("variant", sort=False)[count_columns].sum().reset_index()
     events.columns = ["variant", *[c.removeprefix("n_events_") for c in count_columns]]
     event_list = a.tables.events[["variant", "seed", "step", "kind", "value", "threshold", "layer"]].head(50)
-    problems = finals[finals["state"].isin(["failed", "diverged", "interrupted", "running", "pending"])]
+    problems = finals[finals["state"] != "done"]
     problems = problems[["run_id", "variant", "seed", "state", "step", "first_nonfinite_step", "error"]].copy()
     problems["error"] = problems["error"].fillna("").astype(str).str.slice(0, 160)
     problems[["step", "first_nonfinite_step"]] = problems[["step", "first_nonfinite_step"]].astype("Int64")
@@ -373,6 +425,23 @@ def _setup_facts(tables: Tables) -> dict[str, str]:
     }
 
 
+def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
+    """The ranking and every pairwise test, or why there is no comparison."""
+    if no_comparison(a):
+        return [Paragraphs([no_comparison(a)])]
+    tested = int(a.pairs["p_value"].notna().sum())
+    why = " (a t-test needs two finished runs of each variant)"
+    family = ("no pair could be tested" + why if tested == 0 else
+              f"p-values are Holm-corrected over all {tested} pairs" if tested == len(a.pairs) else
+              f"p-values are Holm-corrected over the {tested} pairs that could be tested" + why)  # fmt: skip
+    return [
+        Paragraphs(["Differences of mean final test bpd (a − b) with Welch's unequal-variance t-test and its 95% "
+                    f"interval; {family}; \"significant\" means Holm-adjusted p < 0.05."], "note"),
+        tables["ranking"],
+        Fold("All pairwise comparisons", [tables["pairwise"]], open=True),
+    ]  # fmt: skip
+
+
 def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]],
                     commands: list[str], study_yaml: str) -> list[Section]:
     """The report's sections, each sentence written once for both HTML and Markdown;
@@ -395,14 +464,10 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
         Section("results", "Results", [
             Heading("Final test bpd"),
             Paragraphs(["Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
-                        "are excluded here and counted under Stability."], "note"),
+                        "are excluded here and counted under Stability.", left_out_sentence(a.tables.finals)], "note"),
             tables["final_bpd"],
             Heading("Ranking and pairwise comparisons"),
-            Paragraphs(["Differences of mean final test bpd (a − b) with Welch's unequal-variance t-test and its 95% "
-                        f"interval; p-values are Holm-corrected over all {len(a.pairs)} pairs; \"significant\" means "
-                        "Holm-adjusted p < 0.05."], "note"),
-            tables["ranking"],
-            Fold("All pairwise comparisons", [tables["pairwise"]], open=True),
+            *_comparison_blocks(a, tables),
             Heading(f"Time to reach {threshold:.2f} bpd"),
             Paragraphs(["First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
                         "the runs that reached it."], "note"),

@@ -208,8 +208,23 @@ def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, colum
     return out.reset_index(drop=True)
 
 
+#: The state of a run whose ``status.json`` exists but is not a JSON object.
+UNREADABLE = "unreadable"
+
+
+def _status(run: RunDir) -> dict[str, Any]:
+    """The run's status; ``unreadable`` (not ``pending``) when its status file exists but
+    cannot be read, so the report can say why it left the run out."""
+    if not run.status_file.is_file():
+        return run.status()
+    status = read_json(run.status_file, default=None)
+    if isinstance(status, dict) and "state" in status:
+        return status
+    return {"state": UNREADABLE, "error": f"{run.status_file.name} could not be read"}
+
+
 def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
-    status = run.status()
+    status = _status(run)
     summary = run.summary()
     row: dict[str, Any] = {"state": status.get("state", "pending"), "step": status.get("step"), "error": status.get("error")}
     for key in SUMMARY_COLUMNS:
