@@ -44,7 +44,8 @@ class RunState(enum.StrEnum):
 
     Recorded states are written to ``status.json``; the others are observed: ``killed`` (the
     status says running but no process holds the lock), ``elsewhere`` (another process holds
-    it) and ``cancelled`` (a launch stopped before the run started).
+    it), ``cancelled`` (a launch stopped before the run started) and ``unreadable`` (its
+    ``status.json`` exists but cannot be read).
     """
 
     DONE = "done"
@@ -56,11 +57,12 @@ class RunState(enum.StrEnum):
     FAILED = "failed"
     PENDING = "pending"
     CANCELLED = "cancelled"
+    UNREADABLE = "unreadable"
 
     @property
     def recorded(self) -> bool:
         """A state that ``status.json`` may hold."""
-        return self not in (RunState.ELSEWHERE, RunState.KILLED, RunState.CANCELLED)
+        return self not in (RunState.ELSEWHERE, RunState.KILLED, RunState.CANCELLED, RunState.UNREADABLE)
 
     @property
     def finished(self) -> bool:
@@ -75,9 +77,13 @@ class RunState(enum.StrEnum):
     def action(self, retry_failed: bool) -> str:
         """What ``glow-repro run`` does with a run in this state: ``skip`` a finished run,
         leave one locked by another process ``elsewhere``, ``retry`` a failed one (with
-        ``--retry-failed``; else ``keep-failed``), ``train`` a new one, ``resume`` the rest."""
+        ``--retry-failed``; else ``keep-failed``), leave one whose status cannot be read
+        ``unreadable`` (training it could overwrite a finished run), ``train`` a new one,
+        ``resume`` the rest."""
         if self.finished:
             return "skip"
+        if self is RunState.UNREADABLE:
+            return "unreadable"
         if self in (RunState.RUNNING, RunState.ELSEWHERE):
             return "elsewhere"
         if self is RunState.FAILED:

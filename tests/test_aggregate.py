@@ -160,3 +160,12 @@ def test_factor_effects_report_level_order_and_consistency() -> None:
     assert (effects.loc["k1", "consistent"], effects.loc["k1", "cells"]) == (1, 2)
     assert effects.loc["k2", "order"] == ["q", "p"]  # 1.75 vs 2.0
     assert (effects.loc["k2", "consistent"], effects.loc["k2", "cells"]) == (1, 2)
+
+
+def test_one_variant_has_no_pairs_and_no_factor_effects() -> None:
+    finals = finals_frame([("A", 0, "done", 3.0), ("A", 1, "done", 3.2)])
+    pairs = pairwise(finals)
+    assert pairs.empty and "p_holm" in pairs and "significant" in pairs
+    assert factor_effects(finals, []).empty  # nothing swept: no key to order
+    ranked = ranking(variant_summary(finals), pairs)
+    assert ranked[["rank", "variant", "not_distinguishable_from"]].values.tolist() == [[1, "A", ""]]

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -160,3 +161,123 @@ def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
     check_report(out)
     assert (out / "figures" / "depth.png").is_file()
     assert "`depth`" in (out / "report.md").read_text()
+
+
+def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: Path) -> None:
+    from glow_repro.study.runner import run_study
+    from glow_repro.study.tables import load_tables
+    from tests.test_runner import fake_train
+
+    spec = {
+        "name": "labelled", "seeds": [0, 1],
+        "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1}, "train": {"steps": 3}},
+        "variants": [{"label": "wide", "model.width": 16}, {"label": "narrow", "model.width": 8}],
+        "grid": {"model.coupling": ["additive", "affine"]},
+    }  # fmt: skip
+    (tmp_path / "labelled.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = tmp_path / "results"
+    run_study(tmp_path / "labelled.yaml", results, launcher="inprocess", train_fn=fake_train)
+    names = {f"{size}, coupling={coupling}" for size in ("wide", "narrow") for coupling in ("additive", "affine")}
+
+    status = CliRunner().invoke(main, ["status", str(results)]).output.splitlines()
+    shown = {" ".join(line.split()[1:-5]) for line in status[1:9]}  # between run id and seed
+    tables = load_tables(results)
+    assert shown == set(tables.finals["variant"]) == names
+    assert "model.width" in tables.swept  # a column still, though the label names it
+    build_report(results, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    html_text = (tmp_path / "report" / "report.html").read_text()
+    for name in names:
+        assert f"| {name}" in markdown and f"<td>{name}</td>" in html_text
+    assert "width=16" not in markdown and "width=8" not in html_text
+
+
+def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from glow_repro.analysis import figures
+
+    monkeypatch.setattr(figures, "FIGURES", list(figures.FIGURES))
+
+    def draw(a) -> Figure:
+        fig = Figure(figsize=(3, 2))
+        fig.subplots().plot(a.summary["final_mean"].to_numpy(), "o")
+        return fig
+
+    figures.register(figures.FigureRecord("toy_means", after="fidelity", applies=lambda a: True, draw=draw,
+                                          caption=lambda a: f"Toy: the means of {len(a.summary)} variants."))  # fmt: skip
+    out = tmp_path / "report"
+    build_report(make_fake_study(tmp_path), out)
+    text = check_report(out)
+    assert '<figure id="fig-toy_means"><img src="data:image/png;base64,' in text
+    assert "Toy: the means of 4 variants." in text
+    markdown = (out / "report.md").read_text()
+    assert "![toy_means](figures/toy_means.png)\n\n*Toy: the means of 4 variants.*" in markdown
+    assert markdown.index("## 6. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 7. ")
+    with pytest.raises(ValueError, match="registered already"):
+        figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
+
+
+def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
+    from glow_repro.analysis.document import FigureFile, Section, place_figures
+
+    lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
+    with pytest.raises(ValueError, match="'lost': after='nowhere' is neither a section nor a table.*results"):
+        place_figures([Section("results", "Results")], [lost])
+
+
+def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -> Path:
+    """A results directory trained by the test stand-in for ``train()``."""
+    from glow_repro.study.runner import run_study
+    from tests.test_runner import fake_train, make_study
+
+    results = tmp_path / "results"
+    run_study(make_study(tmp_path, widths=widths, seeds=seeds), results, launcher="inprocess", train_fn=fake_train)
+    return results
+
+
+@pytest.mark.parametrize("widths, seeds, expected", [
+    ((12,), (0, 1, 2), ["Final test bpd: 7.100 [6.852, 7.348] (mean [95% CI] over 3 finished runs). "
+                        "No comparison: the study has one variant."]),
+    ((12,), (0,), ["Final test bpd: 7.000 (1 finished run, no interval). No comparison: the study has one variant."]),
+    ((12, 13), (0, 1), ["Final test bpd of `width=12`: 7.050", "No comparison: only `width=12` has a finished run.",
+                        "Left out of these statistics: 2 runs failed with an error (`width13-s0-"]),
+    ((12, 16), (0,), ["a difference of 0.000 bpd, not tested (a t-test needs two finished runs of each variant)",
+                      "no pair could be tested (a t-test needs two finished runs of each variant)"]),
+])  # fmt: skip
+def test_report_of_any_number_of_variants_and_seeds(tmp_path: Path, widths, seeds, expected: list[str]) -> None:
+    results = _study_of(tmp_path, widths, seeds)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(results), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    check_report(out)
+    markdown = (out / "report.md").read_text()
+    for text in expected:
+        assert text in markdown
+    if len(widths) == 1 or 13 in widths:  # no comparison: no ranking or pairwise table is shown
+        assert "| rank" not in markdown and "All pairwise comparisons" not in markdown
+        assert markdown.count("No comparison: ") == 2  # summary and results
+
+
+def test_report_names_the_runs_it_leaves_out_and_why(tmp_path: Path) -> None:
+    results = make_fake_study(tmp_path)
+    (results / "runs" / "con-aff-s0" / "status.json").write_text('{"state": "do')  # torn by hand
+    (results / "runs" / "con-aff-s1" / "status.json").unlink()
+    _rewrite(results / "runs" / "con-aff-s2" / "status.json", state="running")
+    out = tmp_path / "report"
+    build_report(results, out)
+    text = check_report(out)
+    sentence = ("Left out of these statistics: 1 run diverged (`rev-aff-s1`); 1 run still running (`con-aff-s2`); "
+                "1 run failed with an error (`rev-add-s2`); 1 run not started (`con-aff-s1`); "
+                "1 run whose status.json could not be read (`con-aff-s0`).")  # fmt: skip
+    markdown = (out / "report.md").read_text()
+    assert markdown.count(sentence) == 1 and "<code>con-aff-s0</code>" in text
+    assert "Outcome: 7 done, 1 diverged, 1 running, 1 failed, 1 pending, 1 unreadable." in markdown
+    summary = pd.read_csv(out / "tables" / "summary.csv").set_index("variant")
+    assert summary.loc["permutation=conv1x1, coupling=affine", ["n_runs", "n_done"]].tolist() == [3, 0]
+
+
+def test_a_report_with_every_run_finished_says_none_is_left_out(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    build_report(_study_of(tmp_path, (12, 16), (0, 1)), out)
+    assert "No run is left out: every run finished." in (out / "report.md").read_text()

@@ -48,7 +48,7 @@ def test_run_states_keep_their_strings_and_say_what_the_runner_does():
     actions = {state.value: state.action(retry_failed=False) for state in RunState}
     assert actions == {"done": "skip", "diverged": "skip", "running": "elsewhere", "elsewhere": "elsewhere",
                        "killed": "resume", "interrupted": "resume", "failed": "keep-failed",
-                       "pending": "train", "cancelled": "resume"}
+                       "pending": "train", "cancelled": "resume", "unreadable": "unreadable"}
     assert RunState.FAILED.action(retry_failed=True) == "retry"
     assert RunState.display_order(["pending", "failed", "done", "pending"]) == ["done", "failed", "pending"]
     assert json.loads(json.dumps({"state": RunState.DONE})) == {"state": "done"}

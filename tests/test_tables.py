@@ -229,3 +229,12 @@ def test_not_a_results_directory_is_a_one_line_user_error(tmp_path: Path, make) 
     with pytest.raises(ResultsDirError) as err:
         load_tables(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_status_file_that_cannot_be_read_is_unreadable_not_pending(fake_study: Path) -> None:
+    (fake_study / "runs" / "con-aff-s0" / "status.json").write_text("[1, 2")
+    (fake_study / "runs" / "con-aff-s1" / "status.json").write_text('["done"]')  # JSON, wrong shape
+    (fake_study / "runs" / "con-aff-s2" / "status.json").unlink()
+    finals = load_tables(fake_study).finals.set_index("run_id")
+    assert finals.loc[["con-aff-s0", "con-aff-s1", "con-aff-s2"], "state"].tolist() == ["unreadable", "unreadable", "pending"]
+    assert finals.loc["con-aff-s0", "error"] == "status.json could not be read"

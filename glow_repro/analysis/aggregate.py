@@ -211,6 +211,9 @@ def factor_effects(finals: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
     Columns: ``key``, ``order`` (best level first), ``means`` (level -> mean),
     ``consistent`` (cells with the same order) and ``cells`` (cells with every level).
     """
+    columns = ["key", "order", "means", "consistent", "cells"]
+    if not swept:
+        return pd.DataFrame(columns=columns)
     done = done_runs(finals)
     cell_means = done.groupby(list(swept), sort=False, dropna=False)["final_test_bpd"].mean().reset_index()
     rows = []
@@ -229,4 +232,4 @@ def factor_effects(finals: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
             consistent += list(block.sort_values("final_test_bpd", kind="stable")[key]) == order
         rows.append({"key": key, "order": order, "means": level_means.to_dict(),
                      "consistent": consistent, "cells": cells})  # fmt: skip
-    return pd.DataFrame(rows, columns=["key", "order", "means", "consistent", "cells"])
+    return pd.DataFrame(rows, columns=columns)

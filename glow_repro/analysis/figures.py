@@ -1,14 +1,20 @@
-"""The report's figures (issue #6, "Figures"): one function each, DataFrame in, Figure out.
+"""The report's figures as records (docs/architecture.md): each :class:`FigureRecord` says
+what the figure is called, where in the report it goes, when it applies to a study, how to
+draw it and its caption. The report draws every record in :data:`FIGURES` that applies, so a
+new figure is a drawing function and one :func:`register` call here.
 
-Figures are built with matplotlib's object API (``Figure``, no pyplot, so no global state
-and no display backend) and seaborn's styles and palettes; :func:`save_figure` writes PNG
-and SVG. Inputs are the aggregates of :mod:`glow_repro.analysis.aggregate`.
+Drawing functions take DataFrames and return a Figure, built with matplotlib's object API
+(``Figure``, no pyplot, so no global state and no display backend) and seaborn's styles and
+palettes; :func:`save_figure` writes PNG and SVG. Inputs are the aggregates of
+:mod:`glow_repro.analysis.aggregate`, reached through the report's ``Analysis``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +22,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from glow_repro.rundir import RunState
+from glow_repro.analysis.published import FIGURE3_SOURCE, figure3_curves
+
+if TYPE_CHECKING:
+    from glow_repro.analysis.report import Analysis
 
 STYLE = "whitegrid"
 PALETTE = "colorblind"
@@ -169,3 +179,107 @@ def depth_vs_bpd(summary: pd.DataFrame, others: Sequence[str] = ()) -> Figure:
         axes[1].set_xscale("log")
     axes[0].set_ylabel("final test bits per dimension")
     return fig
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True)
+class FigureRecord:
+    """One report figure. ``name``: its file name (``figures/<name>.png``) and HTML anchor;
+    ``after``: the report section id or table name it follows (``"results"``,
+    ``"final_bpd"``, ...); ``applies``: whether the study has what it shows; ``draw`` and
+    ``caption``: the figure and its caption (a string, or a function of the analysis)."""
+
+    name: str
+    after: str
+    applies: Callable[[Analysis], bool]
+    draw: Callable[[Analysis], Figure]
+    caption: str | Callable[[Analysis], str]
+
+    def caption_for(self, a: Analysis) -> str:
+        return self.caption if isinstance(self.caption, str) else self.caption(a)
+
+
+#: Every figure the report may show, drawn in this order.
+FIGURES: list[FigureRecord] = []
+
+
+def register(record: FigureRecord) -> FigureRecord:
+    """Add ``record`` to :data:`FIGURES`; names are file names, so they must be distinct."""
+    if any(other.name == record.name for other in FIGURES):
+        raise ValueError(f"a figure named {record.name!r} is registered already")
+    FIGURES.append(record)
+    return record
+
+
+def is_figure3_study(a: Analysis) -> bool:
+    """Permutation and coupling both swept: the design of the paper's Figure 3."""
+    return {"model.permutation", "model.coupling"} <= set(a.tables.swept)
+
+
+def _paper_curves(a: Analysis) -> tuple[pd.DataFrame | None, str]:
+    """The digitised Figure 3 curves to overlay (a CIFAR-10 permutation x coupling study
+    that reached their first epoch), cut at our last epoch, and the caption's note on them."""
+    dataset = a.tables.configs["data.dataset"].iloc[0]
+    if not (is_figure3_study(a) and len(a.tables.swept) == 2 and dataset == "cifar10"):
+        return None, ""
+    reach, paper = a.curves["epoch"].max(), figure3_curves()
+    if reach < paper["epoch"].min():
+        return None, f" The paper's Figure 3 starts at epoch 50; these runs stop at epoch {reach:.3g}."
+    note = f" Dashed: the paper's curves, digitised ({FIGURE3_SOURCE}), up to our last epoch."
+    return paper[paper["epoch"] <= reach], note
+
+
+def _test_curves_caption(a: Analysis) -> str:
+    caption = "Test bpd during training: mean over seeds, band = 95% CI; step-0 evaluation omitted."
+    if is_figure3_study(a):
+        caption = "Figure 3 style: " + caption[0].lower() + caption[1:] + " One panel per coupling."
+    return caption + _paper_curves(a)[1]
+
+
+def _draw_test_curves(a: Analysis) -> Figure:
+    paper, _ = _paper_curves(a)
+    figure3 = is_figure3_study(a)
+    line = "model.permutation" if figure3 and len(a.tables.swept) == 2 else "variant"
+    return test_bpd_curves(a.curves, facet="model.coupling" if figure3 else None, line=line,
+                           x="epoch" if paper is not None else "step", paper=paper)  # fmt: skip
+
+
+def _has_finals(a: Analysis) -> bool:
+    return bool(a.summary["final_mean"].notna().any())
+
+
+def _draw_depth(a: Analysis) -> Figure:
+    shape = a.tables.configs.groupby("variant", sort=False)[["model.depth", "model.levels"]].first()
+    extra = [c for c in ("model.depth", "model.levels") if c not in a.summary]
+    depth = a.summary.merge(shape[extra], left_on="variant", right_index=True)
+    return depth_vs_bpd(depth, [k for k in a.tables.swept if k not in ("model.depth", "model.levels")])
+
+
+register(FigureRecord(
+    "test_bpd_curves", after="results",
+    applies=lambda a: bool(len(a.curves[a.curves["step"] > 0])),
+    draw=_draw_test_curves, caption=_test_curves_caption,
+))  # fmt: skip
+register(FigureRecord(
+    "final_bpd", after="final_bpd", applies=_has_finals,
+    draw=lambda a: final_bpd(a.summary, a.tables.finals),
+    caption="Final test bpd per variant: mean and 95% CI over finished runs; dots are runs.",
+))  # fmt: skip
+register(FigureRecord(
+    "divergence", after="stability", applies=lambda a: True,
+    draw=lambda a: divergence_rates(a.divergence),
+    caption="Share of runs that diverged, per variant, with 95% Wilson intervals.",
+))  # fmt: skip
+register(FigureRecord(
+    "depth", after="threshold",
+    applies=lambda a: bool({"model.depth", "model.levels"} & set(a.tables.swept)) and _has_finals(a),
+    draw=_draw_depth,
+    caption="Final test bpd against total flow steps K x L and parameter count (mean, 95% CI).",
+))  # fmt: skip
+register(FigureRecord(
+    "train_bpd_curves", after="threshold", applies=lambda a: bool(len(a.tables.steps)),
+    draw=lambda a: train_bpd_curves(a.tables.steps),
+    caption="Training bpd of each logged batch, mean over seeds (smoothing, if any, in the title).",
+))  # fmt: skip

@@ -1,5 +1,5 @@
-"""The paper-style study report (issue #6, "Report"): ``report.html``, ``report.md``, figures
-and every table as CSV, from a results directory alone (no torch).
+"""The paper-style study report: ``report.html``, ``report.md``, figures and every table as
+CSV, from a results directory alone (no torch; docs/architecture.md).
 
 ``build_report(results/<study>, reports/<study>)`` writes::
 
@@ -10,18 +10,17 @@ and every table as CSV, from a results directory alone (no torch).
 
 Sections follow a paper: summary (written from the numbers), setup, results, stability,
 comparison with published numbers, fidelity to paper and official code, how to reproduce.
+:func:`report_sections` writes them once as a section model
+(:mod:`glow_repro.analysis.document`) that renders to both HTML and Markdown; the figures
+are the records of :mod:`glow_repro.analysis.figures` that apply to the study.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,10 +29,11 @@ from tqdm.auto import tqdm
 
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
-from glow_repro.analysis.published import (
-    FIGURE3_SOURCE, compare, fidelity_table, figure3_curves,
+from glow_repro.analysis.document import (
+    Block, Code, Facts, FigureFile, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html, place_figures,
 )  # fmt: skip
 from glow_repro.rundir import RunState
+from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
     Tables, describe_differences, load_tables, shared_settings, write_tables,
@@ -41,6 +41,16 @@ from glow_repro.study.tables import (
 
 #: The paper's orderings (Figure 3): lower bpd first.
 PAPER_ORDERS = {"model.permutation": ["conv1x1", "shuffle", "reverse"], "model.coupling": ["affine", "additive"]}
+
+
+def paper_order_clause(key: str, order: list) -> str:
+    """``. The paper's order (affine < additive) holds in these means`` when the paper ranks
+    every level of ``key`` that ``order`` (ours, best first) has; else empty."""
+    paper = [level for level in PAPER_ORDERS.get(key, []) if level in order]
+    if len(paper) < 2 or len(paper) != len(order):
+        return ""
+    holds = list(order) == paper
+    return f". The paper's order ({' < '.join(paper)}) {'holds' if holds else 'does not hold'} in these means"
 
 
 @dataclass
@@ -118,9 +128,41 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _over_runs(n: int, joint: str) -> str:
+    """``mean [95% CI] over 3 finished runs``; one run has no interval to state."""
+    return f"mean [95% CI]{joint}{_plural(n, 'finished run')}" if n > 1 else "1 finished run, no interval"
+
+
+#: Why a run that is not ``done`` is left out of the final-bpd statistics, by state.
+LEFT_OUT = {
+    RunState.DIVERGED: "diverged", RunState.FAILED: "failed with an error", RunState.INTERRUPTED: "interrupted",
+    RunState.RUNNING: "still running", RunState.PENDING: "not started",
+    RunState.UNREADABLE: "whose status.json could not be read",
+}  # fmt: skip
+
+
+def _state_order(finals: pd.DataFrame) -> list[RunState]:
+    """The states the runs are in, in display order."""
+    return RunState.display_order(finals["state"])
+
+
 def _states(finals: pd.DataFrame) -> str:
     counts = finals["state"].value_counts()
-    return ", ".join(f"{counts[s]} {s}" for s in RunState.display_order(counts.index))
+    return ", ".join(f"{counts[s]} {s}" for s in _state_order(finals))
+
+
+def left_out_sentence(finals: pd.DataFrame, shown: int = 5) -> str:
+    """Which runs the statistics over finished runs leave out, and why (their state)."""
+    left = finals[finals["state"] != RunState.DONE]
+    if left.empty:
+        return "No run is left out: every run finished."
+    parts = []
+    for state in _state_order(left):
+        runs = left[left["state"] == state]
+        ids = ", ".join(f"`{run_id}`" for run_id in runs["run_id"].head(shown))
+        more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+        parts.append(f"{_plural(len(runs), 'run')} {LEFT_OUT.get(state, state)} ({ids}{more})")
+    return f"Left out of these statistics: {'; '.join(parts)}."
 
 
 def _budget(config: dict) -> str:
@@ -146,16 +188,12 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     if len(ranked) >= 2:
         best, second, worst = ranked.iloc[0], ranked.iloc[1], ranked.iloc[-1]
         pair = _pair(a.pairs, best["variant"], second["variant"])
-        verdict = "significant" if pair["significant"] else "not significant"
         out.append(
             f"Lowest final test bpd: `{best['variant']}` with "
             f"{with_ci(best['final_mean'], best['final_ci_low'], best['final_ci_high'])} "
-            f"(mean [95% CI], {_plural(int(best['n_done']), 'finished run')}). The runner-up "
+            f"({_over_runs(int(best['n_done']), ', ')}). The runner-up "
             f"`{second['variant']}` reached {bpd(second['final_mean'])}: a difference of "
-            f"{bpd(second['final_mean'] - best['final_mean'])} bpd "
-            f"(95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
-            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
-            f"{_plural(len(a.pairs), 'pair')}: {p_clause(pair['p_holm'])})."
+            f"{bpd(second['final_mean'] - best['final_mean'])} bpd" + _test_clause(pair, len(a.pairs)) + "."
         )
         if len(ranked) > 2:
             out[-1] += (f" The last, `{worst['variant']}`, is {bpd(worst['final_mean'] - best['final_mean'])} bpd "
@@ -163,8 +201,9 @@ def summary_paragraphs(a: Analysis) -> list[str]:
                         "differences are significant.")  # fmt: skip
     elif len(ranked) == 1:
         row = ranked.iloc[0]
-        out.append(f"Final test bpd: {with_ci(row['final_mean'], row['final_ci_low'], row['final_ci_high'])} "
-                   f"(mean [95% CI] over {_plural(int(row['n_done']), 'finished run')}).")  # fmt: skip
+        which = f" of `{row['variant']}`" if n_variants > 1 else ""
+        out.append(f"Final test bpd{which}: {with_ci(row['final_mean'], row['final_ci_low'], row['final_ci_high'])} "
+                   f"({_over_runs(int(row['n_done']), ' over ')}). {no_comparison(a)}")  # fmt: skip
     else:
         out.append("No run finished, so there is no final test bpd to compare.")
     for effect in a.effects.itertuples():
@@ -173,11 +212,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
                 f"other settings: {means})")  # fmt: skip
         if effect.cells > 1:
             text += f"; the same order in {effect.consistent} of {effect.cells} settings of the other swept keys"
-        paper = [lvl for lvl in PAPER_ORDERS.get(effect.key, []) if lvl in effect.order]
-        if len(paper) >= 2 and len(paper) == len(effect.order):
-            holds = list(effect.order) == paper
-            text += f". The paper's order ({' < '.join(paper)}) {'holds' if holds else 'does not hold'} in these means"
-        out.append(text + ".")
+        out.append(text + paper_order_clause(effect.key, list(effect.order)) + ".")
     diverged = int((finals["state"] == RunState.DIVERGED).sum())
     trials = diverged + int((finals["state"] == RunState.DONE).sum())
     if diverged:
@@ -196,6 +231,30 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         out[-1] += f" {_plural(failed, 'run')} failed with an error (listed under Stability)."
     out.append(_comparison_sentence(a))
     return out
+
+
+def no_comparison(a: Analysis) -> str:
+    """Why the study has no pairwise comparison (fewer than two variants with a finished
+    run); empty when it has one."""
+    finished = list(a.ranking.get("variant", []))
+    if len(finished) >= 2:
+        return ""
+    if a.tables.finals["variant"].nunique() == 1:
+        return "No comparison: the study has one variant."
+    if finished:
+        return f"No comparison: only `{finished[0]}` has a finished run."
+    return "No comparison: no variant has a finished run."
+
+
+def _test_clause(pair: pd.Series, n_pairs: int) -> str:
+    """`` (95% CI [...]), significant (Welch t-test, p = ...; Holm-adjusted ...)`` for the
+    pair ``best - second`` of the summary, or why it was not tested."""
+    if not np.isfinite(pair["p_value"]):
+        return ", not tested (a t-test needs two finished runs of each variant)"
+    verdict = "significant" if pair["significant"] else "not significant"
+    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
+            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
+            f"{_plural(n_pairs, 'pair')}: {p_clause(pair['p_holm'])})")  # fmt: skip
 
 
 def _pair(pairs: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -225,32 +284,6 @@ def _comparison_sentence(a: Analysis) -> str:
 
 
 # --------------------------------------------------------------------------- display tables
-
-
-@dataclass
-class Table:
-    """A display table with its HTML and Markdown forms and the CSV it is saved as."""
-
-    name: str
-    frame: pd.DataFrame
-    caption: str = ""
-
-    @property
-    def html(self) -> str:
-        text = self.frame.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
-        return code_spans(text)
-
-    @property
-    def md(self) -> str:
-        if not len(self.frame):
-            return "(none)"
-        text = self.frame.astype(object).where(self.frame.notna(), "")
-        return text.to_markdown(index=False, disable_numparse=True)
-
-
-def code_spans(text: str) -> str:
-    """Turn Markdown `code` in already-escaped HTML text into ``<code>`` elements."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _display_tables(a: Analysis) -> dict[str, Table]:
@@ -318,7 +351,7 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
         final_test_bpd=finals["final_test_bpd"].map(bpd), wall_time=finals["wall_time"].map(duration)
     )
     tables = {
-        "final_bpd": Table("final_bpd", final, "Final and best test bpd per variant, over finished runs."),
+        "final_bpd": Table("final_bpd", final),
         "ranking": Table("ranking", ranking),
         "pairwise": Table("pairwise", pairs),
         "threshold": Table("threshold", threshold),
@@ -340,65 +373,13 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
 # --------------------------------------------------------------------------- figures
 
 
-@dataclass
-class FigureFile:
-    name: str
-    caption: str
-    png: Path
-
-    @property
-    def data_uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png.read_bytes()).decode("ascii")
-
-
-def _is_figure3_study(a: Analysis) -> bool:
-    return {"model.permutation", "model.coupling"} <= set(a.tables.swept)
-
-
 def _make_figures(a: Analysis, out: Path) -> list[FigureFile]:
-    """Draw and save every figure that applies to this study."""
-    fig_dir = out / "figures"
-    made: list[FigureFile] = []
-    finals, swept = a.tables.finals, a.tables.swept
-    jobs: list[tuple[str, str, Any]] = []
-    if len(a.curves[a.curves["step"] > 0]):
-        facet = line = None
-        caption = "Test bpd during training: mean over seeds, band = 95% CI; step-0 evaluation omitted."
-        if _is_figure3_study(a):
-            facet = "model.coupling"
-            line = "model.permutation" if len(swept) == 2 else "variant"
-            caption = "Figure 3 style: " + caption[0].lower() + caption[1:] + " One panel per coupling."
-        paper = None
-        dataset = a.tables.configs["data.dataset"].iloc[0]
-        if _is_figure3_study(a) and len(swept) == 2 and dataset == "cifar10":
-            reach, paper = a.curves["epoch"].max(), figure3_curves()
-            if reach >= paper["epoch"].min():
-                paper = paper[paper["epoch"] <= reach]
-                caption += f" Dashed: the paper's curves, digitised ({FIGURE3_SOURCE}), up to our last epoch."
-            else:
-                paper = None
-                caption += f" The paper's Figure 3 starts at epoch 50; these runs stop at epoch {reach:.3g}."
-        x = "epoch" if paper is not None else "step"
-        jobs.append(("test_bpd_curves", caption,
-                     lambda: figures.test_bpd_curves(a.curves, facet=facet, line=line or "variant", x=x, paper=paper)))  # fmt: skip
-    if a.summary["final_mean"].notna().any():
-        jobs.append(("final_bpd", "Final test bpd per variant: mean and 95% CI over finished runs; dots are runs.",
-                     lambda: figures.final_bpd(a.summary, finals)))  # fmt: skip
-    jobs.append(("divergence", "Share of runs that diverged, per variant, with 95% Wilson intervals.",
-                 lambda: figures.divergence_rates(a.divergence)))  # fmt: skip
-    if {"model.depth", "model.levels"} & set(swept) and a.summary["final_mean"].notna().any():
-        shape = a.tables.configs.groupby("variant", sort=False)[["model.depth", "model.levels"]].first()
-        extra = [c for c in ("model.depth", "model.levels") if c not in a.summary]
-        depth = a.summary.merge(shape[extra], left_on="variant", right_index=True)
-        others = [k for k in swept if k not in ("model.depth", "model.levels")]
-        jobs.append(("depth", "Final test bpd against total flow steps K x L and parameter count (mean, 95% CI).",
-                     lambda: figures.depth_vs_bpd(depth, others)))  # fmt: skip
-    if len(a.tables.steps):
-        jobs.append(("train_bpd_curves", "Training bpd of each logged batch, mean over seeds (smoothing, if any, in the title).",
-                     lambda: figures.train_bpd_curves(a.tables.steps)))  # fmt: skip
-    for name, caption, draw in tqdm(jobs, desc="figures", unit="fig", disable=None, leave=False):
-        png, _ = figures.save_figure(draw(), fig_dir, name)
-        made.append(FigureFile(name, caption, png))
+    """Draw and save every figure record that applies to this study."""
+    records = [record for record in figures.FIGURES if record.applies(a)]
+    made = []
+    for record in tqdm(records, desc="figures", unit="fig", disable=None, leave=False):
+        png, _ = figures.save_figure(record.draw(a), out / "figures", record.name)
+        made.append(FigureFile(record.name, record.caption_for(a), png, f"figures/{png.name}", record.after))
     return made
 
 
@@ -418,7 +399,8 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
             what = f"one row per temperature {temperatures}" if png.stem == "temperatures" else png.stem
-            group.append(FigureFile(target.stem, f"`{run['variant']}`, seed {run['seed']}: {what}.", target))
+            caption = f"`{run['variant']}`, seed {run['seed']}: {what}."
+            group.append(FigureFile(target.stem, caption, target, f"figures/samples/{target.name}"))
         if group:
             groups.append(group)
     return groups
@@ -444,10 +426,88 @@ def _setup_facts(tables: Tables) -> dict[str, str]:
     }
 
 
+def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
+    """The ranking and every pairwise test, or why there is no comparison."""
+    if no_comparison(a):
+        return [Paragraphs([no_comparison(a)])]
+    tested = int(a.pairs["p_value"].notna().sum())
+    why = " (a t-test needs two finished runs of each variant)"
+    family = ("no pair could be tested" + why if tested == 0 else
+              f"p-values are Holm-corrected over all {tested} pairs" if tested == len(a.pairs) else
+              f"p-values are Holm-corrected over the {tested} pairs that could be tested" + why)  # fmt: skip
+    return [
+        Paragraphs(["Differences of mean final test bpd (a − b) with Welch's unequal-variance t-test and its 95% "
+                    f"interval; {family}; \"significant\" means Holm-adjusted p < 0.05."], "note"),
+        tables["ranking"],
+        Fold("All pairwise comparisons", [tables["pairwise"]], open=True),
+    ]  # fmt: skip
+
+
+def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]],
+                    commands: list[str], study_yaml: str) -> list[Section]:
+    """The report's sections, each sentence written once for both HTML and Markdown;
+    figures are placed afterwards by their records (:func:`place_figures`)."""
+    events, problems, comparable = tables["events"].frame, tables["problem_runs"].frame, tables["comparable"].frame
+    threshold = a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan")
+    samples_blocks = [Heading("Samples"), SampleRows(samples)] if samples else []
+    return [
+        Section("summary", "Summary", [Paragraphs(summary_paragraphs(a), "abstract")]),
+        Section("setup", "Setup", [
+            Facts(_setup_facts(a.tables)),
+            Heading("What differs between runs"),
+            Paragraphs(["Config keys whose resolved values differ across runs; *swept* keys define the variants, "
+                        "the others (seed, thread count) do not."], "note"),
+            tables["differences"],
+            Fold(f"Settings shared by all runs ({len(tables['shared_settings'].frame)} keys)", [tables["shared_settings"]]),
+            Heading("Hardware and versions"),
+            tables["hardware"],
+        ]),
+        Section("results", "Results", [
+            Heading("Final test bpd"),
+            Paragraphs(["Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
+                        "are excluded here and counted under Stability.", left_out_sentence(a.tables.finals)], "note"),
+            tables["final_bpd"],
+            Heading("Ranking and pairwise comparisons"),
+            *_comparison_blocks(a, tables),
+            Heading(f"Time to reach {threshold:.2f} bpd"),
+            Paragraphs(["First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
+                        "the runs that reached it."], "note"),
+            tables["threshold"],
+            *samples_blocks,
+        ]),
+        Section("stability", "Stability", [
+            tables["divergence"],
+            Heading("Stability events per variant"),
+            *([tables["event_counts"], Fold(f"First {len(events)} events", [tables["events"]])] if len(events)
+              else [Paragraphs(["The stability monitor recorded no events."])]),
+            Heading("Runs that did not finish normally"),
+            tables["problem_runs"] if len(problems) else Paragraphs(["None: every run finished."]),
+        ]),  # fmt: skip
+        Section("published", "Comparison with published numbers", [
+            Paragraphs(["Our mean final test bpd per variant beside each published number for the same dataset. "
+                        "A pair is comparable only when the data pipelines match: dataset, image size, channels, "
+                        "n_bits and the full test split."], "note"),
+            tables["comparable"] if len(comparable) else Paragraphs(["No published number matches this study's pipeline."]),
+            Fold(f"Published numbers that are not comparable, and why ({len(tables['incomparable'].frame)})",
+                 [tables["incomparable"]]),
+        ]),  # fmt: skip
+        Section("fidelity", "Fidelity to the paper and the official code", [
+            Paragraphs(["Where the paper and github.com/openai/glow differ, what glow-repro does by default and the "
+                        "config key that switches it (also in docs/fidelity.md)."], "note"),
+            tables["fidelity"],
+        ]),
+        Section("reproduce", "How to reproduce", [
+            Code("\n".join(commands)),
+            Fold("The study spec as run (`study.yaml`)", [Code(study_yaml, "yaml")]),
+            Fold(f"Run ids ({len(tables['runs'].frame)} runs)", [tables["runs"]]),
+        ]),
+    ]
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
-    env.filters["h"] = lambda text: code_spans(html.escape(str(text)))
+    env.filters["inline"] = inline_html
     return env
 
 
@@ -470,22 +530,17 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
     study_file = results_dir / "study.yaml"
+    study_yaml = study_file.read_text() if study_file.is_file() else ""
+    sections = report_sections(a, display, samples, _reproduce_commands(tables, results_dir), study_yaml)
+    place_figures(sections, figure_files)
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     context = {
         "title": f"Glow reproduction study: {tables.name}",
-        "study": tables.study,
-        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "version": __version__,
-        "results_dir": str(results_dir),
-        "summary": summary_paragraphs(a),
-        "setup": _setup_facts(tables),
-        "figures": {f.name: f for f in figure_files},
-        "samples": samples,
-        "tables": display,
-        "threshold": a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan"),
-        "n_pairs": len(a.pairs),
-        "commands": _reproduce_commands(tables, results_dir),
-        "study_yaml": study_file.read_text() if study_file.is_file() else "",
-    }
+        "description": str(tables.study.get("description", "")),
+        "meta": (f"Reproduces: {tables.study.get('reference', '') or 'n/a'} · results: `{results_dir}` · "
+                 f"generated {generated} by glow-repro {__version__}"),
+        "sections": sections,
+    }  # fmt: skip
     env = _environment()
     (out / "report.md").write_text(env.get_template("report.md.j2").render(**context))
     html_path = out / "report.html"

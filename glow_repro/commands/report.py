@@ -1,5 +1,5 @@
 """``glow-repro report`` and ``glow-repro compare``: the paper-style report and the published
-comparison of a results directory (issue #6). Neither imports torch."""
+comparison of a results directory. Neither imports torch (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
-"""Readable text for swept settings: short key names and value text (issue #4).
+"""Readable text for swept settings: short key names, value text and variant names.
 
-One implementation for every place a run is named: variant labels and run ids
-(:mod:`glow_repro.study.spec`), and the ``variant`` column and grid order of the results
-tables (:mod:`glow_repro.study.tables`). Imports neither torch nor pandas.
+One implementation for every place a run is named: run ids and the variant names of the
+plan, the manifest and ``glow-repro status`` (:mod:`glow_repro.study.spec`), and the
+``variant`` column and grid order of the results tables and the report
+(:mod:`glow_repro.study.tables`); :func:`variant_name` is the one naming rule they share.
+Imports neither torch nor pandas.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -46,8 +49,22 @@ def short_names(keys: Iterable[str]) -> dict[str, str]:
     return {key: tail if last.count(tail) == 1 else key for key, tail in zip(keys, last)}
 
 
+def table_cell(value: Any) -> Any:
+    """A config value as a results-table cell: lists become JSON text (hashable, one parquet
+    type), so ``[0.7, 1.0]`` reads the same in a table, a variant name and a report."""
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
+
+
 def describe(settings: Mapping[str, Any]) -> str:
     """``permutation=conv1x1, coupling=affine`` for ``{"model.permutation": "conv1x1", ...}``,
-    in the mapping's order; ``base`` when there is nothing to describe."""
+    in the mapping's order, each value as its table cell reads; ``base`` when there is
+    nothing to describe."""
     names = short_names(settings)
-    return ", ".join(f"{names[key]}={format_value(value)}" for key, value in settings.items()) or "base"
+    return ", ".join(f"{names[key]}={format_value(table_cell(value))}" for key, value in settings.items()) or "base"
+
+
+def variant_name(settings: Mapping[str, Any], label: str | None = None) -> str:
+    """The name of a variant: its ``label`` (which stands for the settings the study's
+    variant entry fixes), then the other swept ``settings`` it is named by; ``base`` when
+    there is neither. ``wide``, ``wide, permutation=conv1x1``, ``permutation=conv1x1``."""
+    return ", ".join(([label] if label else []) + ([describe(settings)] if settings else [])) or "base"

@@ -63,7 +63,7 @@ class PlannedRun:
     run: RunSpec
     run_dir: Path
     state: RunState  # the run's state now; ``killed`` = status says running, but no lock is held
-    action: str  # RunState.action: train | resume | retry | skip | keep-failed | elsewhere
+    action: str  # RunState.action: train | resume | retry | skip | keep-failed | elsewhere | unreadable
 
 
 @dataclass

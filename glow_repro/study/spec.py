@@ -31,7 +31,7 @@ from glow_repro.config import (
     set_path,
     validate_model,
 )
-from glow_repro.study.labels import describe, format_value
+from glow_repro.study.labels import format_value, variant_name
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -267,13 +267,12 @@ def _make_run(
     resolved = config.to_dict()
     overrides = {key: _lookup(resolved, key) for key in swept}
     named = {key: overrides[key] for key in (point if label else swept)}
-    variant = ", ".join(([label] if label else []) + ([describe(named)] if named else [])) or "base"
     return RunSpec(
         run_id=_run_id(resolved, named, seed, label),
         config=config,
         seed=seed,
         overrides=overrides,
-        variant=variant,
+        variant=variant_name(named, label),
     )
 
 

@@ -1,4 +1,4 @@
-"""Load a results directory into long pandas tables (issue #4, "Status and tables").
+"""Load a results directory into long pandas tables (docs/architecture.md).
 
 ``load_tables(results/<study>)`` reads every ``runs/<run_id>/`` written by the runner and
 ``train()`` (layout in :mod:`glow_repro.rundir`) into four long DataFrames:
@@ -11,8 +11,10 @@
 
 Every table starts with ``run_id``, ``variant``, ``seed`` and one column per *swept* setting:
 the flattened config keys (``model.permutation``) whose values differ across runs, except the
-seed and bookkeeping keys (:data:`NOT_SWEPT`). ``variant`` is a readable label of those values
-(``permutation=conv1x1, coupling=affine``). Rows are ordered by the study's grid order (from
+seed and execution-only keys (:data:`NOT_SWEPT`). ``variant`` names those values
+(``permutation=conv1x1, coupling=affine``) by :func:`glow_repro.study.labels.variant_name`, the
+rule ``glow-repro status`` shows too: a run of a labelled variant of the study is named by its
+label instead of the settings the label stands for (``wide, coupling=affine``). Rows are ordered by the study's grid order (from
 ``study.yaml``), then seed, so ``groupby(..., sort=False)`` keeps the grid order.
 
 ``glow-repro run`` writes them (:func:`write_tables`) to ``results/<study>/tables/`` when a
@@ -23,7 +25,6 @@ torch: a report can be rebuilt on a laptop.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,13 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from glow_repro.config import read_yaml
+from glow_repro.config import EXECUTION_ONLY_KEYS, read_yaml
 from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import RunDir, RunState, atomic_write_bytes, atomic_write_text, read_json
-from glow_repro.study.labels import describe, format_value
+from glow_repro.study.labels import format_value, table_cell, variant_name
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
-NOT_SWEPT = ("seed", "train.threads", "train.progress")
+NOT_SWEPT = ("seed", *EXECUTION_ONLY_KEYS)
 
 ID_COLUMNS = ("run_id", "variant", "seed")
 STEP_COLUMNS = ("step", "train_bpd", "lr", "grad_norm", "step_time", "images_per_s", "wall_time", "epoch")
@@ -77,13 +78,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(flatten(value, f"{dotted}."))
         else:
-            flat[dotted] = _cell(value)
+            flat[dotted] = table_cell(value)
     return flat
-
-
-def _cell(value: Any) -> Any:
-    """A config value as a table cell: lists become JSON text (hashable, one parquet type)."""
-    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
 
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
@@ -109,7 +105,7 @@ def _grid_orders(study: dict[str, Any]) -> dict[str, list[str]]:
     grid = study.get("grid") if isinstance(study.get("grid"), dict) else {}
     variants = study.get("variants") if isinstance(study.get("variants"), list) else []
     for key, values in flatten_axes(grid).items():
-        orders.setdefault(key, []).extend(format_value(_cell(v)) for v in values)
+        orders.setdefault(key, []).extend(format_value(table_cell(v)) for v in values)
     for variant in variants:
         if isinstance(variant, dict):
             for key, value in flatten(variant).items():
@@ -126,6 +122,35 @@ def flatten_axes(grid: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]
         else:
             axes[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else [value]
     return axes
+
+
+def _labelled_variants(study: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """The study's labelled variants: ``(label, {dotted key: value text})``, most specific
+    (most settings) first, so a run takes the label of the variant that fixes the most of
+    its settings."""
+    variants = study.get("variants") if isinstance(study.get("variants"), list) else []
+    labelled = [
+        (str(v["label"]), {k: format_value(x) for k, x in flatten(v).items() if k != "label"})
+        for v in variants
+        if isinstance(v, dict) and v.get("label")
+    ]
+    return sorted(labelled, key=lambda item: -len(item[1]))
+
+
+def _variant_names(configs: pd.DataFrame, swept: list[str], study: dict[str, Any]) -> pd.Series:
+    """Each run's variant name: the label of the study variant whose settings it has (if
+    any), then its values of the swept keys that label does not stand for."""
+    labelled = _labelled_variants(study)
+
+    def name(row: pd.Series) -> str:
+        label, fixed = next(
+            ((label, fixed) for label, fixed in labelled
+             if all(k in row and format_value(row[k]) == text for k, text in fixed.items())),
+            (None, {}),
+        )  # fmt: skip
+        return variant_name({k: row[k] for k in swept if k not in fixed}, label)
+
+    return configs.apply(name, axis=1)
 
 
 def varying_keys(configs: pd.DataFrame) -> list[str]:
@@ -158,7 +183,7 @@ def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataF
     grid_keys = list(orders)
     swept = [k for k in varying_keys(configs) if k not in NOT_SWEPT]
     swept.sort(key=lambda k: (grid_keys.index(k) if k in grid_keys else len(grid_keys), k))
-    configs["variant"] = configs.apply(lambda row: describe({k: row[k] for k in swept}), axis=1)
+    configs["variant"] = _variant_names(configs, swept, study)
     keys = [c for k in swept for c in _sort_columns(configs[k], orders.get(k, []))]
     order = pd.concat([*keys, configs["seed"], configs["run_id"]], axis=1, ignore_index=True)
     configs = configs.loc[order.sort_values(list(order.columns), na_position="last").index]
@@ -183,8 +208,19 @@ def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, colum
     return out.reset_index(drop=True)
 
 
+def _status(run: RunDir) -> dict[str, Any]:
+    """The run's status; ``unreadable`` (not ``pending``) when its status file exists but
+    cannot be read, so the report can say why it left the run out."""
+    if not run.status_file.is_file():
+        return run.status()
+    status = read_json(run.status_file, default=None)
+    if isinstance(status, dict) and "state" in status:
+        return status
+    return {"state": RunState.UNREADABLE.value, "error": f"{run.status_file.name} could not be read"}
+
+
 def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
-    status = run.status()
+    status = _status(run)
     summary = run.summary()
     row: dict[str, Any] = {"state": status.get("state", RunState.PENDING.value), "step": status.get("step"), "error": status.get("error")}
     for key in SUMMARY_COLUMNS:
