@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import glow_repro.data as data
+import glow_repro.datasets as datasets
 from glow_repro.config import ConfigError, DataConfig
 from glow_repro.data import load_split
 from glow_repro.errors import DataUnavailableError
@@ -166,7 +167,7 @@ def test_digits_from_sklearn() -> None:
 def test_synthetic_is_deterministic_structured_and_split() -> None:
     cfg = DataConfig(dataset="synthetic")
     train = load_split(cfg, "train")
-    data._synthetic.cache_clear()
+    datasets._synthetic.cache_clear()
     again, test = load_split(cfg, "train"), load_split(cfg, "test")
     assert train.images.shape == (512, 1, 8, 8) and train.images.dtype == torch.uint8
     assert torch.equal(train.images, again.images) and torch.equal(train.labels, again.labels)
@@ -227,7 +228,7 @@ def test_missing_dataset_names_files_and_directories(tmp_path: Path) -> None:
 
 
 def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataUnavailableError) as err:
         load_split(DataConfig(dataset="fashion-mnist"), "test", cache_dir=tmp_path)
     message = str(err.value)
