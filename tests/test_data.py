@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-import glow_repro.data as data
 import glow_repro.datasets as datasets
 from glow_repro.config import ConfigError, DataConfig
 from glow_repro.data import load_split
