@@ -12,9 +12,6 @@ openai/glow issue #70) and ``channels: 1`` turns colour into ITU-R 601-2 luminan
 File-based datasets resolve in order: ``data.root``, the cache directory (argument, else
 ``$GLOW_REPRO_DATA``, else ``~/.cache/glow-repro/data``), for Fashion-MNIST the Debian package
 ``dataset-fashion-mnist``, and finally a torchvision download when ``data.download`` is true.
-MNIST-style IDX files are read with numpy (gzipped or not, flat or in torchvision's
-``<Name>/raw`` layout); the other datasets are read by their torchvision classes. CelebA and
-image folders are centre-cropped to a square and resized to ``image_size`` while decoding.
 Decoded arrays are kept in memory per resolved file set, so a study that loads the same data
 many times pays for decoding once.
 """
@@ -145,8 +142,7 @@ def _from_files(
 
 def _files(dataset: str) -> FileSource:
     files = DATASETS[dataset].files
-    if files is None:
-        raise ValueError(f"dataset {dataset!r} is generated, it has no files")
+    assert files is not None, f"{dataset} is generated"  # only file datasets come here
     return files()
 
 

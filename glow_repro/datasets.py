@@ -6,6 +6,10 @@ are made or where the files are and how to read them, and the names the publishe
 :mod:`glow_repro.data` does the rest for every dataset alike: finding files, downloading,
 caching, resizing, tiling and the error messages. A new dataset is one ``DATASETS.register``
 call here (with its reader if no existing one fits).
+
+MNIST-style IDX files are read with numpy (gzipped or not, flat or in torchvision's
+``<Name>/raw`` layout); the other datasets are read by their torchvision classes. CelebA and
+image folders are centre-cropped to a square and resized to ``image_size`` while decoding.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class Dataset:
     generate: Callable[[DataConfig, Split], Arrays] | None = None  # images made in memory
     origin: str = ""  # the ``source`` of a generated dataset's images
     test_size: int | None = None  # images in the full test split, to tell a subset from it
+
+    def __post_init__(self) -> None:
+        if (self.files is None) == (self.generate is None):
+            raise ValueError("a dataset is read from files or generated: give files or generate")
 
 
 def frozen(images: np.ndarray, labels: np.ndarray) -> Arrays:

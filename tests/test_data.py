@@ -1,4 +1,4 @@
-"""Dataset layer (issue #2): offline sources, geometry, limits and the missing-data error."""
+"""Dataset layer: offline sources, geometry, limits and the missing-data error."""
 
 from __future__ import annotations
 

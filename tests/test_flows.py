@@ -33,8 +33,9 @@ def randomise(layer: torch.nn.Module, seed: int = 0, amount: float = 0.3) -> tor
 
 
 def layer_cases() -> dict[str, Callable[[], torch.nn.Module]]:
-    """Every registered part, alone and in a flow step with every other, read from the
-    registries when called: a newly registered part is checked without editing this file."""
+    """Every registered part alone, every permutation x coupling x scale as a flow step, and a
+    step per 1x1 form, read from the registries when called: a newly registered part is
+    checked without editing this file."""
     base = ModelConfig(width=8)
     cases: dict[str, Callable[[], torch.nn.Module]] = {
         "actnorm": lambda: ActNorm(4),
@@ -48,12 +49,12 @@ def layer_cases() -> dict[str, Callable[[], torch.nn.Module]]:
     for coupling, scale in itertools.product(COUPLINGS.names(), SCALES.names()):
         config = base.model_copy(update={"coupling": coupling, "scale": scale})
         cases[f"coupling-{coupling}-{scale}"] = lambda c=config: Coupling(4, 8, COUPLINGS[c.coupling](c))
-    for perm, form, coupling, scale in itertools.product(
-        PERMUTATIONS.names(), CONV1X1_FORMS.names(), COUPLINGS.names(), SCALES.names()
-    ):
-        update = {"permutation": perm, "conv1x1_form": form, "coupling": coupling, "scale": scale}
-        config = base.model_copy(update=update)
-        cases[f"step-{perm}-{form}-{coupling}-{scale}"] = lambda c=config: FlowStep(4, c)
+    for perm, coupling, scale in itertools.product(PERMUTATIONS.names(), COUPLINGS.names(), SCALES.names()):
+        config = base.model_copy(update={"permutation": perm, "coupling": coupling, "scale": scale})
+        cases[f"step-{perm}-{coupling}-{scale}"] = lambda c=config: FlowStep(4, c)
+    for form in CONV1X1_FORMS.names():
+        config = base.model_copy(update={"permutation": "conv1x1", "conv1x1_form": form})
+        cases[f"step-conv1x1-{form}"] = lambda c=config: FlowStep(4, c)
     return cases
 
 
