@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-DatasetName = Literal[
-    "mnist", "fashion-mnist", "cifar10", "svhn", "celeba", "imagefolder", "digits", "synthetic"
-]
+from glow_repro.registry import CONV1X1_FORMS, COUPLINGS, DATASETS, PERMUTATIONS, SCALES
 
-#: Native (channels, height, width) of each dataset before any resizing or tiling.
-NATIVE_SHAPES: dict[str, tuple[int, int, int]] = {
-    "mnist": (1, 28, 28),
-    "fashion-mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-    "svhn": (3, 32, 32),
-    "celeba": (3, 64, 64),
-    "imagefolder": (3, 64, 64),
-    "digits": (1, 8, 8),
-    "synthetic": (1, 8, 8),
-}
+# Names whose allowed values are read from the registries when a config is validated.
+DatasetName = Annotated[str, BeforeValidator(DATASETS.validate)]
+PermutationName = Annotated[str, BeforeValidator(PERMUTATIONS.validate)]
+Conv1x1Form = Annotated[str, BeforeValidator(CONV1X1_FORMS.validate)]
+CouplingName = Annotated[str, BeforeValidator(COUPLINGS.validate)]
+ScaleName = Annotated[str, BeforeValidator(SCALES.validate)]
 
 #: The paper's sampling temperatures (Glow, section 5, Figure 8).
 PAPER_TEMPERATURES = (0.0, 0.25, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -60,7 +53,7 @@ class DataConfig(_Section):
     @property
     def shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the preprocessed images."""
-        c, h, w = NATIVE_SHAPES[self.dataset]
+        c, h, w = DATASETS[self.dataset].shape
         if self.image_size is not None:
             h = w = self.image_size
         return (self.channels or c, h, w)
@@ -72,10 +65,10 @@ class ModelConfig(_Section):
     depth: int = Field(8, ge=1, description="K: flow steps per level")
     levels: int = Field(2, ge=1, description="L: multi-scale levels (the paper uses 3 at 32x32)")
     width: int = Field(128, ge=1, description="hidden channels of the coupling networks")
-    permutation: Literal["conv1x1", "shuffle", "reverse"] = "conv1x1"
-    conv1x1_form: Literal["lu", "dense"] = "lu"
-    coupling: Literal["affine", "additive"] = "affine"
-    scale: Literal["sigmoid", "exp"] = "sigmoid"
+    permutation: PermutationName = "conv1x1"
+    conv1x1_form: Conv1x1Form = "lu"
+    coupling: CouplingName = "affine"
+    scale: ScaleName = "sigmoid"
     learn_top: bool = True
     actnorm_logscale_factor: float = Field(1.0, gt=0)
     zero_conv_logscale_factor: float = Field(3.0, gt=0)

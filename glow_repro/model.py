@@ -17,7 +17,7 @@ from glow_repro.flows import FlowStep, Split, Squeeze, TopPrior
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
-    """The layout of a run's weights and batches (``train.channels_last``, issue #7). Sampling
+    """The layout of a run's weights and batches (``train.channels_last``). Sampling
     and replays use the run's own, so they reproduce its floats exactly."""
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -27,15 +27,7 @@ class _Level(nn.Module):
         super().__init__()
         self.squeeze = Squeeze()
         self.steps = nn.ModuleList(
-            FlowStep(
-                channels * 4, config.width,
-                permutation=config.permutation, conv1x1_form=config.conv1x1_form,
-                coupling=config.coupling, scale=config.scale,
-                actnorm_logscale_factor=config.actnorm_logscale_factor,
-                zero_conv_logscale_factor=config.zero_conv_logscale_factor,
-                coupling_actnorm=config.coupling_actnorm,
-            )
-            for _ in range(config.depth)
+            FlowStep(channels * 4, config) for _ in range(config.depth)
         )
         self.split = Split(channels * 4, config.zero_conv_logscale_factor) if split else None
 
@@ -59,7 +51,7 @@ class Glow(nn.Module):
         self.levels = nn.ModuleList(levels)
         self.top_prior = TopPrior((c, h, w), config.learn_top, config.zero_conv_logscale_factor)
         #: Recompute each flow step's activations in backward instead of storing them, as the
-        #: official code does; saves memory, costs one more forward (issue #7).
+        #: official code does; saves memory, costs one more forward.
         self.grad_checkpointing = False
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from torch import nn
 
 from glow_repro.config import MonitorConfig, RunConfig, TrainConfig
 from glow_repro.engine import build_model
-from glow_repro.flows import ActNorm, AffineCoupling, InvConv1x1, InvConv1x1LU
+from glow_repro.flows import FlowLayer
 from glow_repro.model import Glow
 from glow_repro.objective import training_loss
 from glow_repro.rundir import atomic_write_bytes
@@ -135,28 +135,21 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
 
 
 def health_signals(model: nn.Module) -> dict[str, tuple[float, str]]:
-    """Glow's health signals, each as ``(value, layer)`` of the worst layer.
+    """Every flow layer's health signals, each as ``(value, layer)`` of the worst layer; which
+    end is worse is read from :attr:`StabilityMonitor.HEALTH_LIMITS`.
 
-    The affine scale range needs ``record_scale`` set on the couplings during the last forward.
+    Signals measured during a forward pass (the affine scale range) need ``record_health`` set
+    on the layers during the last forward (:meth:`StabilityMonitor.record_scales`).
     """
     worst: dict[str, tuple[float, str]] = {}
-
-    def keep(kind: str, value: float, layer: str, smaller_is_worse: bool) -> None:
-        if kind not in worst or (value < worst[kind][0]) == smaller_is_worse:
-            worst[kind] = (value, layer)
-
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, AffineCoupling) and module.scale_range is not None:
-                low, high = module.scale_range
-                keep("affine_scale_min", float(low), name, True)
-                keep("affine_scale_max", float(high), name, False)
-            elif isinstance(module, (InvConv1x1, InvConv1x1LU)):
-                weight = (module.weight() if isinstance(module, InvConv1x1LU) else module.weight).double()
-                keep("conv1x1_condition", float(torch.linalg.cond(weight)), name, False)
-                keep("conv1x1_logabsdet_min", float(torch.linalg.slogdet(weight)[1]), name, True)
-            elif isinstance(module, ActNorm) and module.initialized:
-                keep("actnorm_scale_min", float(module.logs.exp().min()), name, True)
+            if not isinstance(module, FlowLayer):
+                continue
+            for kind, value in module.health().items():
+                smaller_is_worse = StabilityMonitor.HEALTH_LIMITS[kind][1]
+                if kind not in worst or (value < worst[kind][0]) == smaller_is_worse:
+                    worst[kind] = (value, name)
     return worst
 
 
@@ -184,9 +177,8 @@ class StabilityMonitor:
 
     def record_scales(self, enabled: bool) -> None:
         for module in self.model.modules():
-            if isinstance(module, AffineCoupling):
-                module.record_scale = enabled
-                module.scale_range = None
+            if isinstance(module, FlowLayer):
+                module.record_health(enabled)
 
     def event(self, step: int, kind: str, value: float, threshold: float | None = None,
               layer: str | None = None, lr: float | None = None) -> dict:

@@ -3,7 +3,7 @@
 The layers, lowest first; a module may import its own layer and the layers below it::
 
     base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
-    config    config, registry
+    config    config, registry, datasets (names, shapes and readers of the datasets; no torch)
     flows     glow_repro.flows.*
     model     model, objective, data
     rundir    rundir (the run-directory format; no torch)
@@ -16,7 +16,9 @@ This is the direction config -> flows -> model -> rundir -> engine/train -> stud
 -> cli. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
 ``distributed`` and ``runinfo`` import no other layer; ``objective`` and ``data`` are tensor
 functions and datasets that training reads, beside the model. A module that is in no layer
-fails the test, so a new module has to be placed here.
+fails the test, so a new module has to be placed here. The registries load their built-in
+parts (``glow_repro.flows``, ``glow_repro.datasets``) by name on first lookup: the one import
+that points up, and only at run time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import glow_repro
 LAYERS = [
     ("base", ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed",
               "glow_repro.runinfo"]),
-    ("config", ["glow_repro.config", "glow_repro.registry"]),
+    ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets"]),
     ("flows", ["glow_repro.flows"]),
     ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
     ("rundir", ["glow_repro.rundir"]),

@@ -1,4 +1,4 @@
-"""Dataset layer (issue #2): offline sources, geometry, limits and the missing-data error."""
+"""Dataset layer: offline sources, geometry, limits and the missing-data error."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import glow_repro.data as data
+import glow_repro.datasets as datasets
 from glow_repro.config import ConfigError, DataConfig
 from glow_repro.data import load_split
 from glow_repro.errors import DataUnavailableError
@@ -166,7 +166,7 @@ def test_digits_from_sklearn() -> None:
 def test_synthetic_is_deterministic_structured_and_split() -> None:
     cfg = DataConfig(dataset="synthetic")
     train = load_split(cfg, "train")
-    data._synthetic.cache_clear()
+    datasets._synthetic.cache_clear()
     again, test = load_split(cfg, "train"), load_split(cfg, "test")
     assert train.images.shape == (512, 1, 8, 8) and train.images.dtype == torch.uint8
     assert torch.equal(train.images, again.images) and torch.equal(train.labels, again.labels)
@@ -227,7 +227,7 @@ def test_missing_dataset_names_files_and_directories(tmp_path: Path) -> None:
 
 
 def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DataUnavailableError) as err:
         load_split(DataConfig(dataset="fashion-mnist"), "test", cache_dir=tmp_path)
     message = str(err.value)

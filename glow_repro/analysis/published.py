@@ -17,20 +17,12 @@ import numpy as np
 import pandas as pd
 
 from glow_repro.config import DataConfig, RunConfig, validate_model
+from glow_repro.registry import DATASETS
 from glow_repro.rundir import RunState
 
 GLOW = "Kingma & Dhariwal 2018 (arXiv:1807.03039)"
 GLOW_TABLE2 = f"{GLOW}, Table 2"
 REALNVP_TABLE1 = "Dinh et al. 2017 (RealNVP), Table 1"
-
-DATASET_NAMES = {
-    "cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "celeba": "CelebA",
-    "imagenet32": "ImageNet 32x32", "imagenet64": "ImageNet 64x64", "lsun-bedroom": "LSUN bedroom",
-    "lsun-tower": "LSUN tower", "lsun-church-outdoor": "LSUN church outdoor", "svhn": "SVHN",
-}  # fmt: skip
-
-#: Test-set sizes, to tell a full-test-set evaluation from a subset.
-TEST_SET_SIZES = {"mnist": 10_000, "fashion-mnist": 10_000, "cifar10": 10_000, "svhn": 26_032}
 
 
 @dataclass(frozen=True)
@@ -147,9 +139,10 @@ def _pipeline(config: pd.Series, run_id: str) -> dict[str, Any]:
     shape = validate_model(DataConfig, data, f"runs/{run_id}/config.yaml").shape
     limits = [config.get("data.test_limit"), config.get("train.eval_limit")]
     limits = [int(x) for x in limits if x is not None and not (isinstance(x, float) and np.isnan(x))]
-    full = TEST_SET_SIZES.get(data.get("dataset", ""))
+    dataset = data.get("dataset", DataConfig().dataset)
+    full = DATASETS[dataset].test_size
     subset = min(limits) if limits and (full is None or min(limits) < full) else None
-    return {"dataset": data.get("dataset", DataConfig().dataset), "channels": shape[0],
+    return {"dataset": dataset, "channels": shape[0],
             "image_size": shape[1], "n_bits": int(data.get("n_bits", 8)), "test_subset": subset}  # fmt: skip
 
 
@@ -174,7 +167,7 @@ def _row(variant: str, ours: dict[str, Any], stats: dict[str, float], reference:
          source: str, theirs: float, reasons: list[str], note: str) -> dict[str, Any]:  # fmt: skip
     shape = f"{ours['image_size']}x{ours['image_size']}x{ours['channels']}, {ours['n_bits']}-bit"
     return {
-        "variant": variant, "dataset": DATASET_NAMES.get(ours["dataset"], ours["dataset"]),
+        "variant": variant, "dataset": DATASETS[ours["dataset"]].title,
         "pipeline": shape, "n": stats["n"], "ours": stats["mean"], "ours_std": stats["std"],
         "reference": reference, "kind": kind, "theirs": theirs,
         "difference": stats["mean"] - theirs, "comparable": not reasons, "why_not": "; ".join(reasons),
@@ -215,7 +208,7 @@ def compare(finals: pd.DataFrame, run_configs: pd.DataFrame) -> pd.DataFrame:
                              theirs, reasons, FIGURE3_SETTINGS))  # fmt: skip
         if not any(p.verified for p in refs):
             rows.append(_row(variant, ours, stats, "none", "", "", float("nan"),
-                             [f"no verified published bpd for {DATASET_NAMES.get(ours['dataset'], ours['dataset'])}"],
+                             [f"no verified published bpd for {DATASETS[ours['dataset']].title}"],
                              "unanchored: our own multi-seed results are the reference"))  # fmt: skip
     return pd.DataFrame(rows)
 

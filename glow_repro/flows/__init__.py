@@ -2,16 +2,18 @@
 
 Every layer maps ``forward(x) -> (y, logdet)`` and ``inverse(y) -> (x, logdet)`` with
 ``logdet`` of shape ``[batch]``; the inverse's log-det is the negative of the forward's.
+Importing this package registers the couplings, scale functions and permutations under their
+config names (glow_repro/registry.py).
 """
 
 from glow_repro.flows.actnorm import ActNorm
 from glow_repro.flows.base import FlowLayer, FlowSequence
-from glow_repro.flows.coupling import AdditiveCoupling, AffineCoupling, CouplingNN, ZeroConv2d
+from glow_repro.flows.coupling import Additive, Affine, Coupling, CouplingNN, ZeroConv2d
 from glow_repro.flows.multiscale import FlowStep, Split, Squeeze, TopPrior
 from glow_repro.flows.permute import InvConv1x1, InvConv1x1LU, Reverse, Shuffle
 
 __all__ = [
-    "ActNorm", "AdditiveCoupling", "AffineCoupling", "CouplingNN", "FlowLayer", "FlowSequence",
+    "ActNorm", "Additive", "Affine", "Coupling", "CouplingNN", "FlowLayer", "FlowSequence",
     "FlowStep", "InvConv1x1", "InvConv1x1LU", "Reverse", "Shuffle", "Split", "Squeeze",
     "TopPrior", "ZeroConv2d",
 ]

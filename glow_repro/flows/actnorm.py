@@ -50,3 +50,7 @@ class ActNorm(FlowLayer):
         logs = self.logs
         logdet = -pixels(y) * logs.sum()
         return y * torch.exp(-logs) - self.bias, logdet.expand(y.shape[0])
+
+    def health(self) -> dict[str, float]:
+        """The smallest scale, once the layer has been initialised."""
+        return {"actnorm_scale_min": float(self.logs.exp().min())} if self.initialized else {}

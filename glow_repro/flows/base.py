@@ -17,6 +17,15 @@ class FlowLayer(nn.Module):
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def health(self) -> dict[str, float]:
+        """Named health signals (scale range, conditioning, log-det) for the stability monitor;
+        each name has a threshold in :class:`glow_repro.config.MonitorConfig`."""
+        return {}
+
+    def record_health(self, enabled: bool) -> None:
+        """Keep what :meth:`health` needs from the next forward passes (off by default: it
+        costs a reduction per step); layers whose signals come from their weights ignore it."""
+
 
 class FlowSequence(FlowLayer):
     """Layers applied in order; log-dets add up, the inverse runs the layers backwards."""

@@ -1,4 +1,5 @@
-"""Affine and additive coupling layers (Glow, section 3.3 and Table 1; RealNVP).
+"""The coupling layer and its elementwise maps, affine and additive (Glow, section 3.3 and
+Table 1; RealNVP). Maps and scale functions register under their config names.
 
 The input splits along channels into ``xa`` (first half, passed through) and ``xb`` (second
 half, transformed). The network ``NN(xa)`` is 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> a
@@ -15,6 +16,7 @@ Both scale functions use the official composition ``yb = (xb + shift) * scale``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from torch import nn
 
 from glow_repro.flows.actnorm import ActNorm
 from glow_repro.flows.base import FlowLayer
+from glow_repro.registry import COUPLINGS, SCALES
 
 
 class ZeroConv2d(nn.Module):
@@ -46,7 +49,7 @@ class _NormedConv(nn.Module):
 
     Once the ActNorm is initialised, ``(conv(x) + b) * s`` runs as one convolution with
     weight ``W * s`` and bias ``b * s`` (the same function, without two elementwise passes
-    over the widest tensors of the model; issue #7).
+    over the widest tensors of the model).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, actnorm: bool):
@@ -80,7 +83,7 @@ class CouplingNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # under bf16 autocast only the convolutions run in bf16; shift, scale and log-det
-        # come back in the flow's own dtype (issue #7)
+        # come back in the flow's own dtype
         return self.layers(x).to(x.dtype)
 
 
@@ -89,63 +92,107 @@ def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, :half], x[:, half:]
 
 
-class AdditiveCoupling(FlowLayer):
-    """``yb = xb + NN(xa)``: volume-preserving (NICE / Glow's additive variant)."""
+class ElementwiseMap(Protocol):
+    """What a coupling asks of its map: ``params`` network outputs per transformed channel,
+    ``forward``/``inverse`` of ``xb`` given them with the log-det per example, and the named
+    health signals (``signals``) the stability monitor compares with its thresholds."""
 
-    def __init__(self, channels: int, width: int, **nn_options: float | bool):
+    params: int
+
+    def forward(self, xb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def inverse(self, yb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def signals(self, h: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+class Additive:
+    """``yb = xb + h``: volume-preserving (NICE; Glow's additive variant)."""
+
+    params = 1  # network outputs per transformed channel
+
+    def forward(self, xb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return xb + h, xb.new_zeros(xb.shape[0])
+
+    def inverse(self, yb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return yb - h, yb.new_zeros(yb.shape[0])
+
+    def signals(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class Affine:
+    """``yb = (xb + shift) * scale`` with ``shift = h[:, 0::2]`` and ``scale = scale_fn(h[:, 1::2])``
+    (Glow, Table 1; the official code's composition and channel interleaving)."""
+
+    params = 2
+
+    def __init__(self, scale_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+        self.scale_fn = scale_fn
+
+    def forward(self, xb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, log_scale = self.scale_fn(h[:, 1::2])
+        return (xb + h[:, 0::2]) * scale, log_scale.flatten(1).sum(1)
+
+    def inverse(self, yb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, log_scale = self.scale_fn(h[:, 1::2])
+        return yb / scale - h[:, 0::2], -log_scale.flatten(1).sum(1)
+
+    def signals(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The range of the scale, for the stability monitor."""
+        low, high = torch.aminmax(self.scale_fn(h[:, 1::2])[0])
+        return {"affine_scale_min": low, "affine_scale_max": high}
+
+
+class Coupling(FlowLayer):
+    """``ya = xa``, ``yb = map(xb; NN(xa))`` for an elementwise ``transform`` (Glow, section 3.3).
+
+    The transform is a plain object without weights (:class:`Affine`, :class:`Additive`), so
+    every coupling's ``state_dict`` holds just the network under ``nn.``.
+    """
+
+    def __init__(self, channels: int, width: int, transform: ElementwiseMap,
+                 **nn_options: float | bool):
         super().__init__()
-        self.nn = CouplingNN(channels // 2, channels - channels // 2, width, **nn_options)
+        self.transform = transform
+        out_channels = transform.params * (channels - channels // 2)
+        self.nn = CouplingNN(channels // 2, out_channels, width, **nn_options)
+        self.recording = False
+        self.recorded: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = _halves(x)
-        return torch.cat([xa, xb + self.nn(xa)], 1), x.new_zeros(x.shape[0])
+        h = self.nn(xa)
+        if self.recording:
+            self.recorded = self.transform.signals(h.detach())
+        yb, logdet = self.transform.forward(xb, h)
+        return torch.cat([xa, yb], 1), logdet
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ya, yb = _halves(y)
-        return torch.cat([ya, yb - self.nn(ya)], 1), y.new_zeros(y.shape[0])
+        xb, logdet = self.transform.inverse(yb, self.nn(ya))
+        return torch.cat([ya, xb], 1), logdet
+
+    def record_health(self, enabled: bool) -> None:
+        self.recording = enabled
+        self.recorded = {}
+
+    def health(self) -> dict[str, float]:
+        """The transform's signals (the affine scale range) from the last recorded forward."""
+        return {name: float(value) for name, value in self.recorded.items()}
 
 
-def _sigmoid_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sigmoid_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sigmoid(h + 2)``: the official code's scale, bounded in (0, 1) (openai/glow issue #62)."""
     return torch.sigmoid(h + 2.0), F.logsigmoid(h + 2.0)
 
 
-def _exp_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def exp_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(h)``: the paper's scale (Glow, Table 1)."""
     return torch.exp(h), h
 
 
-SCALE_FUNCTIONS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
-    "sigmoid": _sigmoid_scale,
-    "exp": _exp_scale,
-}
-
-
-class AffineCoupling(FlowLayer):
-    """``yb = (xb + shift) * scale`` with ``(shift, scale) = NN(xa)`` (Glow, Table 1)."""
-
-    def __init__(self, channels: int, width: int, scale: str = "sigmoid", **nn_options: float | bool):
-        super().__init__()
-        if scale not in SCALE_FUNCTIONS:
-            raise ValueError(f"scale must be one of {sorted(SCALE_FUNCTIONS)}, got {scale!r}")
-        self.scale_fn = SCALE_FUNCTIONS[scale]
-        self.nn = CouplingNN(channels // 2, 2 * (channels - channels // 2), width, **nn_options)
-        #: When set, forward keeps (min, max) of the scale for the stability monitor (issue #5).
-        self.record_scale = False
-        self.scale_range: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def shift_and_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(shift, scale, log scale) for the transformed half."""
-        h = self.nn(xa)
-        scale, log_scale = self.scale_fn(h[:, 1::2])
-        return h[:, 0::2], scale, log_scale
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xa, xb = _halves(x)
-        shift, scale, log_scale = self.shift_and_scale(xa)
-        if self.record_scale:
-            self.scale_range = torch.aminmax(scale.detach())
-        return torch.cat([xa, (xb + shift) * scale], 1), log_scale.flatten(1).sum(1)
-
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ya, yb = _halves(y)
-        shift, scale, log_scale = self.shift_and_scale(ya)
-        return torch.cat([ya, yb / scale - shift], 1), -log_scale.flatten(1).sum(1)
+SCALES.register("sigmoid", sigmoid_scale)
+SCALES.register("exp", exp_scale)
+COUPLINGS.register("affine", lambda model: Affine(SCALES[model.scale]))
+COUPLINGS.register("additive", lambda model: Additive())

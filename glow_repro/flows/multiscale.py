@@ -8,10 +8,11 @@ import math
 import torch
 from torch import nn
 
+from glow_repro.config import ModelConfig
 from glow_repro.flows.actnorm import ActNorm
 from glow_repro.flows.base import FlowLayer, FlowSequence
-from glow_repro.flows.coupling import AdditiveCoupling, AffineCoupling, ZeroConv2d
-from glow_repro.flows.permute import InvConv1x1, InvConv1x1LU, Reverse, Shuffle
+from glow_repro.flows.coupling import Coupling, ZeroConv2d
+from glow_repro.registry import COUPLINGS, PERMUTATIONS
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -30,35 +31,20 @@ class Squeeze(FlowLayer):
         return x.reshape(b, c // 4, h * 2, w * 2), y.new_zeros(b)
 
 
-def make_permutation(kind: str, channels: int, conv1x1_form: str = "lu") -> FlowLayer:
-    """The permutation named in the config: ``reverse``, ``shuffle`` or ``conv1x1``."""
-    if kind == "reverse":
-        return Reverse()
-    if kind == "shuffle":
-        return Shuffle(channels)
-    if kind == "conv1x1":
-        return InvConv1x1LU(channels) if conv1x1_form == "lu" else InvConv1x1(channels)
-    raise ValueError(f"permutation must be reverse, shuffle or conv1x1, got {kind!r}")
-
-
 class FlowStep(FlowSequence):
-    """One step of flow: ActNorm -> permutation -> coupling (Glow, Figure 2a)."""
+    """One step of flow: ActNorm -> permutation -> coupling (Glow, Figure 2a), each part the
+    one the model config names in the registries."""
 
-    def __init__(self, channels: int, width: int, *, permutation: str = "conv1x1",
-                 conv1x1_form: str = "lu", coupling: str = "affine", scale: str = "sigmoid",
-                 actnorm_logscale_factor: float = 1.0, zero_conv_logscale_factor: float = 3.0,
-                 coupling_actnorm: bool = True):
-        nn_options = {"actnorm": coupling_actnorm, "zero_logscale_factor": zero_conv_logscale_factor}
-        if coupling == "affine":
-            couple: FlowLayer = AffineCoupling(channels, width, scale=scale, **nn_options)
-        elif coupling == "additive":
-            couple = AdditiveCoupling(channels, width, **nn_options)
-        else:
-            raise ValueError(f"coupling must be affine or additive, got {coupling!r}")
+    def __init__(self, channels: int, config: ModelConfig):
+        # the coupling is built first: the order in which weights draw from the RNG, so a seed
+        # gives the same model as it always has
+        transform = COUPLINGS[config.coupling](config)
+        coupling = Coupling(channels, config.width, transform, actnorm=config.coupling_actnorm,
+                            zero_logscale_factor=config.zero_conv_logscale_factor)
         super().__init__([
-            ActNorm(channels, logscale_factor=actnorm_logscale_factor),
-            make_permutation(permutation, channels, conv1x1_form),
-            couple,
+            ActNorm(channels, logscale_factor=config.actnorm_logscale_factor),
+            PERMUTATIONS[config.permutation](channels, config),
+            coupling,
         ])
 
 

@@ -4,7 +4,8 @@
 the global RNG, so it is reproducible from the run seed), and the invertible 1x1
 convolution comes in the dense form (``InvConv1x1``; log|det W| in float64 as the official
 code does) and the LU form (``InvConv1x1LU``; W = P L (U + diag(s)), P fixed, Glow eq. 10).
-Both 1x1 forms start as a random rotation, so log|det W| = 0 at initialisation.
+Both 1x1 forms start as a random rotation, so log|det W| = 0 at initialisation. Each
+permutation and each 1x1 form registers under its config name at the end of this module.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glow_repro.flows.base import FlowLayer, pixels
+from glow_repro.registry import CONV1X1_FORMS, PERMUTATIONS
 
 
 def _no_logdet(x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,13 @@ def random_rotation(channels: int) -> torch.Tensor:
     return q
 
 
+def _matrix_health(weight: torch.Tensor) -> dict[str, float]:
+    """Condition number and log|det W| of a 1x1 convolution's matrix, in float64."""
+    weight = weight.double()
+    return {"conv1x1_condition": float(torch.linalg.cond(weight)),
+            "conv1x1_logabsdet_min": float(torch.linalg.slogdet(weight)[1])}
+
+
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The invertible map itself never runs in reduced precision, even under autocast."""
     with torch.autocast(x.device.type, enabled=False):
@@ -73,6 +82,9 @@ class InvConv1x1(FlowLayer):
         w64 = self.weight.double()
         log_abs_det = torch.linalg.slogdet(w64)[1].to(y.dtype)
         return _conv1x1(y, torch.linalg.inv(w64)), (-pixels(y) * log_abs_det).expand(y.shape[0])
+
+    def health(self) -> dict[str, float]:
+        return _matrix_health(self.weight)
 
 
 class InvConv1x1LU(FlowLayer):
@@ -104,3 +116,13 @@ class InvConv1x1LU(FlowLayer):
         inverse_weight = torch.linalg.inv(self.weight().double())
         logdet = -pixels(y) * self.log_s.sum()
         return _conv1x1(y, inverse_weight), logdet.expand(y.shape[0])
+
+    def health(self) -> dict[str, float]:
+        return _matrix_health(self.weight())
+
+
+CONV1X1_FORMS.register("lu", InvConv1x1LU)
+CONV1X1_FORMS.register("dense", InvConv1x1)
+PERMUTATIONS.register("conv1x1", lambda channels, model: CONV1X1_FORMS[model.conv1x1_form](channels))
+PERMUTATIONS.register("shuffle", lambda channels, model: Shuffle(channels))
+PERMUTATIONS.register("reverse", lambda channels, model: Reverse())

@@ -1,0 +1,159 @@
+"""Registries: a new coupling, permutation or dataset registered in one place is accepted by the
+config, built by the model or the data loader, and checked by the parametrised layer tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glow_repro.config import ConfigError, DataConfig, ModelConfig, RunConfig, validate_model
+from glow_repro.data import load_split
+from glow_repro.datasets import Dataset, FileSource
+from glow_repro.errors import DataUnavailableError
+from glow_repro.flows import FlowLayer
+from glow_repro.model import Glow
+from glow_repro.registry import (
+    CONV1X1_FORMS, COUPLINGS, DATASETS, PERMUTATIONS, SCALES, Registry, one_of,
+)
+from glow_repro.stability import health_signals
+from tests.test_flows import check_float32_inverse, check_float64_inverse_and_jacobian, layer_cases
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test registers is gone after it: each registry works on a copy of its parts."""
+    for registry in (COUPLINGS, SCALES, PERMUTATIONS, CONV1X1_FORMS, DATASETS):
+        registry.names()  # the built-in parts register first
+        monkeypatch.setattr(registry, "parts", dict(registry.parts))
+
+
+class TanhAffine:
+    """A toy elementwise map: ``yb = xb * exp(tanh(s)) + t``, log-det ``sum(tanh(s))``."""
+
+    params = 2
+
+    def forward(self, xb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale = torch.tanh(h[:, 1::2])
+        return xb * torch.exp(log_scale) + h[:, 0::2], log_scale.flatten(1).sum(1)
+
+    def inverse(self, yb: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale = torch.tanh(h[:, 1::2])
+        return (yb - h[:, 0::2]) * torch.exp(-log_scale), -log_scale.flatten(1).sum(1)
+
+    def signals(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class Roll(FlowLayer):
+    """A toy permutation: shift the channels by one, cyclically."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.roll(1, dims=1), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return y.roll(-1, dims=1), y.new_zeros(y.shape[0])
+
+
+def test_a_new_coupling_and_permutation_are_one_registration_each(scratch_registries) -> None:
+    COUPLINGS.register("tanh-affine", lambda model: TanhAffine())
+    PERMUTATIONS.register("roll", lambda channels, model: Roll())
+
+    config = validate_model(ModelConfig, {"coupling": "tanh-affine", "permutation": "roll",
+                                          "depth": 2, "levels": 1, "width": 8}, "toy.yaml")
+    with pytest.raises(ConfigError, match="model.permutation: must be one of 'conv1x1', 'shuffle', "
+                                          r"'reverse' or 'roll' \(got 'conv2x2'\)"):
+        validate_model(RunConfig, {"model": {"permutation": "conv2x2"}}, "toy.yaml")
+
+    model = Glow(config, (1, 4, 4))
+    steps = model.levels[0].steps
+    assert [type(step.layers[1]) for step in steps] == [Roll, Roll]
+    assert all(isinstance(step.layers[2].transform, TanhAffine) for step in steps)
+    x = torch.rand(3, 1, 4, 4)
+    zs, _ = model.encode(x)
+    torch.testing.assert_close(model.decode(zs), x, atol=1e-5, rtol=0)
+
+    cases = layer_cases()
+    toy = [name for name in cases if "roll" in name or "tanh-affine" in name]
+    assert "permutation-roll" in toy and "coupling-tanh-affine-sigmoid" in toy
+    assert "step-roll-tanh-affine-exp" in toy
+    for name in ("permutation-roll", "coupling-tanh-affine-sigmoid", "step-roll-tanh-affine-exp"):
+        check_float64_inverse_and_jacobian(cases[name])
+        check_float32_inverse(cases[name])
+
+
+def test_a_new_dataset_is_one_registration(scratch_registries, tmp_path: Path) -> None:
+    def checkers(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+        board = (np.indices((4, 4)).sum(0) % 2 * 255).astype(np.uint8)
+        n = 6 if split == "train" else 2
+        return np.broadcast_to(board, (n, 1, 4, 4)), np.arange(n) % 2
+
+    DATASETS.register("checkers", Dataset((1, 4, 4), "Checkers", generate=checkers, origin="toy"))
+    cfg = validate_model(DataConfig, {"dataset": "checkers", "channels": 3}, "toy.yaml")
+    assert cfg.shape == (3, 4, 4)
+    test = load_split(cfg, "test")
+    assert test.images.shape == (2, 3, 4, 4) and test.name == "checkers/test" and test.source == "toy"
+    assert test.images[0, 0, 0].tolist() == [0, 255, 0, 255]
+    assert test.labels.tolist() == [0, 1]
+    with pytest.raises(ConfigError, match=r"data.dataset: must be one of 'mnist', .*'synthetic' or 'checkers'"):
+        validate_model(RunConfig, {"data": {"dataset": "chess"}}, "toy.yaml")
+
+
+def test_a_new_file_dataset_gets_the_common_file_handling(scratch_registries, tmp_path: Path) -> None:
+    """Its reader reads; finding the files and the missing-files message come from data.py."""
+
+    def read_npy(base, paths, split, limit, size):
+        images = np.load(paths[0])
+        return images, np.zeros(len(images), dtype=np.int64)
+
+    files = FileSource(layouts=("npy",), names=lambda split: (f"{split}.npy",), read=read_npy,
+                       fetch=None, url=None)
+    DATASETS.register("npy", Dataset((1, 2, 2), "npy", files=lambda: files))
+    cfg = DataConfig(dataset="npy", root=tmp_path)
+    with pytest.raises(DataUnavailableError, match=r"npy/test: data files not found: test.npy; looked in"):
+        load_split(cfg, "test", cache_dir=tmp_path / "cache")
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "test.npy", np.full((3, 1, 2, 2), 7, dtype=np.uint8))
+    test = load_split(cfg, "test", cache_dir=tmp_path / "cache")
+    assert test.images.shape == (3, 1, 2, 2) and int(test.images.max()) == 7
+    assert test.source == str(tmp_path / "npy")
+
+
+def test_layers_report_their_own_health(scratch_registries) -> None:
+    """The monitor reads any flow layer's signals; it knows no layer classes."""
+
+    class Shrinking(Roll):
+        def health(self) -> dict[str, float]:
+            return {"actnorm_scale_min": 1e-6}
+
+    model = torch.nn.Sequential(Roll(), Shrinking())
+    assert health_signals(model) == {"actnorm_scale_min": (1e-6, "1")}
+
+
+def test_registry_names_errors_and_wording() -> None:
+    assert PERMUTATIONS.names() == ("conv1x1", "shuffle", "reverse")
+    assert COUPLINGS.names() == ("affine", "additive")
+    assert SCALES.names() == ("sigmoid", "exp")
+    assert CONV1X1_FORMS.names() == ("lu", "dense")
+    assert DATASETS["cifar10"].shape == (3, 32, 32)
+    assert one_of(("a",)) == "'a'" and one_of(("a", "b", "c")) == "'a', 'b' or 'c'"
+    with pytest.raises(KeyError, match="unknown coupling 'spline': must be one of 'affine' or 'additive'"):
+        COUPLINGS["spline"]
+    with pytest.raises(ValueError, match="give files or generate"):
+        Dataset((1, 2, 2), "neither")
+    registry: Registry[int] = Registry("number", "glow_repro.registry")
+    registry.register("one", 1)
+    with pytest.raises(ValueError, match="number 'one' is registered twice"):
+        registry.register("one", 2)
+
+
+def test_reading_a_data_config_imports_no_torch() -> None:
+    """The analysis validates data configs; the dataset records it reads are torch-free."""
+    code = ("import sys; from glow_repro.config import DataConfig; "
+            "assert DataConfig(dataset='cifar10').shape == (3, 32, 32); "
+            "sys.exit('torch' in sys.modules)")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "config imports torch"
