@@ -82,9 +82,11 @@ class Decision:
 def worth_more_seeds(verdict: np.ndarray, significant: np.ndarray, effect: np.ndarray,
                      needed: np.ndarray, max_seeds: int) -> np.ndarray:
     """Per claim (pairs on the last axis): inconclusive, and ``max_seeds`` could still resolve
-    it at the observed effects: every unresolved pair needs at most ``max_seeds``
-    (reproduced), or one unresolved pair against the claim does (contradicted). A pair with
-    no estimate yet (NaN) counts as reachable."""
+    it: every unresolved pair ``needed`` at most ``max_seeds`` (reproduced), or one unresolved
+    pair against the claim does (contradicted). ``needed`` is the seeds needed at the largest
+    effect the data do not rule out (``seeds_needed_best_case``): stopping at the observed
+    effect would stop most studies of a true but noisily measured effect at the first look.
+    A pair with no estimate yet (NaN) counts as reachable."""
     reachable = np.isnan(needed) | (needed <= max_seeds)
     unresolved = ~significant
     every = np.all(~unresolved | reachable, axis=-1)
@@ -104,7 +106,7 @@ def decide(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec
     open_claims = [
         claim for claim, rows in by_claim.items()
         if worth_more_seeds(rows["verdict"].to_numpy()[:1], rows["significant"].to_numpy(bool),
-                            rows["effect"].to_numpy(float), rows["seeds_needed"].to_numpy(float),
+                            rows["effect"].to_numpy(float), rows["seeds_needed_best_case"].to_numpy(float),
                             plan.max_seeds)[0]
     ]  # fmt: skip
     inconclusive = [claim for claim, verdict in outcome.items() if verdict == "inconclusive"]
@@ -114,15 +116,15 @@ def decide(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec
     if not open_claims:
         return Decision(action="stop", reason=(
             f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
-            "it at the observed effects (see seeds_needed)"), **common), table
+            "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"), **common), table
     if look + 1 >= len(plan.looks):
         return Decision(action="stop", reason=(
             f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"),
             **common), table
     added = plan.seeds_at(look + 1)[len(seeds):]
     return Decision(action="continue", reason=(
-        f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at the "
-        f"observed effects; adding seeds {', '.join(map(str, added))}"),
+        f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at "
+        f"effects inside the 95 % CIs; adding seeds {', '.join(map(str, added))}"),
         add_seeds=added, **common), table
 
 

@@ -22,8 +22,10 @@ with Holm's step-down method at ``alpha``:
 - **contradicted**: some pair is significant with a negative effect;
 - **inconclusive**: otherwise; then ``mde`` (the smallest effect the seeds run detect with
   80 % power) and ``seeds_needed`` (the seeds that would detect the observed effect with
-  80 % power; ``inf`` beyond :data:`MAX_SEEDS_NEEDED`) say why in numbers. Both are computed
-  at the Bonferroni level ``alpha / pairs``, the strictest step of Holm's method.
+  80 % power; ``inf`` beyond :data:`MAX_SEEDS_NEEDED`) say why in numbers.
+  ``seeds_needed_best_case`` is the same at the end of the 95 % CI farthest from zero, the
+  largest effect the data do not rule out (for divergence claims, the observed rates). All
+  are computed at the Bonferroni level ``alpha / pairs``, the strictest step of Holm's method.
 
 Pure functions of the long tables of :mod:`glow_repro.study.tables`; no torch.
 """
@@ -54,7 +56,8 @@ CONFIDENCE = 0.95
 MAX_SEEDS_NEEDED = 1000
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 COLUMNS = ["claim", "source", "kind", "metric", "verdict", "within", "pair", "effect", "sd",
-           "ci_low", "ci_high", "p", "p_holm", "significant", "seeds", "mde", "seeds_needed", "alpha"]
+           "ci_low", "ci_high", "p", "p_holm", "significant", "seeds", "mde", "seeds_needed",
+           "seeds_needed_best_case", "alpha"]
 
 
 def claims_of(study: dict[str, Any]) -> list[ClaimSpec]:
@@ -243,21 +246,30 @@ def _interval(d: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def best_case_dz(effect: np.ndarray, sd: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The standardised effect at the end of its 95 % t interval farthest from zero."""
+    n = np.asarray(n, dtype=float)
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / np.sqrt(n)
+    return (np.abs(effect) + half) / sd
+
+
 def _power_columns(claim: ClaimSpec, d: np.ndarray, effect: float, sd: float, alpha: float,
-                   resolved: bool) -> tuple[float, float]:
-    """(mde, seeds_needed) of one pair at the pair's level ``alpha``; seeds_needed is NaN
-    for a resolved pair."""
+                   resolved: bool) -> tuple[float, float, float]:
+    """(mde, seeds_needed, seeds_needed_best_case) of one pair at the pair's level ``alpha``;
+    the seeds are NaN for a resolved pair (and while there are fewer than 2 seeds)."""
     n = len(d)
     if claim.kind == "divergence":
         mde = detectable_rate(n, alpha)
         plus, minus = (d > 0).mean() if n else 0.0, (d < 0).mean() if n else 0.0
-        return mde, np.nan if resolved else seeds_needed_sign(plus, minus, alpha)
+        needed = np.nan if resolved else seeds_needed_sign(plus, minus, alpha)
+        return mde, needed, needed
     mde = detectable_dz(n, alpha) * sd if sd > 0 else np.nan
     if resolved or n < 2:
-        return mde, np.nan
+        return mde, np.nan, np.nan
     if not sd > 0:  # every seed gave the same difference, zero (a nonzero one is resolved)
-        return mde, np.inf
-    return mde, float(seeds_needed_t(np.asarray(abs(effect) / sd), alpha))
+        return mde, np.inf, np.inf
+    needed = seeds_needed_t(np.array([abs(effect) / sd, best_case_dz(effect, sd, n)]), alpha)
+    return mde, float(needed[0]), float(needed[1])
 
 
 def claim_pairs(finals: pd.DataFrame, claim: ClaimSpec):
@@ -297,14 +309,15 @@ def verdicts(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSp
         for (within, better, worse, d), e, s, pv, ph, sig in zip(
                 pairs, effect, sd, p, holm_adjusted(p), significant):  # fmt: skip
             low, high = _interval(d)
-            mde, needed = _power_columns(claim, d, float(e), float(s), pair_alpha, bool(sig))
+            mde, needed, best = _power_columns(claim, d, float(e), float(s), pair_alpha, bool(sig))
             rows.append({
                 "claim": claim.id, "source": claim.source, "kind": claim.kind,
                 "metric": "diverged" if claim.kind == "divergence" else claim.metric,
                 "verdict": verdict, "within": within,
                 "pair": f"{format_value(better)} < {format_value(worse)}",
                 "effect": e, "sd": s, "ci_low": low, "ci_high": high, "p": pv, "p_holm": ph, "significant": bool(sig),
-                "seeds": len(d), "mde": mde, "seeds_needed": needed, "alpha": alpha,
+                "seeds": len(d), "mde": mde, "seeds_needed": needed,
+                "seeds_needed_best_case": best, "alpha": alpha,
             })  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
