@@ -317,7 +317,7 @@ def test_until_resolved_stops_at_the_first_look_when_the_claim_is_clear(tmp_path
     assert report.counts["done"] == 6
     result = CliRunner().invoke(main, ["verdict", str(results)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("wider-is-better: REPRODUCED (test; 1 pairs, Holm at alpha 0.0167")
+    assert result.output.startswith("wider-is-better: REPRODUCED (test; 1 pair, Holm at alpha 0.0167")
 
 
 def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp_path, monkeypatch):

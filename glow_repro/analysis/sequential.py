@@ -113,14 +113,14 @@ def decide(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec
     common = {"look": look, "seeds": len(seeds), "alpha": plan.alpha_per_look, "verdicts": outcome}
     if not inconclusive:
         return Decision(action="stop", reason="every claim is resolved", **common), table
-    if not open_claims:
-        return Decision(action="stop", reason=(
-            f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
-            "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"), **common), table
     if look + 1 >= len(plan.looks):
         return Decision(action="stop", reason=(
             f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"),
             **common), table
+    if not open_claims:
+        return Decision(action="stop", reason=(
+            f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
+            "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"), **common), table
     added = plan.seeds_at(look + 1)[len(seeds):]
     return Decision(action="continue", reason=(
         f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at "
