@@ -40,11 +40,11 @@ def test_claim_values_match_the_grid_as_written_numbers(tmp_path):
 
 BAD = {
     "unknown claim key": (claim(wihtin=["model.coupling"]), r"claims.0.wihtin: unknown key"),
-    "key not swept": (claim(key="model.depth"), r"claims.0.key: model.depth is not swept; swept keys: "
-                      r"model.permutation, model.coupling"),
+    "key not swept": (claim(key="model.depth"),
+                      r"claims.0.key: model.depth is not swept; swept keys: model.permutation, model.coupling"),
     "within not swept": (claim(within=["train.lr"]), r"claims.0.within: train.lr is not swept"),
-    "value not in grid": (claim(order=["conv1x1", "lu"]), r"claims.0.order: lu is not a value of "
-                          r"model.permutation; allowed: reverse, shuffle, conv1x1"),
+    "value not in grid": (claim(order=["conv1x1", "lu"]),
+                          r"claims.0.order: lu is not a value of model.permutation; allowed: reverse, shuffle, conv1x1"),
     "value twice": (claim(order=["conv1x1", "reverse", "conv1x1"]), r"claims.0: order names conv1x1 more than once"),
     "one value": (claim(order=["conv1x1"]), r"claims.0.order: .*at least 2"),
     "within repeats key": (claim(within=["model.permutation"]), r"claims.0: within must list distinct keys"),

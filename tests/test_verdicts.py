@@ -26,6 +26,7 @@ from glow_repro.analysis.verdicts import (
     holm_adjusted,
     holm_significant,
     paired_tests,
+    seeds_needed_sign,
     seeds_needed_t,
     sign_test_power,
     verdicts,
@@ -166,6 +167,7 @@ def test_divergence_claims_use_the_exact_sign_test_on_seeds():
     # per seed, exp - sigmoid averaged over the two learning rates: 0.5 in 8 seeds, 0 in 2
     assert row["effect"] == pytest.approx(0.4) and row["seeds"] == n
     assert row["p"] == pytest.approx(stats.binomtest(8, 8).pvalue) and row["verdict"] == "reproduced"
+    assert seeds_needed_sign(0.4, 0.1, 0.05) == seeds_needed_sign(0.1, 0.4, 0.05) < MAX_SEEDS_NEEDED
     none = divergence_finals({("sigmoid", 1e-3): [False] * 3, ("exp", 1e-3): [False] * 3})
     row = verdicts(none, NO_EVALS, [claim], ["model.scale"]).iloc[0]
     assert row["verdict"] == "inconclusive" and row["p"] == 1.0 and row["seeds_needed"] == np.inf

@@ -54,7 +54,6 @@ POWER = 0.8
 CONFIDENCE = 0.95
 #: Seeds-needed estimates stop here: "more than 1000 seeds" is the answer beyond it.
 MAX_SEEDS_NEEDED = 1000
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
 COLUMNS = ["claim", "source", "kind", "metric", "verdict", "within", "pair", "effect", "sd",
            "ci_low", "ci_high", "p", "p_holm", "significant", "seeds", "mde", "seeds_needed",
            "seeds_needed_best_case", "alpha"]
@@ -121,16 +120,15 @@ def paired_tests(differences: np.ndarray, kind: str) -> tuple[np.ndarray, np.nda
     missing seeds); a p that cannot be computed is 1. Vectorised for simulations."""
     d = np.asarray(differences, dtype=float)
     n = np.isfinite(d).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with warnings.catch_warnings():  # no seeds, or identical differences: NaN or 0, as intended
+        warnings.simplefilter("ignore", RuntimeWarning)
         effect = np.nanmean(d, axis=-1) if d.shape[-1] else np.full(d.shape[:-1], np.nan)
         sd = np.nanstd(d, axis=-1, ddof=1) if d.shape[-1] > 1 else np.full(d.shape[:-1], np.nan)
         if kind == "divergence":
             plus, minus = (d > 0).sum(axis=-1), (d < 0).sum(axis=-1)
             p = _sign_test_p(plus, plus + minus)
         else:
-            with warnings.catch_warnings():  # identical differences: p is 0 or NaN, as intended
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p = stats.ttest_1samp(d, 0.0, axis=-1, nan_policy="omit").pvalue
+            p = stats.ttest_1samp(d, 0.0, axis=-1, nan_policy="omit").pvalue
     p = np.where(np.isfinite(p) & (n >= 2), p, 1.0)
     return effect, sd, np.asarray(p, dtype=float)
 
@@ -223,8 +221,10 @@ def sign_test_power(n: np.ndarray, plus: float, minus: float, alpha: float) -> n
 
 def seeds_needed_sign(plus: float, minus: float, alpha: float, power: float = POWER,
                       cap: int = MAX_SEEDS_NEEDED) -> float:
-    """Fewest seeds at which :func:`sign_test_power` reaches ``power``; ``inf`` beyond ``cap``."""
-    if not plus > minus:
+    """Fewest seeds at which :func:`sign_test_power` reaches ``power`` in the more frequent
+    direction (the test is symmetric); ``inf`` beyond ``cap`` or when neither is."""
+    plus, minus = max(plus, minus), min(plus, minus)
+    if plus == minus:
         return np.inf
     reached = np.flatnonzero(sign_test_power(np.arange(1, cap + 1), plus, minus, alpha) >= power)
     return float(reached[0] + 1) if len(reached) else np.inf
