@@ -148,6 +148,13 @@ def test_metrics_last_evaluations_and_runs_that_did_not_finish():
     assert table.loc[(table["pair"] == "conv1x1 < shuffle") & (table["within"] == "coupling=additive"), "seeds"].item() == 2
 
 
+def test_a_claim_whose_values_were_not_run_is_inconclusive_with_no_seeds():
+    finals = finals_table({p: 0.0 for p in PERMUTATIONS}, seeds=3)
+    only_conv = finals[finals["model.permutation"] == "conv1x1"].drop(columns=["model.permutation"])
+    table = verdicts(only_conv, NO_EVALS, [ORDER], ["model.coupling"])
+    assert set(table["verdict"]) == {"inconclusive"} and (table["seeds"] == 0).all() and len(table) == 6
+
+
 def divergence_finals(diverged: dict[tuple[str, float], list[bool]]) -> pd.DataFrame:
     rows = []
     for (scale, lr), flags in diverged.items():

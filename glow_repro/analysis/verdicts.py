@@ -102,7 +102,10 @@ def run_metric(finals: pd.DataFrame, evals: pd.DataFrame, claim: ClaimSpec) -> p
 def seed_differences(finals: pd.DataFrame, value: pd.Series, key: str, better: Any, worse: Any,
                      pooled: Sequence[str]) -> pd.Series:
     """value(worse) - value(better) per seed, matched on the ``pooled`` keys and averaged
-    over them; seeds missing either side are left out."""
+    over them; seeds missing either side are left out (all of them when the tables hold
+    one value of ``key`` only, e.g. after ``--only``)."""
+    if key not in finals:
+        return pd.Series(dtype=float)
     label = finals[key].map(format_value)
     frame = finals.assign(_value=value, _side=label.map({format_value(better): "better",
                                                          format_value(worse): "worse"}))

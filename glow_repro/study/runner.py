@@ -307,7 +307,7 @@ def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn
 
 
 def write_study_tables(results_dir: Path) -> Path | None:
-    """Write ``results/<study>/tables/`` from every run there (issue #4, "Status and tables");
+    """Write ``results/<study>/tables/`` from every run there;
     None when no run has a config yet (all failed before starting, e.g. missing data).
 
     Under a lock, so that of two runners finishing together the second reads and writes last.

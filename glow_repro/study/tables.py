@@ -1,4 +1,4 @@
-"""Load a results directory into long pandas tables (issue #4, "Status and tables").
+"""Load a results directory into long pandas tables (the results layout: glow_repro.study.runner).
 
 ``load_tables(results/<study>)`` reads every ``runs/<run_id>/`` written by the runner and
 ``train()`` (layout in :mod:`glow_repro.study.store`) into four long DataFrames:
