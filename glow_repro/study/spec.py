@@ -4,10 +4,10 @@ claims the study tests (docs/verdicts.md).
 A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
 empty axes, bad seed lists, claims about keys or values the study does not sweep and invalid
 combined configs are :class:`ConfigError` messages that name the file and the key. Claims are
-not part of any run's config, so they never change run ids. :func:`expand` turns a spec into one :class:`RunSpec` per
-variant x seed; each run's id is a hash of its resolved config (seed included, pure
-execution settings excluded), so the same spec always maps to the same run directories
-and reordering YAML keys changes nothing.
+not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
+one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
+included, pure execution settings excluded), so the same spec always maps to the same run
+directories and reordering YAML keys changes nothing.
 """
 
 from __future__ import annotations
