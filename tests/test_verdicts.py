@@ -178,6 +178,8 @@ def test_divergence_claims_use_the_exact_sign_test_on_seeds():
     none = divergence_finals({("sigmoid", 1e-3): [False] * 3, ("exp", 1e-3): [False] * 3})
     row = verdicts(none, NO_EVALS, [claim], ["model.scale"]).iloc[0]
     assert row["verdict"] == "inconclusive" and row["p"] == 1.0 and row["seeds_needed"] == np.inf
+    # no seed differed yet, but 3 seeds do not rule out a rate up to 0.71 (exact 95 % bound)
+    assert row["seeds_needed_best_case"] == seeds_needed_sign(1 - 0.025 ** (1 / 3), 0.0, 0.05) < 12
 
 
 def test_sign_test_power_matches_enumeration_with_binomtest():
@@ -347,6 +349,17 @@ def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp
     assert "wider-is-better: INCONCLUSIVE" in result.output
     verdict_table = pd.read_csv(results / "tables" / "verdicts.csv")
     assert verdict_table["seeds"].tolist() == [rows[-1]["seeds"]] and verdict_table["alpha"].tolist() == [pytest.approx(0.05 / 3)]
+
+
+def test_verdict_command_without_claims_and_outside_a_results_dir(tmp_path):
+    results = tmp_path / "results"
+    run_study(claim_study(tmp_path, lr=1e-3, claims=False), results, launcher="inprocess", train_fn=effect_train)
+    plain = CliRunner().invoke(main, ["verdict", str(results)])
+    assert plain.exit_code == 0 and "the study declares no claims" in plain.output
+    assert not (results / "tables" / "verdicts.csv").exists()
+    wrong = CliRunner().invoke(main, ["verdict", str(tmp_path)])
+    assert wrong.exit_code == 2 and wrong.output.startswith(f"error: {tmp_path}: not a results directory")
+    assert wrong.output.count("\n") == 1
 
 
 def test_until_resolved_needs_claims(tmp_path):

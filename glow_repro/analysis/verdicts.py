@@ -24,7 +24,8 @@ with Holm's step-down method at ``alpha``:
   80 % power) and ``seeds_needed`` (the seeds that would detect the observed effect with
   80 % power; ``inf`` beyond :data:`MAX_SEEDS_NEEDED`) say why in numbers.
   ``seeds_needed_best_case`` is the same at the end of the 95 % CI farthest from zero, the
-  largest effect the data do not rule out (for divergence claims, the observed rates). All
+  largest effect the data do not rule out (for divergence claims, the exact upper bound of
+  the rate of seeds going the more frequent way, the other rate as observed). All
   are computed at the Bonferroni level ``alpha / pairs``, the strictest step of Holm's method.
 
 Pure functions of the long tables of :mod:`glow_repro.study.tables`; no torch.
@@ -263,9 +264,11 @@ def _power_columns(claim: ClaimSpec, d: np.ndarray, effect: float, sd: float, al
     n = len(d)
     if claim.kind == "divergence":
         mde = detectable_rate(n, alpha)
-        plus, minus = (d > 0).mean() if n else 0.0, (d < 0).mean() if n else 0.0
-        needed = np.nan if resolved else seeds_needed_sign(plus, minus, alpha)
-        return mde, needed, needed
+        if resolved or n < 1:
+            return mde, np.nan, np.nan
+        more, fewer = sorted([int((d > 0).sum()), int((d < 0).sum())], reverse=True)
+        best = stats.binomtest(more, n).proportion_ci(CONFIDENCE, method="exact").high
+        return mde, seeds_needed_sign(more / n, fewer / n, alpha), seeds_needed_sign(best, fewer / n, alpha)
     mde = detectable_dz(n, alpha) * sd if sd > 0 else np.nan
     if resolved or n < 2:
         return mde, np.nan, np.nan
