@@ -30,17 +30,35 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from glow_repro.config import RunConfig, dump_run_config, read_yaml, run_identity, validate_model
+from glow_repro.config import (
+    RunConfig,
+    dump_run_config,
+    read_yaml,
+    run_identity,
+    validate_model,
+)
 from glow_repro.data import ImageData, load_split
 from glow_repro.distributed import DistContext, from_environment, shutdown
 from glow_repro.engine import Engine
 from glow_repro.errors import UserFacingError
 from glow_repro.evaluation import bpd_sum
 from glow_repro.objective import preprocess
-from glow_repro.rundir import JsonlLog, RunDir, RunState, atomic_write_bytes, atomic_write_json, atomic_write_text
+from glow_repro.rundir import (
+    JsonlLog,
+    RunDir,
+    RunState,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.sampling import SAMPLES_RECORD, write_samples
-from glow_repro.stability import RecoveryPolicy, StabilityMonitor, locate_nonfinite, save_capsule
+from glow_repro.stability import (
+    RecoveryPolicy,
+    StabilityMonitor,
+    locate_nonfinite,
+    save_capsule,
+)
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -16,8 +16,16 @@ import pytest
 from scipy import stats
 
 from glow_repro.analysis.aggregate import (
-    curves, divergence, factor_effects, holm, pairwise, ranking, t_interval, time_to_threshold,
-    variant_summary, wilson_interval,
+    curves,
+    divergence,
+    factor_effects,
+    holm,
+    pairwise,
+    ranking,
+    t_interval,
+    time_to_threshold,
+    variant_summary,
+    wilson_interval,
 )  # fmt: skip
 
 T_975_DF1 = math.tan(math.pi * 0.475)  # 12.706...

@@ -12,7 +12,14 @@ import torch
 
 from glow_repro.config import ModelConfig
 from glow_repro.flows import (
-    ActNorm, Affine, Coupling, FlowStep, InvConv1x1, InvConv1x1LU, Shuffle, Squeeze,
+    ActNorm,
+    Affine,
+    Coupling,
+    FlowStep,
+    InvConv1x1,
+    InvConv1x1LU,
+    Shuffle,
+    Squeeze,
 )
 from glow_repro.registry import CONV1X1_FORMS, COUPLINGS, PERMUTATIONS, SCALES
 

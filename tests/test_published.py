@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 
 from glow_repro.analysis.published import (
-    FIDELITY, PUBLISHED, compare, default_value, fidelity_markdown, figure3_at, figure3_curves,
+    FIDELITY,
+    PUBLISHED,
+    compare,
+    default_value,
+    fidelity_markdown,
+    figure3_at,
+    figure3_curves,
 )  # fmt: skip
 from glow_repro.config import RunConfig, validate_model
 from glow_repro.study.tables import flatten

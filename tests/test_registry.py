@@ -11,17 +11,33 @@ import numpy as np
 import pytest
 import torch
 
-from glow_repro.config import ConfigError, DataConfig, ModelConfig, RunConfig, validate_model
+from glow_repro.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    validate_model,
+)
 from glow_repro.data import load_split
 from glow_repro.datasets import Dataset, FileSource
 from glow_repro.errors import DataUnavailableError
 from glow_repro.flows import FlowLayer
 from glow_repro.model import Glow
 from glow_repro.registry import (
-    CONV1X1_FORMS, COUPLINGS, DATASETS, PERMUTATIONS, SCALES, Registry, one_of,
+    CONV1X1_FORMS,
+    COUPLINGS,
+    DATASETS,
+    PERMUTATIONS,
+    SCALES,
+    Registry,
+    one_of,
 )
 from glow_repro.stability import health_signals
-from tests.test_flows import check_float32_inverse, check_float64_inverse_and_jacobian, layer_cases
+from tests.test_flows import (
+    check_float32_inverse,
+    check_float64_inverse_and_jacobian,
+    layer_cases,
+)
 
 
 @pytest.fixture

@@ -15,7 +15,12 @@ from glow_repro.cli import main
 from glow_repro.config import RunConfig
 from glow_repro.data import load_split
 from glow_repro.objective import preprocess
-from glow_repro.sampling import interpolate, load_trained_model, reconstruct, sample_images
+from glow_repro.sampling import (
+    interpolate,
+    load_trained_model,
+    reconstruct,
+    sample_images,
+)
 from glow_repro.train import train
 
 TINY = {

@@ -17,7 +17,13 @@ from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import InvConv1x1
 from glow_repro.model import Glow
 from glow_repro.rundir import RunDir
-from glow_repro.stability import Finding, StabilityMonitor, health_signals, locate_nonfinite, replay_capsule
+from glow_repro.stability import (
+    Finding,
+    StabilityMonitor,
+    health_signals,
+    locate_nonfinite,
+    replay_capsule,
+)
 from glow_repro.train import train
 
 LAYER = "levels.0.steps.1.layers.2"  # the coupling of the second step of the first level

@@ -21,8 +21,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from glow_repro.rundir import RunState
 from glow_repro.analysis.published import FIGURE3_SOURCE, figure3_curves
+from glow_repro.rundir import RunState
 
 if TYPE_CHECKING:
     from glow_repro.analysis.report import Analysis

@@ -30,13 +30,28 @@ from tqdm.auto import tqdm
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.document import (
-    Block, Code, Facts, FigureFile, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html, place_figures,
+    Block,
+    Code,
+    Facts,
+    FigureFile,
+    Fold,
+    Heading,
+    Paragraphs,
+    SampleRows,
+    Section,
+    Table,
+    inline_html,
+    place_figures,
 )  # fmt: skip
-from glow_repro.rundir import RunState
 from glow_repro.analysis.published import compare, fidelity_table
+from glow_repro.rundir import RunState
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
-    Tables, describe_differences, load_tables, shared_settings, write_tables,
+    Tables,
+    describe_differences,
+    load_tables,
+    shared_settings,
+    write_tables,
 )  # fmt: skip
 
 #: The paper's orderings (Figure 3): lower bpd first.

@@ -29,7 +29,12 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     import torch
 
     from glow_repro.benchmark import PRESETS, measure
-    from glow_repro.config import RunConfig, apply_overrides, load_run_config, validate_model
+    from glow_repro.config import (
+        RunConfig,
+        apply_overrides,
+        load_run_config,
+        validate_model,
+    )
     from glow_repro.runinfo import resolve_device
 
     if config_path is not None:

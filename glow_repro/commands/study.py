@@ -42,6 +42,11 @@ def _counts(states: list[RunState]) -> str:
               help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0")
 @click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
 @click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
+@click.option("--until-resolved", is_flag=True,
+              help="add seeds to every variant while a claim of the study is inconclusive and "
+              "--max-seeds could still resolve it (docs/verdicts.md)")
+@click.option("--max-seeds", type=click.IntRange(min=1), default=12, show_default=True,
+              help="most seeds per variant --until-resolved trains")
 @click.option("--partition", help="SLURM partition")
 @click.option("--time", "time_", metavar="TIME", help="SLURM time limit: minutes or HH:MM:SS")
 @click.option("--gpus", type=click.IntRange(min=0), help="SLURM GPUs per node")
@@ -50,16 +55,19 @@ def _counts(states: list[RunState]) -> str:
 @user_errors
 def run_command(study: Path, results_dir: Path | None, workers: int, launcher: str,
                 overrides: tuple[str, ...], only: tuple[str, ...], dry_run: bool,
-                retry_failed: bool, partition: str | None, time_: str | None,
-                gpus: int | None, processes_per_run: int | None) -> None:
+                retry_failed: bool, until_resolved: bool, max_seeds: int, partition: str | None,
+                time_: str | None, gpus: int | None, processes_per_run: int | None) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
     Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
     are retried with --retry-failed. Safe to run twice at once on one results directory.
     At the end (unless interrupted) the long tables of every run, failed ones included, are
     written to tables/ in the results directory, as parquet and CSV.
+    When the study declares claims, their verdicts are printed and written to
+    tables/verdicts.* (docs/verdicts.md).
     Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
     """
+    from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
 
     report = run_study(
@@ -67,6 +75,7 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
         only=only, dry_run=dry_run, retry_failed=retry_failed,
         slurm={"partition": partition, "time": time_, "gpus_per_node": gpus,
                "processes_per_run": processes_per_run},
+        judge=SeedJudge(max_seeds) if until_resolved else None,
     )
     plan = report.plan
     if dry_run:
@@ -86,6 +95,14 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
     if report.tables_dir is not None:
         click.echo(f"tables: {report.tables_dir}/ (steps, evals, finals, events as .parquet and .csv)")
+    for decision in report.decisions:
+        click.echo(f"look {decision.look} ({decision.seeds} seeds, alpha {decision.alpha:.3g}): "
+                   f"{decision.action}: {decision.reason}")
+    if report.tables_dir is not None and report.spec.claims:
+        from glow_repro.analysis.verdicts import write_verdicts
+        from glow_repro.commands.verdict import echo_verdicts
+
+        echo_verdicts(write_verdicts(report.results_dir))
     if report.interrupted:
         stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
         click.echo(f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "

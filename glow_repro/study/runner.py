@@ -1,4 +1,5 @@
-"""Run a study: plan which runs need training, launch them, and report (issue #4).
+"""Run a study: plan which runs need training, launch them, and report; with a judge,
+add seeds until the study's claims are resolved (docs/verdicts.md).
 
 Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
 
@@ -10,6 +11,8 @@ Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
                      tables of glow_repro.study.tables), rewritten at the end of every
                      ``glow-repro run`` that was not interrupted, failed runs included
     submitit/        submitit logs (slurm launcher only)
+    decisions.jsonl  one row per look of ``--until-resolved``: seeds, per-look alpha, the
+                     claims' verdicts, continue or stop and why (append-only)
 
 A run is skipped when its status is ``done`` or ``diverged``; ``interrupted`` runs (and
 ``running`` ones whose lock nobody holds: a killed runner) resume from their checkpoint;
@@ -19,17 +22,26 @@ left to it.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from filelock import FileLock
 
 from glow_repro.config import ConfigError, parse_override, validate_model
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text, read_json
+from glow_repro.rundir import (
+    JsonlLog,
+    RunDir,
+    RunLock,
+    RunState,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from glow_repro.study.launchers import (
     LAUNCHERS,
     LaunchOptions,
@@ -52,6 +64,7 @@ from glow_repro.study.tables import load_tables, write_tables
 
 MANIFEST = "manifest.json"
 TABLES = "tables"
+DECISIONS = "decisions.jsonl"
 #: Plan actions that launch training.
 LAUNCH_ACTIONS = ("train", "resume", "retry")
 
@@ -66,6 +79,26 @@ class PlannedRun:
     action: str  # RunState.action: train | resume | retry | skip | keep-failed | elsewhere | unreadable
 
 
+class LookDecision(Protocol):
+    """What a judge decides after a look: ``continue`` (training ``add_seeds`` next) or stop."""
+
+    action: str
+    reason: str
+    add_seeds: list[int]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class Judge(Protocol):
+    """Decides, from the results so far, whether to add seeds (``--until-resolved``: the
+    statistics live in ``glow_repro.analysis.sequential``, above this layer)."""
+
+    def check(self, spec: StudySpec) -> None:
+        """Raise ConfigError before anything trains if the spec cannot be judged."""
+
+    def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> LookDecision: ...
+
+
 @dataclass
 class StudyReport:
     """What ``run_study`` did: the plan, each launched run's outcome, and whether Ctrl-C hit."""
@@ -78,6 +111,8 @@ class StudyReport:
     tables_dir: Path | None = None
     """Where the long tables were written; None on --dry-run, Ctrl-C, or when no run has
     started (none has a config.yaml)."""
+    decisions: list[LookDecision] = field(default_factory=list)
+    """The judge's decision at each look (``--until-resolved``), also in decisions.jsonl."""
 
     def final_state(self, planned: PlannedRun) -> RunState:
         """The run's state after this invocation; ``elsewhere`` = another process has it."""
@@ -205,16 +240,21 @@ def run_study(
     retry_failed: bool = False,
     train_fn: TrainFn | None = None,
     slurm: dict[str, Any] | None = None,
+    judge: Judge | None = None,
 ) -> StudyReport:
     """Train every run of a study that is not finished yet; see the module docstring.
 
     ``slurm`` overrides fields of the spec's ``launcher:`` section (partition, time, ...).
-    ``train_fn`` replaces ``glow_repro.train.train`` (tests). On Ctrl-C the report comes back
-    with ``interrupted=True`` once the workers have checkpointed.
+    ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
+    look the judge decides whether to train more seeds of every variant; each decision is
+    appended to decisions.jsonl. On Ctrl-C the report comes back with ``interrupted=True``
+    once the workers have checkpointed.
     """
     if workers < 1:
         raise ConfigError(f"workers {workers}: must be at least 1")
     spec = with_overrides(load_study(spec_path), tuple(overrides))
+    if judge is not None:
+        judge.check(spec)
     given = {key: value for key, value in (slurm or {}).items() if value is not None}
     resources = validate_model(
         LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
@@ -224,8 +264,26 @@ def run_study(
     if dry_run:
         return report
     check_launcher(launcher)
+    options = LaunchOptions(workers=workers, slurm=resources, folder=results / "submitit")
+    for look in itertools.count():
+        _launch(report, launcher, options, train_fn)
+        if judge is None or report.interrupted:
+            break
+        decision = judge(spec, results, look)
+        JsonlLog(results / DECISIONS).append(decision.to_json())
+        report.decisions.append(decision)
+        if decision.action != "continue":
+            break
+        report.spec = report.spec.model_copy(update={"seeds": [*report.spec.seeds, *decision.add_seeds]})
+        report.spec._source = spec.source
+        report.plan = plan_study(report.spec, results, only, retry_failed)
+    return report
+
+
+def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn: TrainFn | None) -> None:
+    """Train the plan's unfinished runs, then write the tables (unless interrupted)."""
     launch = [p for p in report.plan if p.action in LAUNCH_ACTIONS]
-    _record_study(spec, results, [p.run for p in report.plan])
+    _record_study(report.spec, report.results_dir, [p.run for p in report.plan])
     tasks = [
         RunTask(
             run_id=p.run.run_id, variant=p.run.variant, seed=p.run.seed, config=p.run.config,
@@ -233,22 +291,20 @@ def run_study(
         )
         for p in launch
     ]
-    options = LaunchOptions(workers=workers, slurm=resources, folder=results / "submitit")
-    slots = workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
-    tracker = Tracker(tasks, desc=spec.name, slots=slots)
+    slots = options.workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
+    tracker = Tracker(tasks, desc=report.spec.name, slots=slots)
     try:
         LAUNCHERS[launcher](tasks, tracker, options)
     finally:
         tracker.close()
-    report.outcomes = tracker.outcomes
+    report.outcomes.update(tracker.outcomes)
     report.interrupted = tracker.interrupted
     if not report.interrupted:
-        report.tables_dir = write_study_tables(results)
-    return report
+        report.tables_dir = write_study_tables(report.results_dir)
 
 
 def write_study_tables(results_dir: Path) -> Path | None:
-    """Write ``results/<study>/tables/`` from every run there (issue #4, "Status and tables");
+    """Write ``results/<study>/tables/`` from every run there;
     None when no run has a config yet (all failed before starting, e.g. missing data).
 
     Under a lock, so that of two runners finishing together the second reads and writes last.

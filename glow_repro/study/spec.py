@@ -1,11 +1,13 @@
-"""Study specs: a base run config, grid axes and explicit variants, and seeds (issue #4).
+"""Study specs: a base run config, grid axes and explicit variants, seeds, and the paper
+claims the study tests (docs/verdicts.md).
 
 A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
-empty axes, bad seed lists and invalid combined configs are :class:`ConfigError` messages
-that name the file and the key. :func:`expand` turns a spec into one :class:`RunSpec` per
-variant x seed; each run's id is a hash of its resolved config (seed included, pure
-execution settings excluded), so the same spec always maps to the same run directories
-and reordering YAML keys changes nothing.
+empty axes, bad seed lists, claims about keys or values the study does not sweep and invalid
+combined configs are :class:`ConfigError` messages that name the file and the key. Claims are
+not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
+one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
+included, pure execution settings excluded), so the same spec always maps to the same run
+directories and reordering YAML keys changes nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from glow_repro.config import (
     ConfigError,
@@ -89,6 +99,50 @@ class LauncherSpec(BaseModel):
         return parse_time_minutes(self.time)
 
 
+#: Per-run estimators a claim can compare (docs/verdicts.md, "Metrics"): the last evaluation,
+#: the best evaluation, or the mean of the last ``last_evals`` evaluations. Evaluations use the
+#: Polyak (EMA) weights when the runs set ``train.ema_decay``.
+CLAIM_METRICS = ("final_test_bpd", "best_test_bpd", "mean_last_evals")
+
+
+class ClaimSpec(BaseModel):
+    """One claim of a paper the study tests: the values of ``key`` in ``order``.
+
+    ``kind: order`` claims the metric (test bpd) is lower for earlier values; ``kind:
+    divergence`` claims earlier values diverge less often. The claim must hold at every
+    combination of the ``within`` keys' values; swept keys in neither ``key`` nor ``within``
+    are averaged over within each seed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="a short name, unique in the study")
+    source: str = Field(description="the paper figure, table or section that makes the claim")
+    kind: Literal["order", "divergence"] = "order"
+    key: str = Field(description="the swept key whose values the claim orders")
+    order: list[Any] = Field(min_length=2, description="values of key, best (lowest) first")
+    within: list[str] = Field(default_factory=list, description="keys the claim holds at every value of")
+    metric: Literal[CLAIM_METRICS] = "final_test_bpd"  # type: ignore[valid-type]
+    last_evals: int = Field(3, ge=1, description="evaluations averaged by mean_last_evals")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be letters, digits, '.', '_', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ClaimSpec:
+        labels = [format_value(value) for value in self.order]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"order names {', '.join(twice)} more than once")
+        if self.key in self.within or len(set(self.within)) != len(self.within):
+            raise ValueError(f"within must list distinct keys other than key {self.key}")
+        return self
+
+
 class StudySpec(BaseModel):
     """One study file: what it reproduces, the base config, the axes swept and the seeds."""
 
@@ -106,6 +160,7 @@ class StudySpec(BaseModel):
     )
     seeds: list[StrictInt] = Field(min_length=1)
     launcher: LauncherSpec = LauncherSpec()
+    claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
 
     _source: str = PrivateAttr("<study>")
 
@@ -160,6 +215,16 @@ class StudySpec(BaseModel):
         return seeds
 
 
+def swept_values(spec: StudySpec) -> dict[str, list[Any]]:
+    """Each swept key (grid axes, then variant keys) -> its values, in file order."""
+    axes: dict[str, list[Any]] = {key: list(values) for key, values in spec.grid.items()}
+    for variant in spec.variants or ():
+        for key, value in variant.items():
+            if key != "label" and value not in axes.setdefault(key, []):
+                axes[key].append(value)
+    return axes
+
+
 def _check_axis_key(key: str, where: str) -> None:
     if key == "seed":
         raise ValueError(f"{where} key 'seed': list seeds under 'seeds:' instead")
@@ -185,8 +250,29 @@ def load_study(path: str | Path) -> StudySpec:
     spec = validate_model(StudySpec, raw, str(path))
     spec._source = str(path)
     spec = _resolve_base(spec)
+    _check_claims(spec)
     expand(spec)
     return spec
+
+
+def _check_claims(spec: StudySpec) -> None:
+    """Every claim orders values the study sweeps, within keys it sweeps, under a unique id."""
+    axes = swept_values(spec)
+    allowed = ", ".join(axes) or "none (the study sweeps nothing)"
+    seen: set[str] = set()
+    for index, claim in enumerate(spec.claims):
+        where = f"{spec.source}: claims.{index}"
+        if claim.id in seen:
+            raise ConfigError(f"{where}.id: {claim.id} is used by an earlier claim; ids must be distinct")
+        seen.add(claim.id)
+        for field, key in [("key", claim.key), *(("within", key) for key in claim.within)]:
+            if key not in axes:
+                raise ConfigError(f"{where}.{field}: {key} is not swept; swept keys: {allowed}")
+        grid = [format_value(value) for value in axes[claim.key]]
+        for value in claim.order:
+            if format_value(value) not in grid:
+                raise ConfigError(f"{where}.order: {format_value(value)} is not a value of "
+                                  f"{claim.key}; allowed: {', '.join(grid)}")
 
 
 def _resolve_base(spec: StudySpec) -> StudySpec:

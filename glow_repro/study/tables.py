@@ -34,7 +34,13 @@ from tqdm.auto import tqdm
 
 from glow_repro.config import EXECUTION_ONLY_KEYS, read_yaml
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import RunDir, RunState, atomic_write_bytes, atomic_write_text, read_json
+from glow_repro.rundir import (
+    RunDir,
+    RunState,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+)
 from glow_repro.study.labels import format_value, table_cell, variant_name
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
@@ -269,22 +275,24 @@ def load_tables(results_dir: str | Path) -> Tables:
 
 
 def write_tables(tables: Tables, out_dir: str | Path) -> list[Path]:
-    """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``, each file
+    """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``."""
+    return [path for name in ("steps", "evals", "finals", "events", "configs")
+            for path in write_frame(getattr(tables, name), out_dir, name)]
+
+
+def write_frame(frame: pd.DataFrame, out_dir: str | Path, name: str) -> list[Path]:
+    """Write one table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``, each file
     atomically (a reader never sees half a table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in ("steps", "evals", "finals", "events", "configs"):
-        frame: pd.DataFrame = getattr(tables, name)
-        parquet = frame.copy()
-        for column in parquet.columns[parquet.dtypes == object]:
-            parquet[column] = parquet[column].map(lambda v: None if v is None else str(v))
-        buffer = io.BytesIO()
-        parquet.to_parquet(buffer, index=False)
-        atomic_write_bytes(out_dir / f"{name}.parquet", buffer.getvalue())
-        atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
-        written += [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
-    return written
+    parquet = frame.copy()
+    for column in parquet.columns[parquet.dtypes == object]:
+        parquet[column] = parquet[column].map(lambda v: None if v is None else str(v))
+    buffer = io.BytesIO()
+    parquet.to_parquet(buffer, index=False)
+    atomic_write_bytes(out_dir / f"{name}.parquet", buffer.getvalue())
+    atomic_write_text(out_dir / f"{name}.csv", frame.to_csv(index=False))
+    return [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
 
 
 def config_differences(results_dir: str | Path) -> pd.DataFrame:

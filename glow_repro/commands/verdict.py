@@ -1,0 +1,43 @@
+"""``glow-repro verdict``: the verdict on each claim of a study (docs/verdicts.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from glow_repro.commands.base import user_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def echo_verdicts(table: pd.DataFrame) -> None:
+    """Print one line per claim, then the table of its pairs."""
+    import pandas as pd
+
+    from glow_repro.analysis.verdicts import format_verdicts
+
+    if table.empty:
+        click.echo("verdicts: the study declares no claims (claims: in the study file)")
+        return
+    alpha = table["alpha"].iloc[0]
+    for (claim, source, verdict), rows in table.groupby(["claim", "source", "verdict"], sort=False):
+        click.echo(f"{claim}: {verdict.upper()} ({source}; {len(rows)} pair{'s' * (len(rows) != 1)}, Holm at alpha "
+                   f"{alpha:.3g}, metric {rows['metric'].iloc[0]})")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 40):
+        click.echo(format_verdicts(table).drop(columns=["metric"]).to_string(index=False))
+
+
+@click.command("verdict")
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@user_errors
+def verdict_command(results_dir: Path) -> None:
+    """Print the verdict on each claim of the study in RESULTS_DIR: reproduced, contradicted
+    or inconclusive, with each pair's paired effect, 95 % CI, p, the minimum detectable
+    effect and the seeds needed to resolve it."""
+    from glow_repro.analysis.verdicts import recorded_alpha, study_verdicts
+    from glow_repro.study.tables import load_tables
+
+    echo_verdicts(study_verdicts(load_tables(results_dir), recorded_alpha(results_dir)))
