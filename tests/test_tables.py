@@ -236,5 +236,6 @@ def test_a_status_file_that_cannot_be_read_is_unreadable_not_pending(fake_study:
     (fake_study / "runs" / "con-aff-s1" / "status.json").write_text('["done"]')  # JSON, wrong shape
     (fake_study / "runs" / "con-aff-s2" / "status.json").unlink()
     finals = load_tables(fake_study).finals.set_index("run_id")
-    assert finals.loc[["con-aff-s0", "con-aff-s1", "con-aff-s2"], "state"].tolist() == ["unreadable", "unreadable", "pending"]
+    states = finals.loc[["con-aff-s0", "con-aff-s1", "con-aff-s2"], "state"]
+    assert states.tolist() == ["unreadable", "unreadable", "pending"]
     assert finals.loc["con-aff-s0", "error"] == "status.json could not be read"

@@ -7,6 +7,7 @@ CSV, from a results directory alone (no torch; docs/architecture.md).
     report.md            the same text; figures referenced under figures/
     figures/*.png|svg    every figure; figures/samples/*.png copied from run directories
     tables/*.csv         the long tables (also .parquet) and every table the report shows
+    tables/*.tex         the final-bpd, pairwise and published-comparison tables for a paper
 
 Sections follow a paper: summary (written from the numbers), setup, results, stability,
 comparison with published numbers, fidelity to paper and official code, how to reproduce.
@@ -30,13 +31,26 @@ from tqdm.auto import tqdm
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.document import (
-    Block, Code, Facts, FigureFile, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html, place_figures,
+    Block, Code, Facts, FigureFile, Files, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html,
+    place_figures,
 )  # fmt: skip
+from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import (
     UNREADABLE, Tables, describe_differences, load_tables, shared_settings, write_tables,
 )  # fmt: skip
+
+#: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
+#: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
+LATEX_TABLES = {
+    "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
+                  r"with a two-sided 95\% Student-t interval."),
+    "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
+                 r"its 95\% interval; p-values Holm-corrected over all pairs."),
+    "comparable": ("comparison", "comparison", "Our mean final test bpd beside published numbers for the same "
+                   "data pipeline."),
+}  # fmt: skip
 
 #: The paper's orderings (Figure 3): lower bpd first.
 PAPER_ORDERS = {"model.permutation": ["conv1x1", "shuffle", "reverse"], "model.coupling": ["affine", "additive"]}
@@ -503,6 +517,17 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
     ]
 
 
+def _write_latex_tables(a: Analysis, display: dict[str, Table], tables_dir: Path) -> None:
+    """Write each of :data:`LATEX_TABLES` the report shows as ``<name>.tex`` and link it, with
+    its CSV, below the table."""
+    for name, (tex, csv, caption) in LATEX_TABLES.items():
+        table = display[name]
+        if not len(table.frame) or (name == "pairwise" and no_comparison(a)):
+            continue
+        path = write_latex(table.frame, tables_dir / f"{tex}.tex", caption, f"tab:{a.tables.name}:{tex}")
+        table.files = Files([(tables_dir / f"{csv}.csv", f"tables/{csv}.csv"), (path, f"tables/{path.name}")])
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
@@ -528,6 +553,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
+    _write_latex_tables(a, display, out / "tables")
     study_file = results_dir / "study.yaml"
     study_yaml = study_file.read_text() if study_file.is_file() else ""
     sections = report_sections(a, display, samples, _reproduce_commands(tables, results_dir), study_yaml)
