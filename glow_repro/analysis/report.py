@@ -106,19 +106,24 @@ def analyse(tables: Tables) -> Analysis:
 # --------------------------------------------------------------------------- numbers as text
 
 
+def is_number(value: object) -> bool:
+    """A finite number (not None, NaN or infinite): what the report can print as one."""
+    return isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
+
+
 def bpd(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if is_number(value) else "n/a"
 
 
 def with_ci(mean: float, low: float, high: float, digits: int = 3) -> str:
     """``3.123 [3.100, 3.146]``, or just the mean when there is no interval."""
-    if not np.isfinite(low):
+    if not is_number(low):
         return bpd(mean, digits)
     return f"{bpd(mean, digits)} [{bpd(low, digits)}, {bpd(high, digits)}]"
 
 
 def p_text(p: float) -> str:
-    if p is None or not np.isfinite(p):
+    if not is_number(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -130,7 +135,7 @@ def p_clause(p: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
+    if not is_number(seconds):
         return "n/a"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -189,11 +194,12 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     """The report's summary, written from the numbers (Markdown; `code` marks names)."""
     finals, name = a.tables.finals, short_names(a.tables.swept)
     n_variants, seeds = finals["variant"].nunique(), sorted(finals["seed"].unique())
+    started = bool((finals["state"] != "pending").any())
     config = a.tables.configs.iloc[0]
     swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
     data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
     out = [
-        f"This study trained {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
+        f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
         f"{_budget(config)} each. Outcome: {_states(finals)}."
     ]
@@ -233,8 +239,10 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         out.append(f"{diverged} of {trials} runs that ended diverged; the highest rate is "
                    f"`{worst['variant']}` with {worst['n_diverged']}/{worst['n']} "
                    f"(95% Wilson CI {worst['ci_low']:.2f}-{worst['ci_high']:.2f}).")  # fmt: skip
-    else:
+    elif trials:
         out.append(f"None of the {trials} runs that ended diverged.")
+    else:
+        out.append("No run has ended (done or diverged) yet.")
     events = a.tables.events
     if len(events):
         kinds = ", ".join(f"{n} {k}" for k, n in events["kind"].value_counts().items())
@@ -482,7 +490,7 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
             tables["final_bpd"],
             Heading("Ranking and pairwise comparisons"),
             *_comparison_blocks(a, tables),
-            Heading(f"Time to reach {threshold:.2f} bpd"),
+            Heading(f"Time to reach {threshold:.2f} bpd" if is_number(threshold) else "Time to reach a threshold"),
             Paragraphs(["First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
                         "the runs that reached it."], "note"),
             tables["threshold"],
