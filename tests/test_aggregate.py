@@ -1,4 +1,4 @@
-"""Aggregates over seeds against numbers computed by hand from their formulas (issue #6).
+"""Aggregates over seeds against numbers computed by hand from their formulas.
 
 Quantiles with a closed form are written out: Student t with 1 degree of freedom is the
 Cauchy (``t = tan(pi (q - 1/2))``), with 2 degrees of freedom ``t = sqrt(2 a^2 / (1 - a^2))``

@@ -29,7 +29,8 @@ def parse_tabular(tex: str) -> pd.DataFrame:
     environments are balanced and its rules are in order."""
     for environment in ("table", "tabular"):
         assert tex.count(rf"\begin{{{environment}}}") == tex.count(rf"\end{{{environment}}}") == 1, environment
-    rules = [tex.index(rule) for rule in (r"\begin{tabular}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{tabular}")]
+    order = (r"\begin{tabular}", r"\toprule", r"\midrule", r"\bottomrule", r"\end{tabular}")
+    rules = [tex.index(rule) for rule in order]
     assert rules == sorted(rules)
     assert all(tex.count(rule) == 1 for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
     text = re.sub(r"\\label\{[^}]*\}", "", tex)  # a label may hold underscores
@@ -75,7 +76,7 @@ def test_final_bpd_numbers_match_the_summary_csv(report: Path) -> None:
     table = parse_tabular(tex)
     summary = pd.read_csv(report / "tables" / "summary.csv")
     assert list(table["variant"]) == list(summary["variant"])
-    for (_, shown), (_, row) in zip(table.iterrows(), summary.iterrows()):
+    for (_, shown), (_, row) in zip(table.iterrows(), summary.iterrows(), strict=True):
         assert numbers(shown["final test bpd [95% CI]"]) == rounded(row.final_mean, row.final_ci_low, row.final_ci_high)
         assert numbers(shown["best test bpd [95% CI]"]) == rounded(row.best_mean, row.best_ci_low, row.best_ci_high)
         assert numbers(shown["std"]) == rounded(row.final_std)
@@ -86,7 +87,7 @@ def test_pairwise_numbers_match_the_pairwise_csv(report: Path) -> None:
     table = parse_tabular((report / "tables" / "pairwise.tex").read_text())
     pairs = pd.read_csv(report / "tables" / "pairwise.csv")
     assert len(table) == len(pairs) == 6
-    for (_, shown), (_, row) in zip(table.iterrows(), pairs.iterrows()):
+    for (_, shown), (_, row) in zip(table.iterrows(), pairs.iterrows(), strict=True):
         assert (shown["a"], shown["b"]) == (row.a, row.b)
         assert numbers(shown["a - b (bpd)"] + shown["95% CI"]) == rounded(row["diff"], row.ci_low, row.ci_high)
         assert numbers(shown["t"]) == rounded(row.t, digits=2) and numbers(shown["df"]) == rounded(row.df, digits=1)
@@ -100,7 +101,7 @@ def test_comparison_numbers_match_the_comparison_csv(report: Path) -> None:
     comparison = pd.read_csv(report / "tables" / "comparison.csv")
     comparable = comparison[comparison["comparable"]]
     assert len(table) == len(comparable) > 0
-    for (_, shown), (_, row) in zip(table.iterrows(), comparable.iterrows()):
+    for (_, shown), (_, row) in zip(table.iterrows(), comparable.iterrows(), strict=True):
         assert shown["variant"] == row.variant and shown["published"].startswith(row.reference)
         assert numbers(shown["ours"]) == rounded(row.ours) and numbers(shown["theirs"]) == rounded(row.theirs)
         assert numbers(shown["ours - theirs"]) == rounded(row.difference)

@@ -1,4 +1,4 @@
-"""The report and the `report` / `compare` commands (issue #6, "What must hold")."""
+"""The report and the `report` / `compare` commands."""
 
 from __future__ import annotations
 

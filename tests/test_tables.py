@@ -1,4 +1,4 @@
-"""Loading a results directory into long tables (issue #4, "Status and tables").
+"""Loading a results directory into long tables.
 
 The fake results directory built here (:func:`make_fake_study`) is also used by
 ``test_report.py``: 2 permutations x 2 couplings x 3 seeds with known curves, where one run

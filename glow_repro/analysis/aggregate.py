@@ -1,4 +1,4 @@
-"""Per-variant statistics over seeds (issue #6, "Analysis"): pure pandas/scipy, no torch.
+"""Per-variant statistics over seeds: pure pandas/scipy, no torch.
 
 Conventions, stated once and repeated in the report:
 

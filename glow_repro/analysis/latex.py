@@ -25,9 +25,7 @@ def _math_comparisons(text: str) -> str:
 def _column_format(frame: pd.DataFrame) -> str:
     """``r`` for columns whose every cell is a number (or ``n/a``, or empty), ``l`` for the others."""
     cells = frame.astype(str)
-    return "".join(
-        "r" if len(cells) and cells[c].str.strip().str.fullmatch(_NUMBER_LIKE).all() else "l" for c in cells
-    )
+    return "".join("r" if len(cells) and cells[c].str.strip().str.fullmatch(_NUMBER_LIKE).all() else "l" for c in cells)
 
 
 def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
