@@ -1,4 +1,4 @@
-"""Aggregates over seeds against numbers computed by hand from their formulas (issue #6).
+"""Aggregates over seeds against numbers computed by hand from their formulas.
 
 Quantiles with a closed form are written out: Student t with 1 degree of freedom is the
 Cauchy (``t = tan(pi (q - 1/2))``), with 2 degrees of freedom ``t = sqrt(2 a^2 / (1 - a^2))``
@@ -177,3 +177,9 @@ def test_one_variant_has_no_pairs_and_no_factor_effects() -> None:
     assert factor_effects(finals, []).empty  # nothing swept: no key to order
     ranked = ranking(variant_summary(finals), pairs)
     assert ranked[["rank", "variant", "not_distinguishable_from"]].values.tolist() == [[1, "A", ""]]
+
+
+def test_time_to_threshold_of_no_evaluations_keeps_its_columns() -> None:
+    evals = pd.DataFrame(columns=["run_id", "variant", "seed", "step", "test_bpd", "wall_time"])
+    reached = time_to_threshold(evals, float("nan"))
+    assert reached.empty and {"variant", "n_runs", "n_reached", "steps_mean", "wall_time_mean"} <= set(reached)

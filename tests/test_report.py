@@ -1,4 +1,4 @@
-"""The report and the `report` / `compare` commands (issue #6, "What must hold")."""
+"""The report and the `report` / `compare` commands."""
 
 from __future__ import annotations
 
@@ -281,3 +281,26 @@ def test_a_report_with_every_run_finished_says_none_is_left_out(tmp_path: Path) 
     out = tmp_path / "report"
     build_report(_study_of(tmp_path, (12, 16), (0, 1)), out)
     assert "No run is left out: every run finished." in (out / "report.md").read_text()
+
+
+def test_report_before_any_run_finished(tmp_path: Path) -> None:
+    results = _study_of(tmp_path, (12, 16), (0, 1))
+    for run in (results / "runs").iterdir():
+        (run / "summary.json").unlink()
+        if run.name.startswith("width12"):  # never started: only its config is there
+            for log in ("status.json", "metrics.jsonl", "evals.jsonl"):
+                (run / log).unlink()
+        else:
+            _rewrite(run / "status.json", state="running")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", str(results), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    check_report(out)
+    markdown = (out / "report.md").read_text()
+    for text in ("Outcome: 2 running, 2 pending.", "No run finished, so there is no final test bpd to compare.",
+                 "No run has ended (done or diverged) yet.", "No comparison: no variant has a finished run.",
+                 "Left out of these statistics: 2 runs still running (`width16-s0-", "2 runs not started (`width12-s0-",
+                 "### Time to reach a threshold"):  # fmt: skip
+        assert text in markdown
+    assert (out / "figures" / "train_bpd_curves.png").is_file()  # the running runs' logged steps
+    assert sorted(p.name for p in (out / "tables").glob("*.tex")) == ["final_bpd.tex"]

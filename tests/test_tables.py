@@ -1,4 +1,4 @@
-"""Loading a results directory into long tables (issue #4, "Status and tables").
+"""Loading a results directory into long tables.
 
 The fake results directory built here (:func:`make_fake_study`) is also used by
 ``test_report.py``: 2 permutations x 2 couplings x 3 seeds with known curves, where one run
@@ -236,5 +236,6 @@ def test_a_status_file_that_cannot_be_read_is_unreadable_not_pending(fake_study:
     (fake_study / "runs" / "con-aff-s1" / "status.json").write_text('["done"]')  # JSON, wrong shape
     (fake_study / "runs" / "con-aff-s2" / "status.json").unlink()
     finals = load_tables(fake_study).finals.set_index("run_id")
-    assert finals.loc[["con-aff-s0", "con-aff-s1", "con-aff-s2"], "state"].tolist() == ["unreadable", "unreadable", "pending"]
+    states = finals.loc[["con-aff-s0", "con-aff-s1", "con-aff-s2"], "state"]
+    assert states.tolist() == ["unreadable", "unreadable", "pending"]
     assert finals.loc["con-aff-s0", "error"] == "status.json could not be read"

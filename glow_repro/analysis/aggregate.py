@@ -127,6 +127,8 @@ def divergence(finals: pd.DataFrame, keys: Sequence[str] = KEYS) -> pd.DataFrame
 def time_to_threshold(evals: pd.DataFrame, threshold: float, keys: Sequence[str] = KEYS) -> pd.DataFrame:
     """Per variant: how many runs reached ``test_bpd <= threshold``, and the first step and
     wall time at which they did (mean and t interval over the runs that reached it)."""
+    columns = [*keys, "threshold", "n_runs", "n_reached", "steps_mean", "steps_ci_low", "steps_ci_high",
+               "wall_time_mean", "wall_time_ci_low", "wall_time_ci_high"]  # fmt: skip
     rows = []
     for group, frame in _groups(evals, keys):
         reached = frame[frame["test_bpd"] <= threshold].sort_values("step").groupby("run_id", sort=False).first()
@@ -137,7 +139,7 @@ def time_to_threshold(evals: pd.DataFrame, threshold: float, keys: Sequence[str]
             "steps_mean": steps["mean"], "steps_ci_low": steps["ci_low"], "steps_ci_high": steps["ci_high"],
             "wall_time_mean": wall["mean"], "wall_time_ci_low": wall["ci_low"], "wall_time_ci_high": wall["ci_high"],
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _compare(a: pd.DataFrame, b: pd.DataFrame, paired: bool) -> dict[str, float]:

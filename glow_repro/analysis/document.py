@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import mimetypes
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,20 +82,45 @@ class Facts:
 
 
 @dataclass
+class Files:
+    """Files of the report folder beside a table (its CSV, its LaTeX): each a ``(path, link)``
+    pair, ``link`` relative to the report. HTML carries each file as a ``data:`` download link
+    (the page stands alone); Markdown links the relative path."""
+
+    items: Sequence[tuple[Path, str]]
+
+    def to_html(self) -> str:
+        links = []
+        for path, link in self.items:
+            kind = mimetypes.guess_type(path.name)[0] or "text/plain"
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            links.append(f'<a href="data:{kind};base64,{data}" download="{html.escape(path.name)}">'
+                         f"<code>{html.escape(link)}</code></a>")  # fmt: skip
+        return f'<p class="note">Files: {" · ".join(links)}</p>'
+
+    def to_markdown(self) -> str:
+        return "Files: " + " · ".join(f"[`{link}`]({link})" for _, link in self.items)
+
+
+@dataclass
 class Table:
-    """A display table; ``name`` is also its CSV's name and an anchor for figures."""
+    """A display table; ``name`` is also its CSV's name and an anchor for figures; ``files``
+    are the files it was also written to, linked right below it."""
 
     name: str
     frame: pd.DataFrame
+    files: Files | None = None
 
     def to_html(self) -> str:
-        return code_spans(self.frame.to_html(index=False, escape=True, border=0, classes="data", na_rep=""))
+        table = code_spans(self.frame.to_html(index=False, escape=True, border=0, classes="data", na_rep=""))
+        return table + (f"\n{self.files.to_html()}" if self.files else "")
 
     def to_markdown(self) -> str:
         if not len(self.frame):
             return "(none)"
         text = self.frame.astype(object).where(self.frame.notna(), "")
-        return text.to_markdown(index=False, disable_numparse=True)
+        table = text.to_markdown(index=False, disable_numparse=True)
+        return table + (f"\n\n{self.files.to_markdown()}" if self.files else "")
 
 
 @dataclass

@@ -7,6 +7,7 @@ CSV, from a results directory alone (no torch; docs/architecture.md).
     report.md            the same text; figures referenced under figures/
     figures/*.png|svg    every figure; figures/samples/*.png copied from run directories
     tables/*.csv         the long tables (also .parquet) and every table the report shows
+    tables/*.tex         the final-bpd, pairwise and published-comparison tables for a paper
 
 Sections follow a paper: summary (written from the numbers), setup, results, stability,
 comparison with published numbers, fidelity to paper and official code, how to reproduce.
@@ -30,29 +31,25 @@ from tqdm.auto import tqdm
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.document import (
-    Block,
-    Code,
-    Facts,
-    FigureFile,
-    Fold,
-    Heading,
-    Paragraphs,
-    SampleRows,
-    Section,
-    Table,
-    inline_html,
+    Block, Code, Facts, FigureFile, Files, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html,
     place_figures,
 )  # fmt: skip
+from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.rundir import RunState
 from glow_repro.study.labels import format_value, short_names
-from glow_repro.study.tables import (
-    Tables,
-    describe_differences,
-    load_tables,
-    shared_settings,
-    write_tables,
-)  # fmt: skip
+from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
+
+#: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
+#: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
+LATEX_TABLES = {
+    "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
+                  r"with a two-sided 95\% Student-t interval."),
+    "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
+                 r"its 95\% interval; p-values Holm-corrected over all pairs."),
+    "comparable": ("comparison", "comparison", "Our mean final test bpd beside published numbers for the same "
+                   "data pipeline."),
+}  # fmt: skip
 
 #: The paper's orderings (Figure 3): lower bpd first.
 PAPER_ORDERS = {"model.permutation": ["conv1x1", "shuffle", "reverse"], "model.coupling": ["affine", "additive"]}
@@ -108,19 +105,24 @@ def analyse(tables: Tables) -> Analysis:
 # --------------------------------------------------------------------------- numbers as text
 
 
+def is_number(value: object) -> bool:
+    """A finite number (not None, NaN or infinite): what the report can print as one."""
+    return isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
+
+
 def bpd(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if is_number(value) else "n/a"
 
 
 def with_ci(mean: float, low: float, high: float, digits: int = 3) -> str:
     """``3.123 [3.100, 3.146]``, or just the mean when there is no interval."""
-    if not np.isfinite(low):
+    if not is_number(low):
         return bpd(mean, digits)
     return f"{bpd(mean, digits)} [{bpd(low, digits)}, {bpd(high, digits)}]"
 
 
 def p_text(p: float) -> str:
-    if p is None or not np.isfinite(p):
+    if not is_number(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -132,7 +134,7 @@ def p_clause(p: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    if not np.isfinite(seconds):
+    if not is_number(seconds):
         return "n/a"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
@@ -191,11 +193,12 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     """The report's summary, written from the numbers (Markdown; `code` marks names)."""
     finals, name = a.tables.finals, short_names(a.tables.swept)
     n_variants, seeds = finals["variant"].nunique(), sorted(finals["seed"].unique())
+    started = bool((finals["state"] != "pending").any())
     config = a.tables.configs.iloc[0]
     swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
     data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
     out = [
-        f"This study trained {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
+        f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
         f"{_budget(config)} each. Outcome: {_states(finals)}."
     ]
@@ -235,8 +238,10 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         out.append(f"{diverged} of {trials} runs that ended diverged; the highest rate is "
                    f"`{worst['variant']}` with {worst['n_diverged']}/{worst['n']} "
                    f"(95% Wilson CI {worst['ci_low']:.2f}-{worst['ci_high']:.2f}).")  # fmt: skip
-    else:
+    elif trials:
         out.append(f"None of the {trials} runs that ended diverged.")
+    else:
+        out.append("No run has ended (done or diverged) yet.")
     events = a.tables.events
     if len(events):
         kinds = ", ".join(f"{n} {k}" for k, n in events["kind"].value_counts().items())
@@ -484,7 +489,7 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
             tables["final_bpd"],
             Heading("Ranking and pairwise comparisons"),
             *_comparison_blocks(a, tables),
-            Heading(f"Time to reach {threshold:.2f} bpd"),
+            Heading(f"Time to reach {threshold:.2f} bpd" if is_number(threshold) else "Time to reach a threshold"),
             Paragraphs(["First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
                         "the runs that reached it."], "note"),
             tables["threshold"],
@@ -519,6 +524,17 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
     ]
 
 
+def _write_latex_tables(a: Analysis, display: dict[str, Table], tables_dir: Path) -> None:
+    """Write each of :data:`LATEX_TABLES` the report shows as ``<name>.tex`` and link it, with
+    its CSV, below the table."""
+    for name, (tex, csv, caption) in LATEX_TABLES.items():
+        table = display[name]
+        if not len(table.frame) or (name == "pairwise" and no_comparison(a)):
+            continue
+        path = write_latex(table.frame, tables_dir / f"{tex}.tex", caption, f"tab:{a.tables.name}:{tex}")
+        table.files = Files([(tables_dir / f"{csv}.csv", f"tables/{csv}.csv"), (path, f"tables/{path.name}")])
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
@@ -544,6 +560,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
+    _write_latex_tables(a, display, out / "tables")
     study_file = results_dir / "study.yaml"
     study_yaml = study_file.read_text() if study_file.is_file() else ""
     sections = report_sections(a, display, samples, _reproduce_commands(tables, results_dir), study_yaml)
