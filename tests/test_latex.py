@@ -60,14 +60,24 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_the_three_tables_are_written_and_linked_beside_their_csv(report: Path) -> None:
+def test_the_four_tables_are_written_and_linked_beside_their_csv(report: Path) -> None:
     assert sorted(p.name for p in (report / "tables").glob("*.tex")) == ["comparison.tex", "final_bpd.tex",
-                                                                          "pairwise.tex"]  # fmt: skip
+                                                                          "pairwise.tex", "verdicts.tex"]  # fmt: skip
     markdown = (report / "report.md").read_text()
-    for csv, tex in (("summary", "final_bpd"), ("pairwise", "pairwise"), ("comparison", "comparison")):
+    for csv, tex in (("summary", "final_bpd"), ("pairwise", "pairwise"), ("comparison", "comparison"),
+                     ("verdict_claims", "verdicts")):  # fmt: skip
         assert f"Files: [`tables/{csv}.csv`](tables/{csv}.csv) · [`tables/{tex}.tex`](tables/{tex}.tex)" in markdown
     html_text = (report / "report.html").read_text()
     assert html_text.count('download="final_bpd.tex"') == 1 and 'href="data:' in html_text
+
+
+def test_verdict_numbers_match_the_claims_csv(report: Path) -> None:
+    table = parse_tabular((report / "tables" / "verdicts.tex").read_text())
+    claims = pd.read_csv(report / "tables" / "verdict_claims.csv")
+    assert list(table["claim"]) == list(claims["claim"]) and list(table["verdict"]) == list(claims["verdict"])
+    for (_, shown), (_, row) in zip(table.iterrows(), claims.iterrows(), strict=True):
+        assert numbers(shown["effect [95% CI]"]) == rounded(row.effect, row.ci_low, row.ci_high)
+        assert shown["pairs resolved"] == f"{row.resolved} / {row.pairs}"
 
 
 def test_final_bpd_numbers_match_the_summary_csv(report: Path) -> None:
@@ -126,5 +136,6 @@ def test_a_one_variant_report_writes_no_pairwise_table(tmp_path: Path) -> None:
             shutil.rmtree(run)
     out = tmp_path / "report"
     build_report(results, out)
-    assert sorted(p.name for p in (out / "tables").glob("*.tex")) == ["final_bpd.tex"]
+    # the study's claims still get their (inconclusive) verdicts; there is no pair of variants
+    assert sorted(p.name for p in (out / "tables").glob("*.tex")) == ["final_bpd.tex", "verdicts.tex"]
     assert len(parse_tabular((out / "tables" / "final_bpd.tex").read_text())) == 1

@@ -17,7 +17,7 @@ from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
 from tests.test_tables import make_fake_study
 
-SECTIONS = ("summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
+SECTIONS = ("verdicts", "summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
 
 
 class _Links(HTMLParser):
@@ -75,7 +75,17 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     # the summary is written from the numbers
     assert "Lowest final test bpd: `permutation=conv1x1, coupling=affine` with 2.737" in markdown
     assert "1 of 11 runs that ended diverged" in markdown
-    assert "The paper's order (affine < additive) holds in these means" in markdown
+    assert "The claimed order (affine < additive) holds in these means" in markdown
+    # verdicts open the report, from the claims in study.yaml
+    assert markdown.index("Verdicts on the paper's claims") < markdown.index("## 2. Summary")
+    assert ("Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in `final_test_bpd`: **reproduced**, "
+            "2 of 2 pairs significant") in markdown
+    # reverse/affine has one finished seed: no spread, so the claim cannot be resolved there
+    assert "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in `final_test_bpd`: **inconclusive**" in markdown
+    assert "the least resolved pair, affine < additive (permutation=reverse)" in markdown
+    claims = pd.read_csv(out / "tables" / "verdict_claims.csv").set_index("claim")
+    assert claims.loc["permutation-order", "verdict"] == "reproduced" and claims.loc["permutation-order", "resolved"] == 2
+    assert "\\begin{tabular}" in (out / "tables" / "verdicts.tex").read_text()
     assert "no verified published bpd for Fashion-MNIST" in markdown
     assert "RuntimeError: boom" in text
     assert "glow-repro run" in text and "con-aff-s2" in text
@@ -213,7 +223,7 @@ def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monk
     assert "Toy: the means of 4 variants." in text
     markdown = (out / "report.md").read_text()
     assert "![toy_means](figures/toy_means.png)\n\n*Toy: the means of 4 variants.*" in markdown
-    assert markdown.index("## 6. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 7. ")
+    assert markdown.index("## 7. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 8. ")
     with pytest.raises(ValueError, match="registered already"):
         figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
 

@@ -55,6 +55,12 @@ def make_fake_study(root: Path, dataset: str = "fashion-mnist", image_size: int 
         "base": {"data": {"dataset": dataset}},
         "grid": {"model.permutation": list(PERMUTATIONS), "model.coupling": list(COUPLINGS)},
         "seeds": list(SEEDS),
+        "claims": [
+            {"id": "permutation-order", "source": "Glow, Figure 3", "key": "model.permutation",
+             "order": ["conv1x1", "reverse"], "within": ["model.coupling"]},
+            {"id": "affine-beats-additive", "source": "Glow, Figure 3", "key": "model.coupling",
+             "order": ["affine", "additive"], "within": ["model.permutation"]},
+        ],
     }
     results.mkdir(parents=True)
     (results / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))

@@ -36,6 +36,7 @@ from glow_repro.analysis.document import (
 )  # fmt: skip
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
+from glow_repro.analysis.verdicts import claim_summary, claims_of, format_verdicts, number, seeds_text, study_verdicts
 from glow_repro.rundir import RunState
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
@@ -43,6 +44,9 @@ from glow_repro.study.tables import Tables, describe_differences, load_tables, s
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
 #: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
 LATEX_TABLES = {
+    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim: pairs significant in the claimed direction "
+                 r"(paired tests, Holm-corrected), the weakest pair's effect with its 95\% interval, and the "
+                 "seeds its unresolved pairs need."),
     "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
                   r"with a two-sided 95\% Student-t interval."),
     "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
@@ -51,18 +55,15 @@ LATEX_TABLES = {
                    "data pipeline."),
 }  # fmt: skip
 
-#: The paper's orderings (Figure 3): lower bpd first.
-PAPER_ORDERS = {"model.permutation": ["conv1x1", "shuffle", "reverse"], "model.coupling": ["affine", "additive"]}
-
-
-def paper_order_clause(key: str, order: list) -> str:
-    """``. The paper's order (affine < additive) holds in these means`` when the paper ranks
-    every level of ``key`` that ``order`` (ours, best first) has; else empty."""
-    paper = [level for level in PAPER_ORDERS.get(key, []) if level in order]
-    if len(paper) < 2 or len(paper) != len(order):
-        return ""
-    holds = list(order) == paper
-    return f". The paper's order ({' < '.join(paper)}) {'holds' if holds else 'does not hold'} in these means"
+def claimed_order_clause(claims: list, key: str, order: list) -> str:
+    """``. The claimed order (a < b) holds in these means`` for the study's first ordering
+    claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first)."""
+    for claim in claims:
+        claimed = [format_value(value) for value in claim.order]
+        if claim.kind == "order" and claim.key == key and sorted(claimed) == sorted(map(format_value, order)):
+            holds = [format_value(level) for level in order] == claimed
+            return f". The claimed order ({' < '.join(claimed)}) {'holds' if holds else 'does not hold'} in these means"
+    return ""
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Analysis:
     threshold: pd.DataFrame
     comparison: pd.DataFrame
     differences: pd.DataFrame
+    verdicts: pd.DataFrame
 
 
 def analyse(tables: Tables) -> Analysis:
@@ -99,6 +101,7 @@ def analyse(tables: Tables) -> Analysis:
         threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
         comparison=compare(tables.finals, tables.configs),
         differences=describe_differences(tables.configs, tables.swept),
+        verdicts=study_verdicts(tables),
     )
 
 
@@ -189,6 +192,30 @@ def _budget(config: dict) -> str:
     return f"{format_value(config.get('train.steps'))} steps"
 
 
+def verdict_sentences(a: Analysis) -> list[str]:
+    """One sentence per claim of the study: its verdict and, unless reproduced, why in numbers
+    (docs/verdicts.md)."""
+    out = []
+    claims = {claim.id: claim for claim in claims_of(a.tables.study)}
+    for row in claim_summary(a.verdicts).itertuples():
+        claim = claims[row.claim]
+        what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
+        text = (f"Claim `{row.claim}` ({row.source}), {' < '.join(map(format_value, claim.order))} in {what}: "
+                f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
+                f"direction with {_plural(row.seeds, 'seed')} or more per pair")
+        if row.verdict == "contradicted":
+            against = a.verdicts[(a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (a.verdicts["effect"] < 0)]
+            text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
+        elif row.verdict == "inconclusive":
+            needed = (f"seeds needed to resolve every pair at its observed effect: {seeds_text(row.seeds_needed)}"
+                      if pd.notna(row.seeds_needed) else
+                      "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated")
+            text += (f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
+                     f"[95% CI {number(row.ci_low)}, {number(row.ci_high)}], Holm p {p_text(row.p_holm)}; {needed}")
+        out.append(text + ".")
+    return out
+
+
 def summary_paragraphs(a: Analysis) -> list[str]:
     """The report's summary, written from the numbers (Markdown; `code` marks names)."""
     finals, name = a.tables.finals, short_names(a.tables.swept)
@@ -197,7 +224,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     config = a.tables.configs.iloc[0]
     swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
     data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
-    out = [
+    out = verdict_sentences(a) + [
         f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
         f"{_budget(config)} each. Outcome: {_states(finals)}."
@@ -230,7 +257,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
                 f"other settings: {means})")  # fmt: skip
         if effect.cells > 1:
             text += f"; the same order in {effect.consistent} of {effect.cells} settings of the other swept keys"
-        out.append(text + paper_order_clause(effect.key, list(effect.order)) + ".")
+        out.append(text + claimed_order_clause(claims_of(a.tables.study), effect.key, list(effect.order)) + ".")
     diverged = int((finals["state"] == RunState.DIVERGED).sum())
     trials = diverged + int((finals["state"] == RunState.DONE).sum())
     if diverged:
@@ -370,7 +397,19 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     runs = finals[["variant", "seed", "run_id", "state", "step"]].assign(
         final_test_bpd=finals["final_test_bpd"].map(bpd), wall_time=finals["wall_time"].map(duration)
     )
+    v, claims = a.verdicts, claim_summary(a.verdicts)
+    verdicts = pd.DataFrame({
+        "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
+        "pairs resolved": claims["resolved"].astype(str) + " / " + claims["pairs"].astype(str),
+        "weakest pair": claims["weakest"],
+        "effect [95% CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
+                            for e, lo, hi in zip(claims["effect"], claims["ci_low"], claims["ci_high"])],
+        "p (Holm)": claims["p_holm"].map(p_text), "seeds": claims["seeds"].astype(str),
+        "seeds needed": claims["seeds_needed"].map(seeds_text),
+    })  # fmt: skip
     tables = {
+        "verdicts": Table("verdicts", verdicts),
+        "verdict_pairs": Table("verdict_pairs", format_verdicts(v)),
         "final_bpd": Table("final_bpd", final),
         "ranking": Table("ranking", ranking),
         "pairwise": Table("pairwise", pairs),
@@ -470,7 +509,21 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
     events, problems, comparable = tables["events"].frame, tables["problem_runs"].frame, tables["comparable"].frame
     threshold = a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan")
     samples_blocks = [Heading("Samples"), SampleRows(samples)] if samples else []
+    verdict_blocks = [
+        Paragraphs(["Each claim the study declares, tested on seed-matched differences of its metric with "
+                    "Holm's correction over the claim's pairs: *reproduced* when every pair is significant in "
+                    "the claimed direction, *contradicted* when one is significant the other way, else "
+                    "*inconclusive*. The effect is in the claimed direction (positive supports the claim); "
+                    "the weakest pair is shown, every pair below. docs/verdicts.md explains the tests, the "
+                    "power figures and `glow-repro run --until-resolved`."], "note"),
+        tables["verdicts"],
+        Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
+    ] if len(a.verdicts) else [
+        Paragraphs(["This study declares no claims, so there is no verdict: list the paper's claims under "
+                    "`claims:` in the study file (docs/verdicts.md)."]),
+    ]  # fmt: skip
     return [
+        Section("verdicts", "Verdicts on the paper's claims", verdict_blocks),
         Section("summary", "Summary", [Paragraphs(summary_paragraphs(a), "abstract")]),
         Section("setup", "Setup", [
             Facts(_setup_facts(a.tables)),
@@ -556,7 +609,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     write_tables(tables, out / "tables")
     raw = {"summary": a.summary, "curves": a.curves, "pairwise": a.pairs, "ranking": a.ranking,
            "divergence": a.divergence, "threshold": a.threshold, "factor_effects": a.effects,
-           "comparison": a.comparison, "config_differences": a.differences,
+           "comparison": a.comparison, "config_differences": a.differences, "verdicts": a.verdicts,
+           "verdict_claims": claim_summary(a.verdicts),
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)

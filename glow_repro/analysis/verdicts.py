@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import optimize, stats
 from statsmodels.stats.power import TTestPower
 
-from glow_repro.rundir import JsonlLog
+from glow_repro.rundir import JsonlLog, RunState
 from glow_repro.study.labels import describe, format_value
 from glow_repro.study.runner import DECISIONS, TABLES
 from glow_repro.study.spec import ClaimSpec
@@ -91,13 +91,13 @@ def run_metric(finals: pd.DataFrame, evals: pd.DataFrame, claim: ClaimSpec) -> p
     """The claim's per-run value, indexed like ``finals``; NaN where the run does not count."""
     state = finals["state"]
     if claim.kind == "divergence":
-        return (state == "diverged").astype(float).where(state.isin(["done", "diverged"]))
+        return (state == RunState.DIVERGED).astype(float).where(state.isin([RunState.DONE, RunState.DIVERGED]))
     if claim.metric == "mean_last_evals":
         tail = evals.dropna(subset=["test_bpd"]).sort_values("step").groupby("run_id").tail(claim.last_evals)
         value = finals["run_id"].map(tail.groupby("run_id")["test_bpd"].mean())
     else:
         value = pd.to_numeric(finals[claim.metric], errors="coerce")
-    return value.astype(float).where((state == "done") & np.isfinite(value.astype(float)))
+    return value.astype(float).where((state == RunState.DONE) & np.isfinite(value.astype(float)))
 
 
 def seed_differences(finals: pd.DataFrame, value: pd.Series, key: str, better: Any, worse: Any,
@@ -328,18 +328,44 @@ def verdicts(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSp
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def number(value: float, digits: int = 3) -> str:
+    """A statistic as text: ``-`` when missing, three significant digits when tiny."""
+    return "-" if pd.isna(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+
+
+def seeds_text(value: float) -> str:
+    """A seeds-needed estimate as text: ``-`` when there is none, ``more than N`` beyond the cap."""
+    if pd.isna(value):
+        return "-"
+    return f"more than {MAX_SEEDS_NEEDED}" if np.isinf(value) else str(int(value))
+
+
+def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim of a :func:`verdicts` table: its verdict, how many of its pairs are
+    significant in the claimed direction, the weakest pair (the least resolved: highest Holm p,
+    or the smallest effect when all are resolved) with its 95 % CI and Holm p, the fewest seeds
+    of any pair, and the most seeds any unresolved pair needs."""
+    rows = []
+    for claim, pairs in table.groupby("claim", sort=False):
+        unresolved = pairs[~(pairs["significant"] & (pairs["effect"] > 0))]
+        weakest = (unresolved.sort_values("p_holm", ascending=False, na_position="first").iloc[0] if len(unresolved)
+                   else pairs.loc[pairs["effect"].idxmin()])  # fmt: skip
+        rows.append({
+            "claim": claim, "source": pairs["source"].iloc[0], "verdict": pairs["verdict"].iloc[0],
+            "metric": pairs["metric"].iloc[0],
+            "resolved": int(len(pairs) - len(unresolved)), "pairs": len(pairs),
+            "weakest": f"{weakest['pair']} ({weakest['within']})" if weakest["within"] != "all" else weakest["pair"],
+            "effect": weakest["effect"], "ci_low": weakest["ci_low"], "ci_high": weakest["ci_high"],
+            "p_holm": weakest["p_holm"], "seeds": int(pairs["seeds"].min()),
+            "seeds_needed": unresolved["seeds_needed"].max() if len(unresolved) else np.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["claim", "source", "verdict", "metric", "resolved", "pairs", "weakest",
+                                       "effect", "ci_low", "ci_high", "p_holm", "seeds", "seeds_needed"])
+
+
 def format_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """The verdict table as text for people: effect with its CI, p, seeds needed (or "more
     than N"), one row per pair."""
-
-    def number(value: float, digits: int = 3) -> str:
-        return "-" if pd.isna(value) else f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
-
-    def needed(value: float) -> str:
-        if pd.isna(value):
-            return "-"
-        return f"more than {MAX_SEEDS_NEEDED}" if np.isinf(value) else str(int(value))
-
     return pd.DataFrame({
         "claim": table["claim"], "verdict": table["verdict"], "within": table["within"],
         "pair": table["pair"],
@@ -347,5 +373,5 @@ def format_verdicts(table: pd.DataFrame) -> pd.DataFrame:
                             for e, lo, hi in zip(table["effect"], table["ci_low"], table["ci_high"])],
         "p": table["p"].map(number), "p_holm": table["p_holm"].map(number),
         "seeds": table["seeds"].astype(str), "mde": table["mde"].map(lambda v: "none" if np.isinf(v) else number(v)),
-        "seeds_needed": table["seeds_needed"].map(needed), "metric": table["metric"],
+        "seeds_needed": table["seeds_needed"].map(seeds_text), "metric": table["metric"],
     })  # fmt: skip
