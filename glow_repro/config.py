@@ -116,6 +116,7 @@ class TrainConfig(_Section):
     sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
     n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
     progress: bool = True
+    tensorboard: bool = Field(False, description="mirror the logs into TensorBoard event files (optional extra)")
 
     @model_validator(mode="before")
     @classmethod
@@ -185,7 +186,7 @@ class RunConfig(_Section):
 #: as a thread count does; tests/test_scale_options.py bounds it): left out of a run's identity
 #: (its run id, and the check that a directory holds the same run).
 EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.download",
-                       "train.channels_last", "train.compile", "train.grad_checkpointing")
+                       "train.channels_last", "train.compile", "train.grad_checkpointing", "train.tensorboard")
 
 
 def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:

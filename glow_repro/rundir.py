@@ -12,6 +12,7 @@ and the analysis reads through it, so it never imports torch. A run directory ho
     checkpoint.pt      latest checkpoint (atomic)
     summary.json       final numbers of a finished run (atomic)
     capsules/          the model and batch of the first non-finite step (``glow-repro replay``)
+    tensorboard/       TensorBoard event files, when ``train.tensorboard`` is on (a view of the logs)
     samples/           grids and reconstructions; ``samples.json`` describes what training
                        wrote at its end, ``sample.json`` what ``glow-repro sample`` wrote last
     .lock              held while a process trains the run (:class:`RunLock`)
@@ -205,6 +206,7 @@ class RunDir:
     summary_file = property(lambda self: self.path / "summary.json")
     samples = property(lambda self: self.path / "samples")
     capsules = property(lambda self: self.path / "capsules")
+    tensorboard = property(lambda self: self.path / "tensorboard")
     error_file = property(lambda self: self.path / "error.txt")
     metrics = property(lambda self: JsonlLog(self.path / "metrics.jsonl"))
     evals = property(lambda self: JsonlLog(self.path / "evals.jsonl"))

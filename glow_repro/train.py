@@ -53,6 +53,7 @@ from glow_repro.rundir import (
 )
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.sampling import SAMPLES_RECORD, write_samples
+from glow_repro.tensorboard_log import TensorBoardMirror, require_tensorboard
 from glow_repro.stability import (
     RecoveryPolicy,
     StabilityMonitor,
@@ -152,6 +153,7 @@ class _Run:
         self.warmup_steps = (cfg.warmup_steps if cfg.warmup_epochs is None
                              else round(cfg.warmup_epochs * self.batches.per_epoch))
         self.monitor = StabilityMonitor(config.monitor, self.engine.model, run.path.name)
+        self.mirror = TensorBoardMirror(run.tensorboard) if cfg.tensorboard and dist.is_main else None
         self.recovery = RecoveryPolicy(cfg)  # its counters survive a rollback, saved in checkpoints
         self.step = 0
         self.elapsed_before = 0.0
@@ -208,6 +210,8 @@ class _Run:
     def write(self, log: JsonlLog, rows: list[dict]) -> None:
         if self.dist.is_main and rows:
             log.extend(rows)
+            if self.mirror is not None:
+                self.mirror.rows(log.path.stem, rows)
 
     def evaluate(self) -> float:
         images = self.test_data.images[: self.config.train.eval_limit]
@@ -301,6 +305,8 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     raised). A directory that already holds a checkpoint is resumed. Started by ``torchrun``,
     the run is data-parallel over its processes; only rank 0 writes files.
     """
+    if config.train.tensorboard:
+        require_tensorboard()
     threads = threads or config.train.threads
     if threads:
         torch.set_num_threads(threads)
@@ -382,6 +388,8 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
                 work.save_checkpoint()
                 if dist.is_main:
                     run.write_status(RunState.INTERRUPTED, step=work.step)
+                if work.mirror is not None:
+                    work.mirror.close()
                 raise RunInterrupted(f"{run.path}: interrupted at step {work.step}")
     summary: dict | None = None
     if dist.is_main:
@@ -390,6 +398,9 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
             reconstruction = write_samples(work.engine.eval_model, config, run.samples, test_data.images,
                                            pairs=0, record=SAMPLES_RECORD)
             work.save_checkpoint()
+        if work.mirror is not None:
+            work.mirror.images(sorted(run.samples.glob("*.png")), work.step)
+            work.mirror.close()
         summary = _summary(work, state, reconstruction)
         atomic_write_json(run.summary_file, summary)
         run.write_status(state, step=work.step)

@@ -28,14 +28,16 @@ def _print_summary(summary: dict, out: Path) -> None:
               help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (does not change the run id).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write TensorBoard event files under DIR/tensorboard (needs the tensorboard extra).")
 @user_errors
 def train_command(config_path: Path, out: Path, overrides: tuple[str, ...], threads: int | None,
-                  quiet: bool) -> None:
+                  quiet: bool, tensorboard: bool) -> None:
     """Train one Glow run from CONFIG.yaml into --out (resumes if interrupted)."""
     from glow_repro.config import load_run_config
     from glow_repro.train import RunInterrupted, train
 
-    config = load_run_config(config_path, overrides)
+    config = load_run_config(config_path, (*overrides, "train.tensorboard=true") if tensorboard else overrides)
     try:
         summary = train(config, out, threads=threads, progress=False if quiet else None)
     except RunInterrupted as err:

@@ -1,0 +1,103 @@
+"""Live curves in TensorBoard, for researchers who watch a study while it trains.
+
+With ``train.tensorboard: true`` (or ``--tensorboard``) a run mirrors what it logs into
+TensorBoard event files under ``<run dir>/tensorboard/``: the rows of ``metrics.jsonl`` and
+``evals.jsonl`` as scalars, stability events as text, and the final sample grids as images.
+Run ids start with the variant name and the seed, so ``tensorboard --logdir results/<study>``
+lists every run by both (docs/for-researchers.md). The JSONL logs stay the record; the mirror
+is a view of them: a failure to write is one warning, after which the mirror turns itself off
+and the run goes on. TensorBoard is an optional extra (``pip install 'glow-repro[tensorboard]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from glow_repro.errors import UserFacingError
+
+#: Log name -> {row key: TensorBoard tag}.
+SCALARS = {
+    "metrics": {"train_bpd": "train/bpd", "lr": "train/lr", "grad_norm": "train/grad_norm",
+                "images_per_s": "train/images_per_s"},
+    "evals": {"test_bpd": "test/bpd"},
+}  # fmt: skip
+EVENTS_TAG = "stability/events"
+INSTALL = "pip install 'glow-repro[tensorboard]'"
+
+
+def require_tensorboard(what: str = "train.tensorboard") -> None:
+    """Raise a one-line error when the optional TensorBoard package is missing."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserFacingError(f"{what}: TensorBoard is not installed; install the extra with: {INSTALL}")
+
+
+def _event_text(row: dict[str, Any]) -> str:
+    parts = [f"step {row['step']}: {row.get('kind', 'event')}"]
+    for key in ("value", "threshold", "layer", "lr"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.4g}" if isinstance(row[key], float) else f"{key} {row[key]}")
+    return ", ".join(parts)
+
+
+class TensorBoardMirror:
+    """Mirrors a run's log rows into TensorBoard event files in ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer: Any = None
+        self._guard("open its event file", lambda: setattr(self, "writer", SummaryWriter(log_dir=str(directory))),
+                    opening=True)
+
+    def _guard(self, action: str, write: Any, opening: bool = False) -> None:
+        if self.writer is None and not opening:
+            return
+        try:
+            write()
+        except Exception as err:  # a view of the logs must never stop the run
+            warnings.warn(f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
+                          "the run goes on without TensorBoard logging", RuntimeWarning, stacklevel=3)
+            self.close()
+
+    def rows(self, log: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Mirror the rows just appended to the run's ``log`` (metrics, evals or events)."""
+
+        def write() -> None:
+            for row in rows:
+                if log == "events":
+                    self.writer.add_text(EVENTS_TAG, _event_text(row), row["step"])
+                    continue
+                for key, tag in SCALARS.get(log, {}).items():
+                    value = row.get(key)
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        self.writer.add_scalar(tag, value, row["step"])
+
+        self._guard(f"write {log}", write)
+
+    def images(self, pngs: Iterable[Path], step: int) -> None:
+        """The sample grids (PNG files) as images at ``step``, tagged ``samples/<file stem>``."""
+
+        def write() -> None:
+            for png in pngs:
+                with Image.open(png) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+                self.writer.add_image(f"samples/{png.stem}", pixels, step, dataformats="HWC")
+
+        self._guard("write sample images", write)
+
+    def close(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # closing a broken writer: nothing left to save
+                pass
