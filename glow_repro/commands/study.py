@@ -27,12 +27,33 @@ def _counts(states: list[RunState]) -> str:
     return ", ".join(f"{states.count(state)} {state.label}" for state in RunState.display_order(states))
 
 
+class _Workers(click.ParamType):
+    """``auto`` (None: chosen when launched) or a positive number of workers."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number of at least 1", param, ctx)
+        return number
+
+
+WORKERS = _Workers()
+
+
 @click.command("run")
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
               help="results directory [default: results/<study name>]")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="runs trained at once by the local launcher (CPU threads are split among them)")
+@click.option("--workers", type=WORKERS, default="auto", show_default=True,
+              help="runs trained at once by the local launcher (CPU threads are split among them); "
+                   "auto: one per core (or per train.threads), capped by memory; one per GPU on CUDA")
 @click.option("--launcher", type=click.Choice(["local", "slurm", "inprocess"]), default="local",
               show_default=True, help="local process pool, SLURM array job (submitit), or "
               "sequentially in this process (debugging)")
@@ -40,6 +61,9 @@ def _counts(states: list[RunState]) -> str:
               help="override a base config value for every run, e.g. --set train.steps=50")
 @click.option("--only", multiple=True, metavar="KEY=VALUE",
               help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0")
+@click.option("--tensorboard", is_flag=True,
+              help="also write TensorBoard event files in every run (tensorboard --logdir RESULTS; "
+                   "needs the tensorboard extra; does not change run ids)")
 @click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
 @click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
 @click.option("--until-resolved", is_flag=True,
@@ -53,8 +77,8 @@ def _counts(states: list[RunState]) -> str:
 @click.option("--processes-per-run", type=click.IntRange(min=1),
               help="SLURM: data-parallel processes (tasks) per run, one per GPU")
 @user_errors
-def run_command(study: Path, results_dir: Path | None, workers: int, launcher: str,
-                overrides: tuple[str, ...], only: tuple[str, ...], dry_run: bool,
+def run_command(study: Path, results_dir: Path | None, workers: int | None, launcher: str,
+                overrides: tuple[str, ...], only: tuple[str, ...], tensorboard: bool, dry_run: bool,
                 retry_failed: bool, until_resolved: bool, max_seeds: int, partition: str | None,
                 time_: str | None, gpus: int | None, processes_per_run: int | None) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
@@ -70,6 +94,8 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
     from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
 
+    if tensorboard:
+        overrides = (*overrides, "train.tensorboard=true")
     report = run_study(
         study, results_dir=results_dir, workers=workers, launcher=launcher, overrides=overrides,
         only=only, dry_run=dry_run, retry_failed=retry_failed,

@@ -79,7 +79,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LaunchOptions:
-    workers: int = 1
+    workers: int | None = 1  # None: chosen by glow_repro.study.workers when launched
     slurm: LauncherSpec = LauncherSpec()
     folder: Path = Path("submitit")
 

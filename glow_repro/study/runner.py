@@ -22,6 +22,7 @@ left to it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ from glow_repro.study.spec import (
     with_overrides,
 )
 from glow_repro.study.tables import load_tables, write_tables
+from glow_repro.study.workers import choose_workers
+from glow_repro.tensorboard_log import require_tensorboard
 
 MANIFEST = "manifest.json"
 TABLES = "tables"
@@ -111,6 +114,8 @@ class StudyReport:
     tables_dir: Path | None = None
     """Where the long tables were written; None on --dry-run, Ctrl-C, or when no run has
     started (none has a config.yaml)."""
+    workers: int | None = None
+    """Runs trained at once in the last launch (chosen by ``--workers auto`` or given)."""
     decisions: list[LookDecision] = field(default_factory=list)
     """The judge's decision at each look (``--until-resolved``), also in decisions.jsonl."""
 
@@ -207,6 +212,8 @@ def plan_study(
 ) -> list[PlannedRun]:
     """Expand the spec, apply ``--only`` and decide what to do with each run."""
     runs = select_runs(expand(spec), only, spec.source)
+    if any(run.config.train.tensorboard for run in runs):
+        require_tensorboard(f"{spec.source}: train.tensorboard")
     plan = []
     for run in runs:
         run_dir = results_dir / "runs" / run.run_id
@@ -232,7 +239,7 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
 def run_study(
     spec_path: str | Path,
     results_dir: str | Path | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
     launcher: str = "local",
     overrides: Sequence[str] = (),
     only: Sequence[str] = (),
@@ -244,13 +251,14 @@ def run_study(
 ) -> StudyReport:
     """Train every run of a study that is not finished yet; see the module docstring.
 
+    ``workers=None`` chooses how many runs train at once (:mod:`glow_repro.study.workers`).
     ``slurm`` overrides fields of the spec's ``launcher:`` section (partition, time, ...).
     ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
     look the judge decides whether to train more seeds of every variant; each decision is
     appended to decisions.jsonl. On Ctrl-C the report comes back with ``interrupted=True``
     once the workers have checkpointed.
     """
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ConfigError(f"workers {workers}: must be at least 1")
     spec = with_overrides(load_study(spec_path), tuple(overrides))
     if judge is not None:
@@ -291,8 +299,13 @@ def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn
         )
         for p in launch
     ]
+    if options.workers is None:
+        options = dataclasses.replace(options, workers=choose_workers([task.config for task in tasks]))
+    report.workers = options.workers
     slots = options.workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
     tracker = Tracker(tasks, desc=report.spec.name, slots=slots)
+    if tasks and launcher == "local":
+        tracker.write(f"training {len(tasks)} runs, {slots} at a time")
     try:
         LAUNCHERS[launcher](tasks, tracker, options)
     finally:
