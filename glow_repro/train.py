@@ -121,7 +121,7 @@ def _stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
     flag = {"stop": False}
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         flag["stop"] = True
 
     previous = {}
@@ -213,7 +213,7 @@ class _Run:
 
     def evaluate(self) -> float:
         images = self.test_data.images[: self.config.train.eval_limit]
-        where = dict(rank=self.dist.rank, world_size=self.dist.world_size)
+        where = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         if self.conditional:  # bpd given the label (the official test bits_x), marginal bpd, accuracy
             sums = class_sums(self.engine.eval_model, images, self.test_data.labels, self.config.data.n_bits,
                               self.config.train.eval_batch_size, self.device, **where)
