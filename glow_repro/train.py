@@ -302,6 +302,8 @@ def _summary(work: _Run, state: RunState, reconstruction: dict | None) -> dict:
         "rollbacks": work.recovery.rollbacks,
         "events_by_kind": dict(kinds),
         "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
+        **({f"final_{key}": evals[-1][key] for key in ("test_bpd_marginal", "test_accuracy")}
+           if evals and "test_accuracy" in evals[-1] else {}),
     }
 
 

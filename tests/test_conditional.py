@@ -200,6 +200,9 @@ def test_conditional_run_logs_accuracy_and_draws_a_row_per_class(tmp_path):
     train(config, tmp_path)
     evals = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
     assert all(0 <= row["test_accuracy"] <= 1 for row in evals)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_test_accuracy"] == evals[-1]["test_accuracy"]
+    assert summary["final_test_bpd_marginal"] == evals[-1]["test_bpd_marginal"]
     assert evals[0]["test_accuracy"] == pytest.approx(0.5, abs=0.5)  # zero logits: every guess class 0
     metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line)["train_class_bits"] > 0 for line in metrics)
@@ -215,3 +218,26 @@ def test_conditional_run_logs_accuracy_and_draws_a_row_per_class(tmp_path):
     assert marginal == pytest.approx(bpd_sum(model, test.images, 8, 16, torch.device("cpu")), rel=1e-6)
     assert given / 32 == pytest.approx(evals[-1]["test_bpd"], rel=1e-6)
     assert correct / 32 == pytest.approx(evals[-1]["test_accuracy"])
+
+
+def test_a_conditional_run_resumes_exactly(tmp_path):
+    """The labels of a batch follow the seeded order of its images, so a resumed run continues
+    with the same labels and logs what one uninterrupted run logs."""
+    from glow_repro.config import dump_run_config
+    from glow_repro.rundir import RunDir
+
+    raw = {"data": {"dataset": "synthetic", "synthetic_size": 32},
+           "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": "class", "class_weight": 1.0},
+           "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 1, "n_samples": 2,
+                     "init_images": 16, "device": "cpu", "progress": False, "sample_temperatures": [0.5]}}
+    whole = RunConfig.model_validate(raw)
+    half = RunConfig.model_validate({**raw, "train": {**raw["train"], "steps": 2}})
+    train(half, tmp_path / "split", threads=1)
+    RunDir(tmp_path / "split").config.write_text(dump_run_config(whole))
+    train(whole, tmp_path / "split", threads=1)
+    train(whole, tmp_path / "whole", threads=1)
+    timing = ("step_time", "images_per_s", "wall_time")
+    rows = lambda name, log: [{k: v for k, v in row.items() if k not in timing}  # noqa: E731
+                              for row in getattr(RunDir(tmp_path / name), log).read()]
+    for log in ("metrics", "evals"):
+        assert rows("split", log) == rows("whole", log)
