@@ -100,8 +100,8 @@ class Glow(nn.Module):
         log_prior = zs[-1].new_zeros(zs[-1].shape[0])
         splits = [level.split for level in self.levels if level.split is not None]
         for split, z1, z2 in zip(splits, kept, zs[:-1], strict=True):
-            log_prior = log_prior + split.log_density(z1, z2, y)
-        return log_prior + self.top_prior.log_density(zs[-1], y)
+            log_prior = log_prior + split.log_density(z1, z2, y=y)
+        return log_prior + self.top_prior.log_density(zs[-1], y=y)
 
     def _log_prior_per_class(self, zs: list[torch.Tensor], kept: list[torch.Tensor]) -> torch.Tensor:
         """``[batch, n_classes]``: the priors' log-density under every class."""
@@ -133,7 +133,8 @@ class Glow(nn.Module):
         zs, kept, logdet = self._flow(x)
         return logdet[:, None] + self._log_prior_per_class(zs, kept), self._class_logits(zs[-1])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective's terms: log p(x); given labels (a class-conditional model),
         ``(log p(x | y), class logits)`` from one pass of the flow."""
         if y is None:
@@ -151,11 +152,11 @@ class Glow(nn.Module):
             raise ValueError("this model is unconditional (model.conditioning=none): it takes no labels")
 
     def _decode(self, top: torch.Tensor, factored: list[torch.Tensor | None],
-                temperature: float, y: torch.Tensor | None = None) -> torch.Tensor:
+                temperature: float, *, y: torch.Tensor | None = None) -> torch.Tensor:
         x = top
         for level, z in zip(reversed(self.levels), reversed([*factored, None]), strict=True):
             if level.split is not None:
-                x = level.split.merge(x, z, temperature, y)
+                x = level.split.merge(x, z, temperature, y=y)
             for step in reversed(level.steps):
                 x, _ = step.inverse(x)
             x, _ = level.squeeze.inverse(x)
@@ -171,8 +172,8 @@ class Glow(nn.Module):
         a class-conditional model draws them of class ``y`` (one class, or one per image),
         else of classes drawn uniformly."""
         labels = self.sample_labels(n, y)
-        top = self.top_prior.sample(n, temperature, labels)
-        return self._decode(top, [None] * (len(self.levels) - 1), temperature, labels)
+        top = self.top_prior.sample(n, temperature, y=labels)
+        return self._decode(top, [None] * (len(self.levels) - 1), temperature, y=labels)
 
     def sample_labels(self, n: int, y: int | torch.Tensor | None) -> torch.Tensor | None:
         """``y`` as ``n`` class indices on the model's device, checked against ``n_classes``."""

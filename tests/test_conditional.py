@@ -124,7 +124,7 @@ def test_encode_decode_round_trip_of_class_samples():
         assert (model.decode(zs) - x).abs().max() < 1e-10
         # at temperature 0 the top latent is its class's prior mean
         zs, _ = model.encode(model.sample(2, temperature=0.0, y=k))
-        mean, _ = model.top_prior.params(2, labels(k, 2))
+        mean, _ = model.top_prior.params(2, y=labels(k, 2))
         torch.testing.assert_close(zs[-1], mean, rtol=0, atol=1e-9)
 
 

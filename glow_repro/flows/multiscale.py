@@ -114,7 +114,7 @@ class Split(nn.Module):
         self.class_shift = (ClassShift(n_classes, 2 * (channels - self.keep), zero_conv_logscale_factor)
                             if n_classes else None)
 
-    def prior_params(self, z1: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior_params(self, z1: torch.Tensor, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.prior(z1).to(z1.dtype)  # priors stay in the flow's dtype under autocast
         if self.class_shift is not None:
             h = h + self.class_shift(y, h.dtype)
@@ -124,14 +124,14 @@ class Split(nn.Module):
         """(z1, z2): the kept channels and the factored-out ones."""
         return x[:, : self.keep], x[:, self.keep :]
 
-    def log_density(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def log_density(self, z1: torch.Tensor, z2: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
         """log p(z2 | z1[, y]) per example."""
-        return gaussian_log_density(z2, *self.prior_params(z1, y))
+        return gaussian_log_density(z2, *self.prior_params(z1, y=y))
 
     def merge(self, z1: torch.Tensor, z2: torch.Tensor | None = None,
-              temperature: float = 1.0, y: torch.Tensor | None = None) -> torch.Tensor:
+              temperature: float = 1.0, *, y: torch.Tensor | None = None) -> torch.Tensor:
         if z2 is None:
-            z2 = gaussian_sample(*self.prior_params(z1, y), temperature)
+            z2 = gaussian_sample(*self.prior_params(z1, y=y), temperature)
         return torch.cat([z1, z2], 1)
 
 
@@ -151,15 +151,15 @@ class TopPrior(nn.Module):
         self.logscale_factor = zero_conv_logscale_factor
         self.class_shift = ClassShift(n_classes, 2 * channels, zero_conv_logscale_factor) if n_classes else None
 
-    def params(self, batch: int, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def params(self, batch: int, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.bias * torch.exp(self.logs * self.logscale_factor)
         h = h.expand(batch, -1, *self.shape[1:])
         if self.class_shift is not None:
             h = h + self.class_shift(y, h.dtype)
         return h[:, 0::2], h[:, 1::2]
 
-    def log_density(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return gaussian_log_density(z, *self.params(z.shape[0], y))
+    def log_density(self, z: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
+        return gaussian_log_density(z, *self.params(z.shape[0], y=y))
 
-    def sample(self, n: int, temperature: float, y: torch.Tensor | None = None) -> torch.Tensor:
-        return gaussian_sample(*self.params(n, y), temperature)
+    def sample(self, n: int, temperature: float, *, y: torch.Tensor | None = None) -> torch.Tensor:
+        return gaussian_sample(*self.params(n, y=y), temperature)
