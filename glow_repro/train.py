@@ -121,7 +121,7 @@ def _stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
     flag = {"stop": False}
 
-    def handler(signum, frame):
+    def handler(signum, frame):  # noqa: ARG001
         flag["stop"] = True
 
     previous = {}
