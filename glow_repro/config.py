@@ -80,6 +80,10 @@ class ModelConfig(_Section):
     actnorm_logscale_factor: float = Field(1.0, gt=0)
     zero_conv_logscale_factor: float = Field(3.0, gt=0)
     coupling_actnorm: bool = Field(True, description="ActNorm instead of bias in the coupling NN")
+    conditioning: Literal["none", "class"] = Field(
+        "none", description="class: class-conditional priors and a classifier on the top latent")
+    class_weight: float = Field(0.01, ge=0, description="weight of the classifier's bits (official weight_y)")
+    conditional_splits: bool = Field(False, description="condition the split priors on the class too")
 
 
 class TrainConfig(_Section):
@@ -177,6 +181,15 @@ class RunConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _classes_to_condition_on(self) -> RunConfig:
+        dataset = DATASETS[self.data.dataset]
+        if self.model.conditioning == "class" and not dataset.has_classes:
+            has = f"{dataset.labels}, not classes" if dataset.labels else "no labels"
+            raise ValueError(f"model.conditioning=class needs a dataset with classes; "
+                             f"{self.data.dataset} has {has}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe dict of every resolved value."""
         return self.model_dump(mode="json")
@@ -189,12 +202,22 @@ EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.dow
                        "train.channels_last", "train.compile", "train.grad_checkpointing", "train.tensorboard")
 
 
+#: Keys added after runs were made, with the value every earlier run had: left out of a run's
+#: identity while they hold it, so existing configs keep their run ids.
+LATER_KEYS = {"model.conditioning": "none", "model.class_weight": 0.01, "model.conditional_splits": False}
+
+
 def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config as a plain dict without :data:`EXECUTION_ONLY_KEYS`."""
+    """The resolved config as a plain dict without :data:`EXECUTION_ONLY_KEYS`, and without
+    the :data:`LATER_KEYS` that hold their original value."""
     record = copy.deepcopy(config.to_dict() if isinstance(config, RunConfig) else config)
     for dotted in EXECUTION_ONLY_KEYS:
         section, key = dotted.split(".")
         record.get(section, {}).pop(key, None)
+    for dotted, original in LATER_KEYS.items():
+        section, key = dotted.split(".")
+        if record.get(section, {}).get(key, original) == original:
+            record.get(section, {}).pop(key, None)
     return record
 
 

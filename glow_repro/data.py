@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from glow_repro.config import ConfigError, DataConfig
-from glow_repro.datasets import Arrays, FileSource, Split, frozen
+from glow_repro.datasets import Arrays, FileSource, Split, frozen, label_names
 from glow_repro.errors import DataUnavailableError
 from glow_repro.registry import DATASETS
 
@@ -43,9 +43,10 @@ class ImageData:
     """One split of a dataset, ready for the objective."""
 
     images: torch.Tensor  # uint8 [N, C, H, W], full 8-bit values 0..255
-    labels: torch.Tensor  # int64 [N]; zeros where the dataset has no labels
+    labels: torch.Tensor  # int64 [N] class indices, or [N, A] binary attributes (CelebA)
     name: str  # "<dataset>/<split>", e.g. "fashion-mnist/test"
     source: str  # directory the files came from, or "synthetic" / "sklearn"
+    label_names: tuple[str, ...] = ()  # the names of the classes (or attributes), index order
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +74,7 @@ def load_split(cfg: DataConfig, split: Split, *, cache_dir: Path | None = None) 
         labels=torch.from_numpy(np.array(labels[:limit], dtype=np.int64)),
         name=f"{cfg.dataset}/{split}",
         source=source,
+        label_names=label_names(cfg),
     )
 
 

@@ -10,6 +10,11 @@ call here (with its reader if no existing one fits).
 MNIST-style IDX files are read with numpy (gzipped or not, flat or in torchvision's
 ``<Name>/raw`` layout); the other datasets are read by their torchvision classes. CelebA and
 image folders are centre-cropped to a square and resized to ``image_size`` while decoding.
+
+Labels come with the images: class indices ``[N]`` for class datasets (their names on the
+record, or the class folders of an image folder), CelebA's 40 binary attributes ``[N, 40]``
+(torchvision's ``target_type="attr"``, read from ``list_attr_celeba.txt``, a file the split
+already needs, so a missing label file gets the missing-images error).
 """
 
 from __future__ import annotations
@@ -33,12 +38,30 @@ if TYPE_CHECKING:
     import torchvision
 
 Split = Literal["train", "test"]
-Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images [N, C, H, W], int64 labels [N]
+Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images [N, C, H, W], int64 labels [N] or [N, A]
+LabelKind = Literal["classes", "attributes"]
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs its IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _SYNTHETIC_LEVELS = 4  # gray levels 0, 85, 170, 255
+
+DIGIT_NAMES = tuple(str(digit) for digit in range(10))
+FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                       "Sneaker", "Bag", "Ankle boot")
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+SYNTHETIC_NAMES = ("blob", "stripes")
+#: The columns of CelebA's ``list_attr_celeba.txt``, in file order.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
+    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
+    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
+    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
 
 
 @dataclass(frozen=True)
@@ -68,10 +91,27 @@ class Dataset:
     generate: Callable[[DataConfig, Split], Arrays] | None = None  # images made in memory
     origin: str = ""  # the ``source`` of a generated dataset's images
     test_size: int | None = None  # images in the full test split, to tell a subset from it
+    labels: LabelKind | None = None  # what its labels are; None: it has none
+    label_names: tuple[str, ...] = ()  # class or attribute names; () where the files name them
 
     def __post_init__(self) -> None:
         if (self.files is None) == (self.generate is None):
             raise ValueError("a dataset is read from files or generated: give files or generate")
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether each image has one class index (what class conditioning needs)."""
+        return self.labels == "classes"
+
+
+def label_names(cfg: DataConfig) -> tuple[str, ...]:
+    """The class (or attribute) names of ``cfg.dataset``, index order; an image folder's are
+    its sorted class folders under ``data.root/train`` (torchvision ``ImageFolder``'s order)."""
+    dataset = DATASETS[cfg.dataset]
+    if dataset.label_names or cfg.root is None or dataset.labels is None:
+        return dataset.label_names
+    train = Path(cfg.root) / "train"
+    return tuple(sorted(entry.name for entry in train.iterdir() if entry.is_dir())) if train.is_dir() else ()
 
 
 def frozen(images: np.ndarray, labels: np.ndarray) -> Arrays:
@@ -176,7 +216,7 @@ def _read_celeba(
 ) -> Arrays:
     from torchvision.datasets import CelebA
 
-    data = CelebA(str(base), split=split, target_type=[], download=False)
+    data = CelebA(str(base), split=split, target_type="attr", download=False)
     return _decode(data, limit, size, f"celeba/{split}")
 
 
@@ -191,16 +231,17 @@ def _read_imagefolder(
 def _decode(
     data: torchvision.datasets.VisionDataset, limit: int | None, size: tuple[int, int], what: str
 ) -> Arrays:
-    """Centre-crop each image to a square and resize it to ``size``; labels 0 where there are none."""
+    """Centre-crop each image to a square and resize it to ``size``; the targets as they come
+    (a class index, or a vector of binary attributes)."""
     n = len(data) if limit is None else min(limit, len(data))
     images = np.empty((n, 3, *size), dtype=np.uint8)
-    labels = np.zeros(n, dtype=np.int64)
+    labels = []
     for i in tqdm(range(n), desc=f"decoding {what}", unit="img", disable=None):
         image, target = data[i]
         fitted = ImageOps.fit(image.convert("RGB"), (size[1], size[0]), Image.Resampling.BILINEAR)
         images[i] = np.asarray(fitted).transpose(2, 0, 1)
-        labels[i] = 0 if target is None else int(target)
-    return images, labels
+        labels.append(np.asarray(target, dtype=np.int64))
+    return images, np.stack(labels) if labels else np.zeros(0, dtype=np.int64)
 
 
 def _idx_names(split: Split) -> tuple[str, ...]:
@@ -294,15 +335,21 @@ def _imagefolder_files() -> FileSource:
 
 # --- the registry (the order is the one the config's error message lists) ---------------------
 
-DATASETS.register("mnist", Dataset((1, 28, 28), "MNIST", files=_mnist_files, test_size=10_000))
+DATASETS.register("mnist", Dataset((1, 28, 28), "MNIST", files=_mnist_files, test_size=10_000,
+                                   labels="classes", label_names=DIGIT_NAMES))
 DATASETS.register("fashion-mnist", Dataset((1, 28, 28), "Fashion-MNIST", files=_fashion_mnist_files,
-                                           test_size=10_000))
-DATASETS.register("cifar10", Dataset((3, 32, 32), "CIFAR-10", files=_cifar10_files, test_size=10_000))
-DATASETS.register("svhn", Dataset((3, 32, 32), "SVHN", files=_svhn_files, test_size=26_032))
-DATASETS.register("celeba", Dataset((3, 64, 64), "CelebA", files=_celeba_files))
-DATASETS.register("imagefolder", Dataset((3, 64, 64), "imagefolder", files=_imagefolder_files))
+                                           test_size=10_000, labels="classes",
+                                           label_names=FASHION_MNIST_NAMES))
+DATASETS.register("cifar10", Dataset((3, 32, 32), "CIFAR-10", files=_cifar10_files, test_size=10_000,
+                                     labels="classes", label_names=CIFAR10_NAMES))
+DATASETS.register("svhn", Dataset((3, 32, 32), "SVHN", files=_svhn_files, test_size=26_032,
+                                  labels="classes", label_names=DIGIT_NAMES))
+DATASETS.register("celeba", Dataset((3, 64, 64), "CelebA", files=_celeba_files,
+                                    labels="attributes", label_names=CELEBA_ATTRIBUTES))
+DATASETS.register("imagefolder", Dataset((3, 64, 64), "imagefolder", files=_imagefolder_files,
+                                         labels="classes"))
 DATASETS.register("digits", Dataset((1, 8, 8), "digits", generate=lambda cfg, split: _digits(split),
-                                    origin="sklearn"))
+                                    origin="sklearn", labels="classes", label_names=DIGIT_NAMES))
 DATASETS.register("synthetic", Dataset(
-    (1, 8, 8), "synthetic", origin="synthetic",
+    (1, 8, 8), "synthetic", origin="synthetic", labels="classes", label_names=SYNTHETIC_NAMES,
     generate=lambda cfg, split: _synthetic(cfg.synthetic_size, cfg.shape[1:], split)))

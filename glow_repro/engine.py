@@ -19,18 +19,21 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from glow_repro.allocator import retain_freed_memory
 from glow_repro.config import RunConfig
+from glow_repro.datasets import label_names
 from glow_repro.distributed import DistContext
 from glow_repro.model import Glow, memory_format
-from glow_repro.objective import training_loss
+from glow_repro.objective import conditional_training_loss, training_loss
 
 if TYPE_CHECKING:  # the monitor's module builds its replays here
     from glow_repro.stability import StabilityMonitor
 
 
 def build_model(config: RunConfig, device: torch.device | str) -> Glow:
-    """The run's Glow on ``device``, its weights in the run's memory format."""
+    """The run's Glow on ``device``, its weights in the run's memory format; a class-conditional
+    one tells apart the classes of the run's dataset."""
     layout = memory_format(config.train.channels_last)
-    return Glow(config.model, config.data.shape).to(device, memory_format=layout)
+    classes = {"n_classes": len(label_names(config.data))} if config.model.conditioning == "class" else {}
+    return Glow(config.model, config.data.shape, **classes).to(device, memory_format=layout)
 
 
 def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
@@ -45,11 +48,13 @@ def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
 @dataclass(frozen=True)
 class StepResult:
     """One step: its bpd (the mean over data-parallel ranks), gradient norm before clipping,
-    and the kind of fault that kept its update from being kept (None for a good step)."""
+    the kind of fault that kept its update from being kept (None for a good step), and for a
+    class-conditional model the classifier's bits (a non-finite one makes the gradient so)."""
 
     loss: float
     grad_norm: float
     fault: str | None
+    class_bits: float | None = None
 
 
 class Engine:
@@ -98,8 +103,11 @@ class Engine:
         if self.config.train.compile:
             self.forward = torch.compile(self.forward)
 
-    def step(self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None) -> StepResult:
-        """One optimisation step on the device batch ``x`` at learning rate ``lr``.
+    def step(self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None,
+             y: torch.Tensor | None = None) -> StepResult:
+        """One optimisation step on the device batch ``x`` (labels ``y`` for a class-conditional
+        model, whose objective adds ``model.class_weight`` times the classifier's bits) at
+        learning rate ``lr``.
 
         The update is not applied when the loss or the gradient is non-finite or the bpd is
         above ``monitor.max_bpd``; with a ``monitor``, parameters made non-finite by the
@@ -110,11 +118,17 @@ class Engine:
             group["lr"] = lr
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
-        loss.backward()
+        bits_y = None
+        if y is None:
+            loss = objective = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
+        else:
+            objective, loss, bits_y = conditional_training_loss(
+                self.forward, x, y, cfg.data.n_bits, cfg.model.class_weight, cfg.train.precision)
+        objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
         mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
+        class_loss = None if bits_y is None else self.dist.mean(bits_y.item(), self.device)
         fault = None if math.isfinite(mean_loss) else "nonfinite_loss"
         fault = fault or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
         fault = fault or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
@@ -124,7 +138,7 @@ class Engine:
                 fault = "nonfinite_parameters"
             elif self.ema is not None:
                 self.ema.update_parameters(self.model)
-        return StepResult(mean_loss, grad_norm.item(), fault)
+        return StepResult(mean_loss, grad_norm.item(), fault, class_loss)
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and optimiser state a checkpoint holds."""

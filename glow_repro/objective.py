@@ -49,3 +49,19 @@ def training_loss(forward, x: torch.Tensor, n_bits: int, precision: str = "float
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         log_prob = forward(x)
     return bits_per_dim(log_prob.float(), math.prod(x.shape[1:]), n_bits).mean()
+
+
+def class_bits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the labels ``y`` under ``logits``, in bits per example (official ``bits_y``)."""
+    return torch.nn.functional.cross_entropy(logits.float(), y, reduction="none") / math.log(2.0)
+
+
+def conditional_training_loss(forward, x: torch.Tensor, y: torch.Tensor, n_bits: int, class_weight: float,
+                              precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official ``--ycond`` objective, mean bpd of x given y plus ``class_weight`` times the
+    classifier's mean bits; returns (objective, bpd, class bits), each a batch mean."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        log_prob, logits = forward(x, y)
+    bpd = bits_per_dim(log_prob.float(), math.prod(x.shape[1:]), n_bits).mean()
+    bits_y = class_bits(logits, y).mean()
+    return bpd + class_weight * bits_y, bpd, bits_y

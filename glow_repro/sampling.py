@@ -12,6 +12,7 @@ Both draw ``temperatures.png`` and ``reconstructions.png`` the same way, so
 ``samples_T<t>.png`` draws its own ``n`` samples with the generator reset to ``seed`` for each
 temperature, so a grid does not depend on which other temperatures were asked for, and grids
 of different temperatures share the same underlying noise (only its scale differs).
+A class-conditional run also gets ``classes.png``: one row per class, at temperature 0.7.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json
 SAMPLES_RECORD = "samples.json"
 #: The record of what ``glow-repro sample`` wrote.
 SAMPLE_RECORD = "sample.json"
+
+#: The temperature of a class-conditional run's per-class grid (the paper's samples use 0.7).
+CLASS_TEMPERATURE = 0.7
 
 #: What ``torch.load`` raises for a truncated, foreign or corrupt file.
 _UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError)
@@ -139,6 +143,7 @@ def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_imag
     ``temperatures.png``, one row per temperature; given, they make that grid and each also
     gets ``samples_T<t>.png`` with ``n`` samples. ``n`` defaults to ``train.n_samples`` and
     ``seed`` to the run's seed; the first ``n`` of ``test_images`` (uint8) are reconstructed.
+    A class-conditional model also draws ``classes.png``, ``n`` samples of each class a row.
     ``pairs`` pairs of distinct test images, drawn with ``seed``, are interpolated in ``steps``
     steps, one per row. ``about`` (where the model came from) is stored in the record as it is.
     """
@@ -167,6 +172,12 @@ def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_imag
     atomic_write_bytes(out / "reconstructions.png",
                        png_bytes(torch.cat([x, reconstructed]).cpu(), n_bits, len(x)))
     files += ["temperatures.png", "reconstructions.png"]
+    if model.n_classes:
+        torch.manual_seed(seed)
+        by_class = [model.sample(n, temperature=CLASS_TEMPERATURE, y=label).cpu() for label in range(model.n_classes)]
+        atomic_write_bytes(out / "classes.png", png_bytes(torch.cat(by_class), n_bits, n))
+        files.append("classes.png")
+        rows += by_class
     written = {
         **(about or {}),
         "temperatures": grid,
@@ -176,6 +187,7 @@ def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_imag
         "seed": seed,
         "device": str(device),
         "weights": "ema" if config.train.ema_decay else "model",
+        **({"class_temperature": CLASS_TEMPERATURE} if model.n_classes else {}),
     }
 
     if pairs:

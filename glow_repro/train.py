@@ -41,7 +41,7 @@ from glow_repro.data import ImageData, load_split
 from glow_repro.distributed import DistContext, from_environment, shutdown
 from glow_repro.engine import Engine
 from glow_repro.errors import UserFacingError
-from glow_repro.evaluation import bpd_sum
+from glow_repro.evaluation import bpd_sum, class_sums
 from glow_repro.objective import preprocess
 from glow_repro.rundir import (
     JsonlLog,
@@ -96,7 +96,8 @@ def shift_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 class _Batches:
-    """Batch ``step`` (1-based) of the seeded, drop-last epoch order; pure function of the step."""
+    """Which training images make batch ``step`` (1-based) of the seeded, drop-last epoch
+    order: a pure function of the step."""
 
     def __init__(self, data: ImageData, batch_size: int, seed: int):
         self.images = data.images
@@ -108,12 +109,12 @@ class _Batches:
     def epoch(self, step: int) -> float:
         return step / self.per_epoch
 
-    def __call__(self, step: int) -> torch.Tensor:
+    def indices(self, step: int) -> torch.Tensor:
         epoch, index = divmod(step - 1, self.per_epoch)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, _epoch_order(len(self.images), self.seed, epoch))
         start = index * self.batch_size
-        return self.images[self._order[1][start : start + self.batch_size]]
+        return self._order[1][start : start + self.batch_size]
 
 
 @contextlib.contextmanager
@@ -145,6 +146,7 @@ class _Run:
                  train_data: ImageData, test_data: ImageData, dist: DistContext):
         self.config, self.run, self.device, self.dist = config, run, device, dist
         self.train_data, self.test_data = train_data, test_data
+        self.conditional = config.model.conditioning == "class"
         self.engine = Engine(config, device, dist)
         self.batches = _Batches(train_data, config.train.batch_size, config.seed)
         cfg = config.train
@@ -215,12 +217,19 @@ class _Run:
 
     def evaluate(self) -> float:
         images = self.test_data.images[: self.config.train.eval_limit]
-        total = bpd_sum(self.engine.eval_model, images, self.config.data.n_bits,
-                        self.config.train.eval_batch_size, self.device,
-                        rank=self.dist.rank, world_size=self.dist.world_size)
-        bpd = self.dist.sum([total], self.device)[0] / len(images)
+        where = {"rank": self.dist.rank, "world_size": self.dist.world_size}
+        if self.conditional:  # bpd given the label (the official test bits_x), marginal bpd, accuracy
+            sums = class_sums(self.engine.eval_model, images, self.test_data.labels, self.config.data.n_bits,
+                              self.config.train.eval_batch_size, self.device, **where)
+            bpd, marginal, accuracy = (value / len(images) for value in self.dist.sum(sums, self.device))
+            extra = {"test_bpd_marginal": marginal, "test_accuracy": accuracy}
+        else:
+            total = bpd_sum(self.engine.eval_model, images, self.config.data.n_bits,
+                            self.config.train.eval_batch_size, self.device, **where)
+            bpd, extra = self.dist.sum([total], self.device)[0] / len(images), {}
         self.write(self.run.evals, [{"step": self.step, "test_bpd": bpd, "n_images": len(images),
-                                     "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step)}])
+                                     "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step),
+                                     **extra}])
         return bpd
 
     def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
@@ -229,16 +238,20 @@ class _Run:
         cfg = self.config
         step = self.step + 1
         lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.recovery.lr_scale
-        images = self.batches(step)
+        chosen = self.batches.indices(step)
+        images = self.train_data.images[chosen]
         if cfg.train.augment_shift:
             images = shift_augment(images, _step_generator(cfg.seed, step, stream=3))
         x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
         x = self.engine.to_device(self.dist.shard(x))
+        y = self.dist.shard(self.train_data.labels[chosen]).to(self.device) if self.conditional else None
         self.monitor.record_scales(self.monitor.health_due(step))
-        result = self.engine.step(x, lr, self.monitor)
+        result = self.engine.step(x, lr, self.monitor, y)
         self.step = step
         row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": result.loss,
                "lr": lr, "grad_norm": result.grad_norm}
+        if result.class_bits is not None:
+            row["train_class_bits"] = result.class_bits
         return row, x, result.fault
 
     def recover(self, kind: str, row: dict, batch: torch.Tensor) -> bool:
@@ -293,6 +306,8 @@ def _summary(work: _Run, state: RunState, reconstruction: dict | None) -> dict:
         "rollbacks": work.recovery.rollbacks,
         "events_by_kind": dict(kinds),
         "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
+        **({f"final_{key}": evals[-1][key] for key in ("test_bpd_marginal", "test_accuracy")}
+           if evals and "test_accuracy" in evals[-1] else {}),
     }
 
 

@@ -7,7 +7,7 @@ The layers, lowest first; a module may import its own layer and the layers below
     flows     glow_repro.flows.*
     model     model, objective, data
     rundir    rundir (the run-directory format; no torch)
-    engine    engine, train, evaluation, sampling, stability, benchmark, tensorboard_log
+    engine    engine, train, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
     study     glow_repro.study.*
     analysis  glow_repro.analysis.*
     cli       cli, __main__, glow_repro.commands.*
@@ -41,7 +41,7 @@ LAYERS = [
     ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
     ("rundir", ["glow_repro.rundir"]),
     ("engine", ["glow_repro.engine", "glow_repro.train", "glow_repro.evaluation", "glow_repro.sampling",
-                "glow_repro.stability", "glow_repro.benchmark", "glow_repro.tensorboard_log"]),
+                "glow_repro.stability", "glow_repro.benchmark", "glow_repro.tensorboard_log, manipulation"]),
     ("study", ["glow_repro.study"]),
     ("analysis", ["glow_repro.analysis"]),
     ("cli", ["glow_repro.cli", "glow_repro.__main__", "glow_repro.commands"]),

@@ -271,3 +271,84 @@ def test_torchvision_download_errors_are_wrapped(tmp_path: Path, monkeypatch) ->
     with pytest.raises(DataUnavailableError, match="mnist/train: .*download from .* failed"):
         load_split(cfg, "train", cache_dir=tmp_path)
     assert socket.getdefaulttimeout() is None  # the download timeout does not leak
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def test_every_dataset_record_says_what_its_labels_are() -> None:
+    from glow_repro.registry import DATASETS
+
+    for name in DATASETS.names():
+        record = DATASETS[name]
+        assert record.labels in ("classes", "attributes"), name
+        if name != "imagefolder":  # an image folder's classes are its folders
+            assert len(record.label_names) >= 2 and len(set(record.label_names)) == len(record.label_names)
+    assert DATASETS["fashion-mnist"].label_names[9] == "Ankle boot"
+    assert DATASETS["cifar10"].label_names[3] == "cat"
+    assert DATASETS["celeba"].labels == "attributes" and len(DATASETS["celeba"].label_names) == 40
+    assert "Smiling" in DATASETS["celeba"].label_names and not DATASETS["celeba"].has_classes
+
+
+def test_idx_labels_and_their_names(mnist_root, tmp_path: Path) -> None:
+    root, _, _ = mnist_root
+    got = load_split(DataConfig(dataset="mnist", root=root), "test", cache_dir=tmp_path)
+    assert got.labels.tolist() == [0, 1, 2, 3, 4] and got.label_names == datasets.DIGIT_NAMES
+
+
+def test_missing_label_file_is_the_missing_data_error(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_mnist_split(root, "t10k", 3, seed=0, gz=False)
+    (root / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataUnavailableError) as err:
+        load_split(DataConfig(dataset="mnist", root=root), "test", cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert "data files not found" in message and "missing t10k-labels-idx1-ubyte[.gz]" in message
+    assert "t10k-images" not in message.split("looked in")[1].split(";")[0]  # the images are there
+
+
+def test_imagefolder_class_names_are_its_sorted_folders(tmp_path: Path) -> None:
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    for split, folder in (("train", "dogs"), ("train", "cats"), ("test", "cats")):
+        write_rgb(tmp_path / split / folder / "a.png", pixels)
+    got = load_split(DataConfig(dataset="imagefolder", root=tmp_path, image_size=8), "test")
+    assert got.label_names == ("cats", "dogs") and got.labels.tolist() == [0]
+
+
+def test_synthetic_classes_are_blobs_and_stripes() -> None:
+    got = load_split(DataConfig(dataset="synthetic"), "train")
+    assert got.label_names == ("blob", "stripes") and set(got.labels.tolist()) == {0, 1}
+    x = got.images.float()
+    # a blob has one smooth peak; stripes repeat, so they change level more often along a row
+    changes = (x[..., 1:] != x[..., :-1]).flatten(1).float().mean(1)
+    assert changes[got.labels == 1].mean() > 1.5 * changes[got.labels == 0].mean()
+
+
+def write_celeba(base: Path, attributes: np.ndarray) -> None:
+    """A CelebA folder in torchvision's layout: ``len(attributes)`` test images, their attributes."""
+    folder = base / "celeba"
+    names = [f"{i + 1:06d}.png" for i in range(len(attributes))]
+    for name in names:
+        write_rgb(folder / "img_align_celeba" / name, np.full((10, 8, 3), 50, dtype=np.uint8))
+    rows = lambda values: [f"{n} {' '.join(str(v) for v in row)}" for n, row in zip(names, values)]
+    n = len(names)
+    files = {
+        "list_eval_partition.txt": rows([[2]] * n),
+        "identity_CelebA.txt": rows([[1]] * n),
+        "list_bbox_celeba.txt": [str(n), "image_id x_1 y_1 width height", *rows([[0, 0, 8, 8]] * n)],
+        "list_landmarks_align_celeba.txt": [str(n), "a b", *rows([[0, 0]] * n)],
+        "list_attr_celeba.txt": [str(n), " ".join(datasets.CELEBA_ATTRIBUTES), *rows(2 * attributes - 1)],
+    }
+    for name, lines in files.items():
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_celeba_gives_its_forty_attributes(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.datasets import CelebA
+
+    monkeypatch.setattr(CelebA, "_check_integrity", lambda self: True)  # our files have no md5
+    attributes = np.random.default_rng(0).integers(0, 2, size=(3, 40))
+    write_celeba(tmp_path, attributes)
+    got = load_split(DataConfig(dataset="celeba", root=tmp_path, image_size=8), "test")
+    assert got.images.shape == (3, 3, 8, 8)
+    assert got.labels.tolist() == attributes.tolist() and got.label_names == datasets.CELEBA_ATTRIBUTES

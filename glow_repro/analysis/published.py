@@ -317,6 +317,18 @@ FIDELITY: tuple[FidelityChoice, ...] = (
         "off; when on, whole-pixel shifts of up to 10% per image, nearest fill",
         ("train.augment_shift",),
     ),
+    FidelityChoice(
+        "Class conditioning",
+        "not described",
+        "`--ycond` (offered in the README for CIFAR-10 and ImageNet): the top prior's mean and log-scale plus `linear_zeros` of the one-hot class; the "
+        "split priors ignore the class; a `linear_zeros` classifier on the spatial mean of the top "
+        "latent adds `weight_y` (README 0.01, train.py default 0) times its cross-entropy in bits; "
+        "test bpd is of x given its class",
+        "off; `class` is the official form with weight 0.01 and unconditioned split priors "
+        "(`conditional_splits: true` conditions them too); test bpd given the class, beside the "
+        "marginal bpd over a uniform class prior and the classifier's accuracy",
+        ("model.conditioning", "model.class_weight", "model.conditional_splits"),
+    ),
 )
 
 

@@ -1,6 +1,7 @@
 """Click commands, one module per topic; ``ALL_COMMANDS`` is what ``glow-repro`` registers."""
 
 from glow_repro.commands.bench import bench_command
+from glow_repro.commands.manipulate import manipulate_command
 from glow_repro.commands.report import compare_command, report_command
 from glow_repro.commands.sample import sample_command
 from glow_repro.commands.stability import replay_command
@@ -9,4 +10,4 @@ from glow_repro.commands.train import train_command
 from glow_repro.commands.verdict import verdict_command
 
 ALL_COMMANDS: list = [train_command, run_command, status_command, report_command, compare_command,
-                      replay_command, bench_command, sample_command, verdict_command]
+                      replay_command, bench_command, sample_command, verdict_command, manipulate_command]

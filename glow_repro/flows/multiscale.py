@@ -1,11 +1,18 @@
 """Multi-scale pieces (Glow, section 3 and Figure 2b; RealNVP section 3.6): squeeze, the flow
-step, the split with a learned conditional prior, and the learned top prior."""
+step, the split with a learned conditional prior, and the learned top prior.
+
+Priors built with ``n_classes`` are class-conditional as in the official code's ``--ycond``:
+a zero-initialised linear map of the one-hot label y is added to the mean and log-scale, so
+at initialisation they equal the unconditional prior (docs/fidelity.md). The labels are a
+keyword argument, ``y``: class indices ``[batch]``.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from glow_repro.config import ModelConfig
@@ -59,40 +66,82 @@ def gaussian_sample(mean: torch.Tensor, logs: torch.Tensor, temperature: float) 
     return mean + temperature * torch.exp(logs) * torch.randn_like(mean)
 
 
+class LinearZeros(nn.Module):
+    """Linear map initialised to zero whose output is scaled by ``exp(factor * logs)``: the
+    official code's ``linear_zeros``, as :class:`ZeroConv2d` is its ``conv2d_zeros``. Its
+    weights are zeros from the start, so building it draws no random numbers."""
+
+    def __init__(self, in_features: int, out_features: int, logscale_factor: float = 3.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.logs = nn.Parameter(torch.zeros(out_features))
+        self.logscale_factor = logscale_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) * torch.exp(self.logs * self.logscale_factor)
+
+
+class ClassShift(nn.Module):
+    """The class-dependent shift of a prior's (mean, log-scale) channels: ``LinearZeros`` of
+    the one-hot label, constant over space; ``[batch, channels, 1, 1]`` in ``dtype``."""
+
+    def __init__(self, n_classes: int, channels: int, logscale_factor: float = 3.0):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = LinearZeros(n_classes, channels, logscale_factor)
+
+    def forward(self, y: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        if y is None:
+            raise ValueError("a class-conditional prior needs the labels y")
+        onehot = F.one_hot(y, self.n_classes).to(self.linear.weight.dtype)
+        return self.linear(onehot).to(dtype)[:, :, None, None]
+
+
 class Split(nn.Module):
     """Factor out half the channels with a learned conditional prior p(z2 | z1) (RealNVP 3.6).
 
-    ``split(x) -> (z1, z2, log p(z2 | z1))``; ``merge(z1, z2=None, temperature)`` inverts it,
-    drawing z2 from the prior when it is not given (sampling).
+    ``halves(x) -> (z1, z2)`` with ``log_density(z1, z2)`` = log p(z2 | z1);
+    ``merge(z1, z2=None, temperature)`` inverts it,
+    drawing z2 from the prior when it is not given (sampling). With ``n_classes`` the prior is
+    p(z2 | z1, y) (``model.conditional_splits``; the official code's splits ignore y).
     """
 
-    def __init__(self, channels: int, zero_conv_logscale_factor: float = 3.0):
+    def __init__(self, channels: int, zero_conv_logscale_factor: float = 3.0, n_classes: int = 0):
         super().__init__()
         self.keep = channels // 2
         self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep), zero_conv_logscale_factor)
+        self.class_shift = (ClassShift(n_classes, 2 * (channels - self.keep), zero_conv_logscale_factor)
+                            if n_classes else None)
 
-    def prior_params(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prior_params(self, z1: torch.Tensor, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.prior(z1).to(z1.dtype)  # priors stay in the flow's dtype under autocast
+        if self.class_shift is not None:
+            h = h + self.class_shift(y, h.dtype)
         return h[:, 0::2], h[:, 1::2]
 
-    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z1, z2 = x[:, : self.keep], x[:, self.keep :]
-        mean, logs = self.prior_params(z1)
-        return z1, z2, gaussian_log_density(z2, mean, logs)
+    def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z1, z2): the kept channels and the factored-out ones."""
+        return x[:, : self.keep], x[:, self.keep :]
+
+    def log_density(self, z1: torch.Tensor, z2: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(z2 | z1[, y]) per example."""
+        return gaussian_log_density(z2, *self.prior_params(z1, y=y))
 
     def merge(self, z1: torch.Tensor, z2: torch.Tensor | None = None,
-              temperature: float = 1.0) -> torch.Tensor:
+              temperature: float = 1.0, *, y: torch.Tensor | None = None) -> torch.Tensor:
         if z2 is None:
-            z2 = gaussian_sample(*self.prior_params(z1), temperature)
+            z2 = gaussian_sample(*self.prior_params(z1, y=y), temperature)
         return torch.cat([z1, z2], 1)
 
 
 class TopPrior(nn.Module):
     """Gaussian prior of the final latent: learned per-channel mean and log-scale (``learn_top``)
-    computed as the official code's zero-initialised conv of a zero input, else N(0, I)."""
+    computed as the official code's zero-initialised conv of a zero input, else N(0, I); with
+    ``n_classes``, plus the class shift of the label (official ``--ycond``)."""
 
     def __init__(self, shape: tuple[int, int, int], learn: bool = True,
-                 zero_conv_logscale_factor: float = 3.0):
+                 zero_conv_logscale_factor: float = 3.0, n_classes: int = 0):
         super().__init__()
         self.shape = shape
         channels = shape[0]
@@ -100,14 +149,17 @@ class TopPrior(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1), requires_grad=learn)
         self.logs = nn.Parameter(torch.zeros(1, 2 * channels, 1, 1), requires_grad=learn)
         self.logscale_factor = zero_conv_logscale_factor
+        self.class_shift = ClassShift(n_classes, 2 * channels, zero_conv_logscale_factor) if n_classes else None
 
-    def params(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def params(self, batch: int, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.bias * torch.exp(self.logs * self.logscale_factor)
         h = h.expand(batch, -1, *self.shape[1:])
+        if self.class_shift is not None:
+            h = h + self.class_shift(y, h.dtype)
         return h[:, 0::2], h[:, 1::2]
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        return gaussian_log_density(z, *self.params(z.shape[0]))
+    def log_density(self, z: torch.Tensor, *, y: torch.Tensor | None = None) -> torch.Tensor:
+        return gaussian_log_density(z, *self.params(z.shape[0], y=y))
 
-    def sample(self, n: int, temperature: float) -> torch.Tensor:
-        return gaussian_sample(*self.params(n), temperature)
+    def sample(self, n: int, temperature: float, *, y: torch.Tensor | None = None) -> torch.Tensor:
+        return gaussian_sample(*self.params(n, y=y), temperature)

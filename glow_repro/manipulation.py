@@ -1,0 +1,153 @@
+"""Semantic manipulation of attributes (Glow, section 5.3 and its figure of edited faces).
+
+The model is used as trained, with or without labels: every image of a labelled set is encoded,
+its latents of all levels concatenated into one vector, and the attribute's direction is the
+mean latent of the images that have it minus the mean of those that do not. Moving a test
+image's latent along the direction by ``alpha`` and decoding edits the image; ``alpha = 0``
+is the image's reconstruction.
+
+An attribute is a CelebA attribute (``Smiling``), or for a class dataset a pair of classes
+(``7-vs-1``: positives of class 7, negatives of class 1) or a class against the rest (``7``);
+classes are named by index or by name (``Sneaker-vs-Sandal``). How well the direction tells the
+attribute apart is measured on held-out images: the mean projection of positives and of
+negatives onto the unit direction, and their gap in pooled standard deviations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from glow_repro.config import RunConfig
+from glow_repro.data import ImageData
+from glow_repro.errors import UserFacingError
+from glow_repro.model import Glow
+from glow_repro.objective import preprocess
+from glow_repro.rundir import atomic_write_bytes, atomic_write_json
+from glow_repro.sampling import png_bytes
+
+#: The paper's figure moves each image both ways from its reconstruction.
+DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+_VS = "-vs-"
+
+
+def attribute_masks(attribute: str, labels: torch.Tensor, names: tuple[str, ...],
+                    dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks of the positive and negative images of ``attribute`` given ``labels``:
+    class indices ``[N]`` or binary attributes ``[N, A]`` named by ``names``."""
+    if labels.ndim == 2:
+        if attribute not in names:
+            raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of "
+                                  f"{', '.join(names)}")
+        column = labels[:, names.index(attribute)]
+        return column == 1, column == 0
+    positive, vs, negative = attribute.partition(_VS)
+    is_positive = labels == _class_index(positive, names, attribute, dataset)
+    if not vs:
+        return is_positive, ~is_positive
+    return is_positive, labels == _class_index(negative, names, attribute, dataset)
+
+
+def _class_index(text: str, names: tuple[str, ...], attribute: str, dataset: str) -> int:
+    folded = [name.casefold() for name in names]
+    if text.casefold() in folded:
+        return folded.index(text.casefold())
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise UserFacingError(
+        f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
+        f"two classes as A{_VS}B; its classes are {', '.join(f'{i} {n}' for i, n in enumerate(names))}")
+
+
+def flat_latents(model: Glow, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``[N, D]``: every level's latent of each image, concatenated (D = pixels x channels)."""
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(x), batch_size):
+        zs, _ = model.encode(x[start : start + batch_size].to(device))
+        rows.append(torch.cat([z.flatten(1) for z in zs], 1))
+    return torch.cat(rows)
+
+
+def latent_direction(latents: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Mean latent of the positives minus mean latent of the negatives."""
+    return latents[positive].mean(0) - latents[negative].mean(0)
+
+
+def separation(latents: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+               direction: torch.Tensor) -> dict[str, float]:
+    """Projections onto the unit direction: each group's mean, their gap, and the gap in pooled
+    standard deviations (Cohen's d)."""
+    projected = latents @ (direction / direction.norm())
+    pos, neg = projected[positive].double(), projected[negative].double()
+    pooled = math.sqrt(((len(pos) - 1) * pos.var().item() + (len(neg) - 1) * neg.var().item())
+                       / max(len(pos) + len(neg) - 2, 1))
+    gap = (pos.mean() - neg.mean()).item()
+    return {"mean_positive": pos.mean().item(), "mean_negative": neg.mean().item(), "gap": gap,
+            "gap_in_sd": gap / pooled if pooled else math.inf,
+            "n_positive": len(pos), "n_negative": len(neg)}
+
+
+@torch.no_grad()
+def manipulate(model: Glow, x: torch.Tensor, direction: torch.Tensor, alphas: tuple[float, ...]) -> torch.Tensor:
+    """``[len(x), len(alphas), C, H, W]``: each image decoded from its latent plus alpha times
+    the direction; at alpha 0 exactly ``decode(encode(x))``."""
+    zs, _ = model.encode(x)
+    sizes = [z[0].numel() for z in zs]
+    parts = [part.view(z.shape[1:]) for part, z in zip(direction.split(sizes), zs, strict=True)]
+    columns = [model.decode([z + alpha * part for z, part in zip(zs, parts, strict=True)]) for alpha in alphas]
+    return torch.stack(columns, 1)
+
+
+def _model_space(images: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """uint8 images -> model space, centred in their bins (as the reconstructions are drawn)."""
+    return preprocess(images, n_bits, noise=False) + 0.5 / 2**n_bits
+
+
+def _masks_with_both(attribute: str, data: ImageData, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    positive, negative = attribute_masks(attribute, data.labels, data.label_names, dataset)
+    if not positive.any() or not negative.any():
+        raise UserFacingError(f"attribute {attribute!r}: {data.name} has {int(positive.sum())} positive and "
+                              f"{int(negative.sum())} negative images; a direction needs both")
+    return positive, negative
+
+
+@torch.no_grad()
+def write_manipulation(model: Glow, config: RunConfig, out_dir: str | Path, train: ImageData, test: ImageData,
+                       attribute: str, *, alphas: tuple[float, ...] = DEFAULT_ALPHAS, rows: int = 4,
+                       encode: int | None = None, batch_size: int = 256) -> dict:
+    """The direction of ``attribute`` from the first ``encode`` training images (all by
+    default), its separation on as many test images, and ``manipulate_<attribute>.png`` of the
+    first ``rows`` test images (one per row, one column per alpha) with its JSON record."""
+    model.eval()
+    device = next(model.parameters()).device
+    n_bits = config.data.n_bits
+    dataset = config.data.dataset
+    train, test = _limited(train, encode), _limited(test, encode)
+    positive, negative = _masks_with_both(attribute, train, dataset)
+    direction = latent_direction(flat_latents(model, _model_space(train.images, n_bits), batch_size),
+                                 positive.to(device), negative.to(device))
+    held_out = _masks_with_both(attribute, test, dataset)
+    test_latents = flat_latents(model, _model_space(test.images, n_bits), batch_size)
+    grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)
+    stem = f"manipulate_{re.sub(r'[^A-Za-z0-9_.-]+', '_', attribute)}"
+    out = Path(out_dir)
+    atomic_write_bytes(out / f"{stem}.png", png_bytes(grid.flatten(0, 1), n_bits, len(alphas)))
+    record = {
+        "attribute": attribute,
+        "alphas": list(alphas),
+        "rows": min(rows, len(test.images)),
+        "direction_norm": direction.norm().item(),
+        "train_images": {"positive": int(positive.sum()), "negative": int(negative.sum())},
+        "held_out": separation(test_latents, *(mask.to(device) for mask in held_out), direction),
+        "files": [f"{stem}.png", f"{stem}.json"],
+    }
+    atomic_write_json(out / f"{stem}.json", record)
+    return record
+
+
+def _limited(data: ImageData, limit: int | None) -> ImageData:
+    return ImageData(data.images[:limit], data.labels[:limit], data.name, data.source, data.label_names)
