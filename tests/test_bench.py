@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from glow_repro.benchmark import measure
 from glow_repro.cli import main
-from glow_repro.config import RunConfig
+from glow_repro.commands.bench import PRESETS, REPOSITORY
+from glow_repro.config import RunConfig, load_run_config
 
 TINY = {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 2, "width": 8},
         "train": {"batch_size": 4}}
@@ -32,3 +33,12 @@ def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
     assert "images/s" in result.output and "parameters" in result.output and "evaluate" in result.output
     bad = runner.invoke(main, ["bench", "--set", "model.coupling=both"])
     assert bad.exit_code == 2 and "model.coupling: must be one of" in bad.output
+
+
+def test_presets_are_the_config_files_the_help_describes():
+    shapes = {}
+    for name, path in PRESETS.items():
+        config = load_run_config(REPOSITORY / path)
+        m = config.model
+        shapes[name] = (config.data.shape, m.depth, m.levels, m.width, config.train.batch_size)
+    assert shapes == {"reference": ((1, 32, 32), 8, 3, 128, 32), "paper-cifar10": ((3, 32, 32), 32, 3, 512, 64)}
