@@ -204,7 +204,7 @@ def _download(source: FileSource, target: Path, split: Split) -> str:
     try:
         target.mkdir(parents=True, exist_ok=True)
         source.fetch(target, split)
-    except Exception as err:  # noqa: BLE001 - torchvision raises anything from URLError to ImportError
+    except Exception as err:  # torchvision raises anything from URLError to ImportError
         return f"download from {source.url} failed ({type(err).__name__}: {_one_line(err)})"
     finally:
         socket.setdefaulttimeout(previous)

@@ -286,7 +286,10 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    statuses = lambda: [RunDir(p).status() for p in (results / "runs").glob("*")]  # noqa: E731
+
+    def statuses():
+        return [RunDir(p).status() for p in (results / "runs").glob("*")]
+
     _wait_for(lambda: sum(s.get("state") == "running" and s.get("step", 0) > 2 for s in statuses()) >= 2)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

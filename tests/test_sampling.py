@@ -96,7 +96,10 @@ def test_samples_are_reproducible_and_grids_have_the_expected_size(runs, tmp_pat
     for out, seed in (("a", 0), ("b", 0), ("c", 1)):
         result = cli(*args, "--seed", seed, "--out", tmp_path / out)
         assert result.exit_code == 0, result.output
-    same = lambda name, x, y: (tmp_path / x / name).read_bytes() == (tmp_path / y / name).read_bytes()  # noqa: E731
+
+    def same(name, x, y):
+        return (tmp_path / x / name).read_bytes() == (tmp_path / y / name).read_bytes()
+
     assert same("samples_T0.png", "a", "b") and same("samples_T0.7.png", "a", "b")
     assert same("samples_T0.png", "a", "c"), "temperature 0 is the prior's mean: no noise at all"
     assert not same("samples_T0.7.png", "a", "c")

@@ -65,7 +65,10 @@ def test_reordering_yaml_keys_keeps_run_ids(tmp_path):
                                        "model.permutation": ["conv1x1", "reverse"]},
              "base": base, "name": "t"}
     two = write(tmp_path, other, "two.yaml")
-    ids = lambda p: {r.run_id for r in expand(load_study(p))}  # noqa: E731
+
+    def ids(path):
+        return {r.run_id for r in expand(load_study(path))}
+
     assert ids(one) == ids(two)
 
 

@@ -127,7 +127,7 @@ def test_skip_drops_the_bad_step_and_goes_on(monkeypatch, tmp_path):
     run = RunDir(tmp_path / "run")
     assert summary["state"] == "done" and summary["steps_skipped"] == 1
     assert steps_logged(run) == list(range(1, 21))
-    bad = [row for row in run.metrics.read() if row["step"] == 7][0]
+    bad = next(row for row in run.metrics.read() if row["step"] == 7)
     assert bad["train_bpd"] != bad["train_bpd"]  # NaN is kept in the log as what happened
     assert [e["kind"] for e in run.events.read()] == ["nonfinite_loss"]
 

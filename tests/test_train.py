@@ -54,8 +54,13 @@ def test_same_seed_gives_identical_metrics_and_other_seeds_differ(tmp_path):
     a = train(config(), tmp_path / "a", threads=1)
     b = train(config(), tmp_path / "b", threads=1)
     c = train(config(seed=1), tmp_path / "c", threads=1)
-    metrics = lambda name: without_timing(RunDir(tmp_path / name).metrics.read())
-    evals = lambda name: without_timing(RunDir(tmp_path / name).evals.read())
+
+    def metrics(name):
+        return without_timing(RunDir(tmp_path / name).metrics.read())
+
+    def evals(name):
+        return without_timing(RunDir(tmp_path / name).evals.read())
+
     assert metrics("a") == metrics("b") and evals("a") == evals("b")
     assert a["final_test_bpd"] == b["final_test_bpd"]
     assert metrics("a") != metrics("c")
