@@ -8,15 +8,15 @@ from click.testing import CliRunner
 from glow_repro.benchmark import measure
 from glow_repro.cli import main
 from glow_repro.commands.bench import PRESETS, REPOSITORY
-from glow_repro.config import RunConfig, load_run_config
+from glow_repro.config import load_run_config
+from tests.conftest import tiny_config
 
-TINY = {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 2, "width": 8},
-        "train": {"batch_size": 4}}
+RUNS = {"model": {"depth": 1, "width": 8}, "train": {"batch_size": 4}}
 
 
 def test_measure_reports_rates_memory_and_parameters():
     torch.set_num_threads(1)
-    result = measure(RunConfig.model_validate(TINY), torch.device("cpu"), steps=1, repeats=2, monitor=True)
+    result = measure(tiny_config(RUNS), torch.device("cpu"), steps=1, repeats=2, monitor=True)
     assert len(result.train_rates) == 2 and result.train_images_per_s > 0
     assert result.sample_images_per_s > 0 and result.eval_images_per_s > 0 and result.peak_memory_mb > 0
     assert result.n_params > 0 and result.monitor_fraction > 0

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig
 from glow_repro.data import load_split
 from glow_repro.objective import preprocess
 from glow_repro.sampling import (
@@ -22,12 +21,12 @@ from glow_repro.sampling import (
     sample_images,
 )
 from glow_repro.train import train
+from tests.conftest import tiny_config
 
-TINY = {
-    "data": {"dataset": "synthetic", "synthetic_size": 64},
-    "model": {"depth": 1, "levels": 2, "width": 8},
-    "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "progress": False, "n_samples": 2,
-              "init_images": 32},
+RUNS = {
+    "data": {"synthetic_size": 64},
+    "model": {"depth": 1, "width": 8},
+    "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "n_samples": 2, "init_images": 32},
 }
 
 
@@ -36,9 +35,8 @@ def runs(tmp_path_factory):
     """Two finished tiny runs: ``plain`` and ``ema`` (train.ema_decay=0.9)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    train(RunConfig.model_validate(TINY), root / "plain", threads=1)
-    ema = {**TINY, "train": {**TINY["train"], "ema_decay": 0.9}}
-    train(RunConfig.model_validate(ema), root / "ema", threads=1)
+    train(tiny_config(RUNS), root / "plain", threads=1)
+    train(tiny_config(RUNS, {"train": {"ema_decay": 0.9}}), root / "ema", threads=1)
     return root
 
 

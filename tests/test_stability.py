@@ -25,20 +25,17 @@ from glow_repro.stability import (
     replay_capsule,
 )
 from glow_repro.train import train
+from tests.conftest import tiny_config
 
 LAYER = "levels.0.steps.1.layers.2"  # the coupling of the second step of the first level
+RUNS = {
+    "data": {"synthetic_size": 128},
+    "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5, "n_samples": 2},
+}
 
 
 def config(**sections) -> RunConfig:
-    raw = {
-        "data": {"dataset": "synthetic", "synthetic_size": 128},
-        "model": {"depth": 2, "levels": 2, "width": 16},
-        "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5,
-                  "progress": False, "n_samples": 2},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return RunConfig.model_validate(raw)
+    return tiny_config(RUNS, sections)
 
 
 def inject(monkeypatch, layer: str, calls: set[int] | None = None, *, gradient: bool = False,

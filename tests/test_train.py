@@ -23,22 +23,18 @@ from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
 from glow_repro.stability import RecoveryPolicy
 from glow_repro.train import learning_rate, train
+from tests.conftest import tiny_config
 
-TINY = {
-    "data": {"dataset": "synthetic", "synthetic_size": 256},
-    "model": {"depth": 2, "levels": 2, "width": 16},
+RUNS = {
+    "data": {"synthetic_size": 256},
     "train": {"steps": 40, "batch_size": 16, "eval_every": 20, "checkpoint_every": 10,
-              "warmup_steps": 5, "progress": False, "n_samples": 4},
+              "warmup_steps": 5, "n_samples": 4},
 }
 TIMING = ("step_time", "images_per_s", "wall_time")
 
 
-def config(**sections) -> RunConfig:
-    raw = json.loads(json.dumps(TINY))
-    seed = sections.pop("seed", 0)
-    for name, values in sections.items():
-        raw[name].update(values)
-    return RunConfig.model_validate({**raw, "seed": seed})
+def config(seed: int = 0, **sections) -> RunConfig:
+    return tiny_config(RUNS, sections, seed=seed)
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
