@@ -7,7 +7,7 @@ What differs between datasets (shape, files, reader) is their record in
 objective (Glow, section 5). Geometry follows the config: ``resize: pad`` zero-pads
 symmetrically (the official Glow MNIST pipeline pads 28 -> 32), ``resize: resize`` resamples
 bilinearly with antialiasing; ``channels: 3`` tiles gray images (official MNIST pipeline,
-openai/glow issue #70) and ``channels: 1`` turns colour into ITU-R 601-2 luminance.
+openai/glow#70) and ``channels: 1`` turns colour into ITU-R 601-2 luminance.
 
 File-based datasets resolve in order: ``data.root``, the cache directory (argument, else
 ``$GLOW_REPRO_DATA``, else ``~/.cache/glow-repro/data``), for Fashion-MNIST the Debian package

@@ -1,4 +1,4 @@
-"""Freed activation memory stays in the heap between steps on glibc (issue #7)."""
+"""Freed activation memory stays in the heap between steps on glibc."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Published numbers as data, the comparability rules of `compare`, and the fidelity doc (issue #6)."""
+"""Published numbers as data, the comparability rules of `compare`, and the fidelity doc."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``glow-repro sample`` (issue #6): checkpoint loading (EMA included), latent interpolation
+"""``glow-repro sample``: checkpoint loading (EMA included), latent interpolation
 (Glow section 6), reproducible sample grids and one-line errors, on tiny runs trained here."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Study specs: grid expansion, stable run ids, strict validation, shipped studies (issue #4)."""
+"""Study specs: grid expansion, stable run ids, strict validation, shipped studies."""
 
 from __future__ import annotations
 
