@@ -187,6 +187,7 @@ def test_exploding_but_finite_bpd_counts_as_diverged(tmp_path):
     assert RunDir(tmp_path / "run").events.read()[0]["kind"] == "bpd_explosion"
 
 
+@pytest.mark.slow  # a run of 120 steps
 def test_healthy_run_raises_no_events_with_default_thresholds(tmp_path):
     summary = train(config(train={"steps": 120, "eval_every": 60, "checkpoint_every": 60}), tmp_path / "run", threads=1)
     assert summary["state"] == "done"

@@ -46,6 +46,7 @@ def write_config(path: Path, cfg: RunConfig) -> Path:
     return path
 
 
+@pytest.mark.slow  # three runs of 40 steps
 def test_same_seed_gives_identical_metrics_and_other_seeds_differ(tmp_path):
     a = train(config(), tmp_path / "a", threads=1)
     b = train(config(), tmp_path / "b", threads=1)
@@ -78,6 +79,7 @@ def test_run_directory_holds_every_record(tmp_path):
     assert summary["n_params"] > 0 and summary["wall_time"] > 0
 
 
+@pytest.mark.slow  # a run of 40 steps in two parts, and one in one go
 def test_resume_after_clean_stop_continues_without_gaps(tmp_path):
     """Train 20 of 40 steps, then ask for 40: the log continues at 21 and equals one go."""
     train(config(train={"steps": 20}), tmp_path / "split", threads=1)
