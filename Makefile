@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU runners here have local wheels for these; elsewhere pip resolves the range in pyproject.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data test test-fast bench clean
+.PHONY: setup data lint test test-fast bench clean
 
 setup: $(BIN)/glow-repro data
 
@@ -23,6 +23,11 @@ data:
 	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
 	  || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
 	fi
+
+# ruff check (rules in pyproject.toml) and a formatting check; `ruff format .` applies the format.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Before/after throughput of two commits, measured in alternating processes (issue #7).
+"""Before/after throughput of two commits, measured in alternating processes (benchmarks/README.md).
 
 This host's throughput drifts by about 15 % within minutes, so two benchmark runs taken at
 different times do not compare. This script checks out both revisions into temporary git

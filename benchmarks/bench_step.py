@@ -1,9 +1,10 @@
-"""Reference-config benchmark for the closing notes (issues #2, #3, #5, #7).
+"""Reference-config benchmark for before/after speed claims (benchmarks/README.md).
 
 Prints the median images/s of a bare training step, a sampling pass and an evaluation batch
-on the reference config (1x32x32, K=8, L=3, width 128, affine, LU 1x1, learned top prior,
-batch 32), peak RSS, the parameter count, the stability monitor's share of a step and, with
-``--train-loop``, the throughput of ``train()``'s own loop and its overhead over the bare step.
+on the reference config (``benchmarks/reference.yaml``: 1x32x32, K=8, L=3, width 128, affine,
+LU 1x1, learned top prior, batch 32), peak RSS, the parameter count, the stability monitor's
+share of a step and, with ``--train-loop``, the throughput of ``train()``'s own loop and its
+overhead over the bare step.
 
     python benchmarks/bench_step.py [--repeats 5] [--steps 10] [--threads 2] [--train-loop]
     python benchmarks/bench_step.py --set train.channels_last=false   # a speed option off
@@ -14,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 import torch
 
-from glow_repro.benchmark import REFERENCE, measure, train_loop_rates
-from glow_repro.config import RunConfig, apply_overrides
+from glow_repro.benchmark import measure, train_loop_rates
+from glow_repro.config import load_run_config
+
+REFERENCE = Path(__file__).with_name("reference.yaml")
 
 
 def main() -> None:
@@ -30,7 +34,7 @@ def main() -> None:
     parser.add_argument("--train-loop", action="store_true", help="also time train()'s loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = RunConfig.model_validate(apply_overrides(REFERENCE, args.overrides))
+    config = load_run_config(REFERENCE, args.overrides)
     result = measure(config, torch.device("cpu"), steps=args.steps, repeats=args.repeats, monitor=True)
     record = {
         "threads": args.threads,

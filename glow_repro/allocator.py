@@ -1,4 +1,4 @@
-"""Keep freed tensor memory in the process heap on glibc (issue #7).
+"""Keep freed tensor memory in the process heap on glibc (benchmarks/README.md).
 
 A training step allocates and frees the same activation buffers (1-8 MB each at the reference
 config; 33 MB and more for evaluation batches of 256) every step. glibc serves blocks that

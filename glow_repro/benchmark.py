@@ -1,5 +1,6 @@
 """Throughput, memory and FLOP measurements of a config's training step and sampling pass,
-shared by ``glow-repro bench`` and ``benchmarks/bench_step.py``.
+shared by ``glow-repro bench`` and ``benchmarks/bench_step.py``; the configs they measure by
+default are files (``benchmarks/reference.yaml``, ``configs/paper_cifar10.yaml``).
 
 The step timed is the engine's (:meth:`glow_repro.engine.Engine.step`), the one training takes.
 Figures are medians over ``repeats`` timed blocks of ``steps`` steps each, after warm-up.
@@ -25,25 +26,6 @@ from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
 from glow_repro.stability import StabilityMonitor
 from glow_repro.train import train
-
-#: The reference benchmark config (benchmarks/README.md): 1x32x32, K=8, L=3, width 128, affine, LU 1x1,
-#: learned top prior, batch 32 (run with 2 threads on the CPU).
-REFERENCE = {
-    "data": {"dataset": "synthetic", "image_size": 32, "synthetic_size": 1024},
-    "model": {"depth": 8, "levels": 3, "width": 128, "coupling": "affine", "permutation": "conv1x1",
-              "conv1x1_form": "lu", "learn_top": True},
-    "train": {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "progress": False},
-}
-
-#: The paper's CIFAR-10 model (Glow, section 5): 3x32x32, K=32, L=3, width 512, batch 64.
-PAPER_CIFAR10 = {
-    "data": {"dataset": "cifar10"},
-    "model": {"depth": 32, "levels": 3, "width": 512, "coupling": "affine", "permutation": "conv1x1",
-              "conv1x1_form": "dense", "learn_top": True},
-    "train": {"batch_size": 64, "optimizer": "adamax", "lr": 1e-3, "progress": False},
-}
-
-PRESETS = {"reference": REFERENCE, "paper-cifar10": PAPER_CIFAR10}
 
 #: Dense peak TFLOP/s by GPU name fragment and precision (vendor datasheets, SXM parts).
 PEAK_TFLOPS = {

@@ -1,4 +1,4 @@
-"""Typed run configuration: ``data``, ``model``, ``train`` and a ``seed`` (issue #3).
+"""Typed run configuration: ``data``, ``model``, ``train`` and a ``seed`` (docs/architecture.md).
 
 Config is validated once, at the edge: YAML (or a dict) goes in, frozen pydantic models come
 out, and code inside the package never sees a raw dict. Every user mistake becomes a
@@ -44,7 +44,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """What the model sees: dataset, geometry and quantisation (Glow, section 5; issue #2)."""
+    """What the model sees: dataset, geometry and quantisation (Glow, section 5)."""
 
     dataset: DatasetName = "fashion-mnist"
     root: Path | None = Field(None, description="directory that holds the dataset's files")
@@ -87,7 +87,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Optimisation, evaluation and bookkeeping of one run (issue #3)."""
+    """Optimisation, evaluation and bookkeeping of one run (Glow, section 5)."""
 
     optimizer: Literal["adam", "adamax"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -110,7 +110,7 @@ class TrainConfig(_Section):
     precision: Literal["float32", "bf16"] = Field(
         "float32", description="bf16 autocasts the coupling and prior convolutions only")
     tf32: bool = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
-    channels_last: bool = Field(True, description="NHWC activations (+11 % images/s on CPU, issue #7)")
+    channels_last: bool = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
     compile: bool = Field(False, description="torch.compile the training forward")
     grad_checkpointing: bool = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
@@ -141,7 +141,7 @@ class TrainConfig(_Section):
 
 
 class MonitorConfig(_Section):
-    """Thresholds of the stability monitor (issue #5); see glow_repro/stability.py."""
+    """Thresholds of the stability monitor; see glow_repro/stability.py."""
 
     spike_window: int = Field(100, ge=5, description="steps of history for median and MAD")
     spike_warmup: int = Field(20, ge=5, description="history needed before spikes are judged")

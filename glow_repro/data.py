@@ -7,7 +7,7 @@ What differs between datasets (shape, files, reader) is their record in
 objective (Glow, section 5). Geometry follows the config: ``resize: pad`` zero-pads
 symmetrically (the official Glow MNIST pipeline pads 28 -> 32), ``resize: resize`` resamples
 bilinearly with antialiasing; ``channels: 3`` tiles gray images (official MNIST pipeline,
-openai/glow issue #70) and ``channels: 1`` turns colour into ITU-R 601-2 luminance.
+openai/glow#70) and ``channels: 1`` turns colour into ITU-R 601-2 luminance.
 
 File-based datasets resolve in order: ``data.root``, the cache directory (argument, else
 ``$GLOW_REPRO_DATA``, else ``~/.cache/glow-repro/data``), for Fashion-MNIST the Debian package
@@ -206,7 +206,7 @@ def _download(source: FileSource, target: Path, split: Split) -> str:
     try:
         target.mkdir(parents=True, exist_ok=True)
         source.fetch(target, split)
-    except Exception as err:  # noqa: BLE001 - torchvision raises anything from URLError to ImportError
+    except Exception as err:  # torchvision raises anything from URLError to ImportError
         return f"download from {source.url} failed ({type(err).__name__}: {_one_line(err)})"
     finally:
         socket.setdefaulttimeout(previous)

@@ -285,9 +285,8 @@ def _cifar10_files() -> FileSource:
 
     return FileSource(
         layouts=(CIFAR10.base_folder,),
-        names=lambda split: tuple(
-            name for name, _ in CIFAR10.train_list + CIFAR10.test_list
-        ) + (CIFAR10.meta["filename"],),
+        names=lambda split: (
+            *(name for name, _ in CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]),
         read=_read_cifar10,
         fetch=lambda base, split: CIFAR10(str(base), download=True),
         url=CIFAR10.url,
@@ -311,8 +310,8 @@ def _celeba_files() -> FileSource:
 
     return FileSource(
         layouts=(CelebA.base_folder,),
-        names=lambda split: ("img_align_celeba",)
-        + tuple(name for _, _, name in CelebA.file_list if not name.endswith(".zip")),
+        names=lambda split: (
+            "img_align_celeba", *(name for _, _, name in CelebA.file_list if not name.endswith(".zip"))),
         read=_read_celeba,
         fetch=lambda base, split: CelebA(str(base), split=split, download=True),
         url="https://drive.google.com/",

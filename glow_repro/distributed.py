@@ -1,4 +1,4 @@
-"""Data-parallel context for one run across processes (issue #7).
+"""Data-parallel context for one run across processes (README, "Bigger machines").
 
 ``torchrun`` (or the SLURM launcher) sets ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR``; then
 :func:`from_environment` joins the process group (``gloo`` on the CPU, ``nccl`` on CUDA) and

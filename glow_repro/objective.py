@@ -45,7 +45,7 @@ def bits_per_dim(log_prob: torch.Tensor, n_dims: int, n_bits: int) -> torch.Tens
 
 def training_loss(forward, x: torch.Tensor, n_bits: int, precision: str = "float32") -> torch.Tensor:
     """Mean bpd of a batch through ``forward`` (a Glow, or its DDP / compiled wrapper). Under
-    ``precision="bf16"`` only the forward runs in autocast; the loss is float32 (issue #7)."""
+    ``precision="bf16"`` only the forward runs in autocast; the loss is float32."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         log_prob = forward(x)
     return bits_per_dim(log_prob.float(), math.prod(x.shape[1:]), n_bits).mean()

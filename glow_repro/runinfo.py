@@ -1,4 +1,4 @@
-"""What a run ran on: versions, device, threads, host and the project's git commit (issue #3)."""
+"""What a run ran on: versions, device, threads, host and the project's git commit."""
 
 from __future__ import annotations
 

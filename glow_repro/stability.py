@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -157,7 +157,7 @@ class StabilityMonitor:
     """Turns each step's numbers into event rows (see the module docstring)."""
 
     #: health signal -> (threshold attribute of MonitorConfig, event when the value is below it?)
-    HEALTH_LIMITS = {
+    HEALTH_LIMITS: ClassVar[dict[str, tuple[str, bool]]] = {
         "affine_scale_min": ("min_affine_scale", True),
         "affine_scale_max": ("max_affine_scale", False),
         "conv1x1_condition": ("max_conv1x1_condition", False),

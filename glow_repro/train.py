@@ -122,7 +122,7 @@ def _stop_on_signals() -> Iterator[dict]:
     """Turn SIGINT/SIGTERM into a flag the loop checks at step boundaries."""
     flag = {"stop": False}
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         flag["stop"] = True
 
     previous = {}

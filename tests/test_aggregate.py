@@ -26,7 +26,7 @@ from glow_repro.analysis.aggregate import (
     time_to_threshold,
     variant_summary,
     wilson_interval,
-)  # fmt: skip
+)
 
 T_975_DF1 = math.tan(math.pi * 0.475)  # 12.706...
 T_975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))  # 4.3027...
@@ -36,7 +36,7 @@ Z_975 = 1.959963984540054
 def finals_frame(rows: list[tuple[str, int, str, float]]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"run_id": f"{v}-{s}", "variant": v, "seed": s, "state": st, "final_test_bpd": b,
-          "best_test_bpd": b - 0.05, "n_params": 10, "wall_time": 60.0} for v, s, st, b in rows]  # fmt: skip
+          "best_test_bpd": b - 0.05, "n_params": 10, "wall_time": 60.0} for v, s, st, b in rows]
     )
 
 

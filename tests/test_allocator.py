@@ -1,4 +1,4 @@
-"""Freed activation memory stays in the heap between steps on glibc (issue #7)."""
+"""Freed activation memory stays in the heap between steps on glibc."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow  # two fresh processes, each importing torch
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_freed_buffers_are_reused_without_new_page_faults():
     assert retain_freed_memory() and retain_freed_memory()  # idempotent

@@ -126,7 +126,7 @@ def test_resize_keeps_a_constant_image_constant(tmp_path: Path) -> None:
 
 def test_padding_cannot_shrink(mnist_root, tmp_path: Path) -> None:
     root, _, _ = mnist_root
-    with pytest.raises(ConfigError, match="data.image_size=16 .* data.resize=resize"):
+    with pytest.raises(ConfigError, match=r"data.image_size=16 .* data.resize=resize"):
         load_split(DataConfig(dataset="mnist", root=root, image_size=16), "train", cache_dir=tmp_path)
 
 
@@ -209,7 +209,7 @@ def test_imagefolder_centre_crop_and_luminance(tmp_path: Path) -> None:
 
 
 def test_imagefolder_needs_a_root() -> None:
-    with pytest.raises(ConfigError, match="data.root: required for dataset imagefolder"):
+    with pytest.raises(ConfigError, match=r"data.root: required for dataset imagefolder"):
         load_split(DataConfig(dataset="imagefolder"), "train")
 
 
@@ -268,7 +268,7 @@ def test_torchvision_download_errors_are_wrapped(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Reachable())
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     cfg = DataConfig(dataset="mnist", download=True)
-    with pytest.raises(DataUnavailableError, match="mnist/train: .*download from .* failed"):
+    with pytest.raises(DataUnavailableError, match=r"mnist/train: .*download from .* failed"):
         load_split(cfg, "train", cache_dir=tmp_path)
     assert socket.getdefaulttimeout() is None  # the download timeout does not leak
 

@@ -1,4 +1,4 @@
-"""The whole Glow against the change-of-variables formula, sampling and temperature (issue #2)."""
+"""The whole Glow against the change-of-variables formula, sampling and temperature."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Published numbers as data, the comparability rules of `compare`, and the fidelity doc (issue #6)."""
+"""Published numbers as data, the comparability rules of `compare`, and the fidelity doc."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from glow_repro.analysis.published import (
     fidelity_markdown,
     figure3_at,
     figure3_curves,
-)  # fmt: skip
+)
 from glow_repro.config import RunConfig, validate_model
 from glow_repro.study.tables import flatten
 

@@ -232,7 +232,7 @@ def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Pa
     from glow_repro.analysis.document import FigureFile, Section, place_figures
 
     lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
-    with pytest.raises(ValueError, match="'lost': after='nowhere' is neither a section nor a table.*results"):
+    with pytest.raises(ValueError, match=r"'lost': after='nowhere' is neither a section nor a table.*results"):
         place_figures([Section("results", "Results")], [lost])
 
 

@@ -135,6 +135,7 @@ def test_no_tables_after_ctrl_c_or_when_no_run_started(tmp_path, train_fn, state
     assert not (results / "tables").exists() and tables_dir(results) is None
 
 
+@pytest.mark.slow  # worker processes, each importing torch
 def test_local_pool_runs_in_worker_processes_with_split_threads(tmp_path):
     results = tmp_path / "results"
     report = run_study(make_study(tmp_path), results, workers=2, train_fn=fake_train)
@@ -147,6 +148,7 @@ def test_local_pool_runs_in_worker_processes_with_split_threads(tmp_path):
     assert {line.split()[2] for line in lines} == {"progress=False"}
 
 
+@pytest.mark.slow  # worker processes, each importing torch
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     results = tmp_path / "results"
     study = make_study(tmp_path, widths=(12, FAIL_WIDTH))
@@ -164,6 +166,7 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     assert retried.counts["trained"] == 2 and retried.counts["failed"] == 2
 
 
+@pytest.mark.slow  # worker processes, each importing torch
 def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     results = tmp_path / "results"
     report = run_study(make_study(tmp_path, widths=(12, CRASH_WIDTH), seeds=(0,)), results,
@@ -173,6 +176,7 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     assert "worker process died" in RunDir(crashed.run_dir).status()["error"]
 
 
+@pytest.mark.slow  # worker processes, each importing torch
 def test_a_run_locked_by_another_process_is_skipped(tmp_path):
     results = tmp_path / "results"
     study = make_study(tmp_path)
@@ -238,6 +242,7 @@ def test_submitit_debug_executor_runs_the_study(tmp_path):
     assert report.counts["done"] == 1 and report.counts["failed"] == 1
 
 
+@pytest.mark.slow  # worker processes, each importing torch
 def test_submitit_local_executor_runs_the_study(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     results = tmp_path / "results"
@@ -286,7 +291,10 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    statuses = lambda: [RunDir(p).status() for p in (results / "runs").glob("*")]  # noqa: E731
+
+    def statuses():
+        return [RunDir(p).status() for p in (results / "runs").glob("*")]
+
     _wait_for(lambda: sum(s.get("state") == "running" and s.get("step", 0) > 2 for s in statuses()) >= 2)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -1,4 +1,4 @@
-"""``glow-repro sample`` (issue #6): checkpoint loading (EMA included), latent interpolation
+"""``glow-repro sample``: checkpoint loading (EMA included), latent interpolation
 (Glow section 6), reproducible sample grids and one-line errors, on tiny runs trained here."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig
 from glow_repro.data import load_split
 from glow_repro.objective import preprocess
 from glow_repro.sampling import (
@@ -22,12 +21,12 @@ from glow_repro.sampling import (
     sample_images,
 )
 from glow_repro.train import train
+from tests.conftest import tiny_config
 
-TINY = {
-    "data": {"dataset": "synthetic", "synthetic_size": 64},
-    "model": {"depth": 1, "levels": 2, "width": 8},
-    "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "progress": False, "n_samples": 2,
-              "init_images": 32},
+RUNS = {
+    "data": {"synthetic_size": 64},
+    "model": {"depth": 1, "width": 8},
+    "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "n_samples": 2, "init_images": 32},
 }
 
 
@@ -36,9 +35,8 @@ def runs(tmp_path_factory):
     """Two finished tiny runs: ``plain`` and ``ema`` (train.ema_decay=0.9)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
-    train(RunConfig.model_validate(TINY), root / "plain", threads=1)
-    ema = {**TINY, "train": {**TINY["train"], "ema_decay": 0.9}}
-    train(RunConfig.model_validate(ema), root / "ema", threads=1)
+    train(tiny_config(RUNS), root / "plain", threads=1)
+    train(tiny_config(RUNS, {"train": {"ema_decay": 0.9}}), root / "ema", threads=1)
     return root
 
 
@@ -96,7 +94,10 @@ def test_samples_are_reproducible_and_grids_have_the_expected_size(runs, tmp_pat
     for out, seed in (("a", 0), ("b", 0), ("c", 1)):
         result = cli(*args, "--seed", seed, "--out", tmp_path / out)
         assert result.exit_code == 0, result.output
-    same = lambda name, x, y: (tmp_path / x / name).read_bytes() == (tmp_path / y / name).read_bytes()  # noqa: E731
+
+    def same(name, x, y):
+        return (tmp_path / x / name).read_bytes() == (tmp_path / y / name).read_bytes()
+
     assert same("samples_T0.png", "a", "b") and same("samples_T0.7.png", "a", "b")
     assert same("samples_T0.png", "a", "c"), "temperature 0 is the prior's mean: no noise at all"
     assert not same("samples_T0.7.png", "a", "c")

@@ -1,4 +1,4 @@
-"""Speed and scale options leave results unchanged (issue #7): each option against the
+"""Speed and scale options leave results unchanged: each option against the
 baseline within a stated tolerance, and data parallelism over 2 CPU processes (gloo) against
 one process with the same global batch, including a rank killed mid-run."""
 
@@ -19,12 +19,12 @@ import torch
 from glow_repro.config import RunConfig, dump_run_config
 from glow_repro.rundir import RunDir
 from glow_repro.train import train
+from tests.conftest import tiny_config
 
-BASE = {
-    "data": {"dataset": "synthetic", "synthetic_size": 256},
-    "model": {"depth": 2, "levels": 2, "width": 16},
+RUNS = {
+    "data": {"synthetic_size": 256},
     "train": {"steps": 40, "batch_size": 32, "eval_every": 20, "checkpoint_every": 10,
-              "progress": False, "n_samples": 2, "channels_last": False},
+              "n_samples": 2, "channels_last": False},
 }
 
 # Largest per-step train-bpd difference from the float32 baseline we accept, per option.
@@ -34,9 +34,7 @@ TOLERANCE = {"channels_last": 1e-4, "grad_checkpointing": 0.0, "precision": 0.02
 
 
 def config(**train_options) -> RunConfig:
-    raw = json.loads(json.dumps(BASE))
-    raw["train"].update(train_options)
-    return RunConfig.model_validate(raw)
+    return tiny_config(RUNS, {"train": train_options})
 
 
 def bpds(run_dir: Path) -> tuple[list[float], list[float]]:
@@ -78,7 +76,7 @@ def test_grad_checkpointing_keeps_gradients_exact():
     from glow_repro.model import Glow
 
     torch.manual_seed(0)
-    model = Glow(RunConfig.model_validate(BASE).model, (1, 8, 8))
+    model = Glow(config().model, (1, 8, 8))
     x = torch.rand(4, 1, 8, 8) - 0.5
     model(x)  # ActNorm init
     grads = []

@@ -1,4 +1,4 @@
-"""Study specs: grid expansion, stable run ids, strict validation, shipped studies (issue #4)."""
+"""Study specs: grid expansion, stable run ids, strict validation, shipped studies."""
 
 from __future__ import annotations
 
@@ -65,7 +65,10 @@ def test_reordering_yaml_keys_keeps_run_ids(tmp_path):
                                        "model.permutation": ["conv1x1", "reverse"]},
              "base": base, "name": "t"}
     two = write(tmp_path, other, "two.yaml")
-    ids = lambda p: {r.run_id for r in expand(load_study(p))}  # noqa: E731
+
+    def ids(path):
+        return {r.run_id for r in expand(load_study(path))}
+
     assert ids(one) == ids(two)
 
 
@@ -102,6 +105,23 @@ def test_base_path_is_relative_to_the_study_file(tmp_path):
     assert expand(load_study(path))[0].run_id == expand(load_study(inline))[0].run_id
 
 
+def test_set_changes_the_base_as_if_the_base_said_so(tmp_path):
+    """A study as a delta: ``base:`` file + ``set:`` gives the runs (and ids) of the inline whole."""
+    write(tmp_path, BASE, "base.yaml")
+    delta = write(tmp_path, study(base="base.yaml", set={"train.steps": 7, "model.width": 8},
+                                  grid={"model.depth": [2, 3]}), "delta.yaml")
+    whole = {**BASE, "model": {**BASE["model"], "width": 8}, "train": {**BASE["train"], "steps": 7}}
+    inline = write(tmp_path, study(base=whole, grid={"model.depth": [2, 3]}), "inline.yaml")
+    runs = expand(load_study(delta))
+    assert [r.run_id for r in runs] == [r.run_id for r in expand(load_study(inline))]
+    assert runs[0].config.train.steps == 7 and runs[0].config.model.width == 8
+    copy = tmp_path / "copy" / "study.yaml"
+    copy.parent.mkdir()
+    copy.write_text(spec_yaml(load_study(delta)))
+    assert not re.search(r"^set:", copy.read_text(), re.MULTILINE)
+    assert [r.run_id for r in expand(load_study(copy))] == [r.run_id for r in runs]
+
+
 def test_resolved_copy_expands_to_the_same_runs(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
     path = write(tmp_path, "# header line\n" + yaml.safe_dump(study(base="base.yaml", grid={"model.depth": [2, 3]})))
@@ -134,6 +154,10 @@ BAD = {
     "seed as axis": (study(grid={"seed": [0, 1]}), r"grid: .*seeds:"),
     "bad name": (study(name="a/b"), r"name: .*directory-safe"),
     "missing base file": (study(base="nowhere.yaml"), r"base: no such file"),
+    "set of a swept key": (study(set={"model.depth": 3}, grid={"model.depth": [2, 4]}),
+                           r"set.model.depth: model.depth is swept"),
+    "set of the seed": (study(set={"seed": 3}), r"set: .*seeds:"),
+    "set of an unknown key": (study(set={"train.stepz": 3}), r"train.stepz: unknown key"),
     "same config twice": (study(variants=[{"model.depth": 2}, {"model.depth": 2.0}]), r"give the same config"),
     "combination invalid": (study(grid={"model.levels": [2, 4]}), r"model.levels=4\): .*not divisible"),
 }

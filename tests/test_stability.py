@@ -25,20 +25,17 @@ from glow_repro.stability import (
     replay_capsule,
 )
 from glow_repro.train import train
+from tests.conftest import tiny_config
 
 LAYER = "levels.0.steps.1.layers.2"  # the coupling of the second step of the first level
+RUNS = {
+    "data": {"synthetic_size": 128},
+    "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5, "n_samples": 2},
+}
 
 
 def config(**sections) -> RunConfig:
-    raw = {
-        "data": {"dataset": "synthetic", "synthetic_size": 128},
-        "model": {"depth": 2, "levels": 2, "width": 16},
-        "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5,
-                  "progress": False, "n_samples": 2},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return RunConfig.model_validate(raw)
+    return tiny_config(RUNS, sections)
 
 
 def inject(monkeypatch, layer: str, calls: set[int] | None = None, *, gradient: bool = False,
@@ -127,7 +124,7 @@ def test_skip_drops_the_bad_step_and_goes_on(monkeypatch, tmp_path):
     run = RunDir(tmp_path / "run")
     assert summary["state"] == "done" and summary["steps_skipped"] == 1
     assert steps_logged(run) == list(range(1, 21))
-    bad = [row for row in run.metrics.read() if row["step"] == 7][0]
+    bad = next(row for row in run.metrics.read() if row["step"] == 7)
     assert bad["train_bpd"] != bad["train_bpd"]  # NaN is kept in the log as what happened
     assert [e["kind"] for e in run.events.read()] == ["nonfinite_loss"]
 
@@ -190,6 +187,7 @@ def test_exploding_but_finite_bpd_counts_as_diverged(tmp_path):
     assert RunDir(tmp_path / "run").events.read()[0]["kind"] == "bpd_explosion"
 
 
+@pytest.mark.slow  # a run of 120 steps
 def test_healthy_run_raises_no_events_with_default_thresholds(tmp_path):
     summary = train(config(train={"steps": 120, "eval_every": 60, "checkpoint_every": 60}), tmp_path / "run", threads=1)
     assert summary["state"] == "done"

@@ -222,7 +222,7 @@ def test_a_list_valued_axis_keeps_the_grid_order(tmp_path: Path) -> None:
     assert variants[:2] == [
         "permutation=reverse, coupling=additive, sample_temperatures=[1.0]",
         "permutation=reverse, coupling=additive, sample_temperatures=[0.7, 0.5]",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("make", [

@@ -23,22 +23,18 @@ from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
 from glow_repro.stability import RecoveryPolicy
 from glow_repro.train import learning_rate, train
+from tests.conftest import tiny_config
 
-TINY = {
-    "data": {"dataset": "synthetic", "synthetic_size": 256},
-    "model": {"depth": 2, "levels": 2, "width": 16},
+RUNS = {
+    "data": {"synthetic_size": 256},
     "train": {"steps": 40, "batch_size": 16, "eval_every": 20, "checkpoint_every": 10,
-              "warmup_steps": 5, "progress": False, "n_samples": 4},
+              "warmup_steps": 5, "n_samples": 4},
 }
 TIMING = ("step_time", "images_per_s", "wall_time")
 
 
-def config(**sections) -> RunConfig:
-    raw = json.loads(json.dumps(TINY))
-    seed = sections.pop("seed", 0)
-    for name, values in sections.items():
-        raw[name].update(values)
-    return RunConfig.model_validate({**raw, "seed": seed})
+def config(seed: int = 0, **sections) -> RunConfig:
+    return tiny_config(RUNS, sections, seed=seed)
 
 
 def without_timing(rows: list[dict]) -> list[dict]:
@@ -50,12 +46,18 @@ def write_config(path: Path, cfg: RunConfig) -> Path:
     return path
 
 
+@pytest.mark.slow  # three runs of 40 steps
 def test_same_seed_gives_identical_metrics_and_other_seeds_differ(tmp_path):
     a = train(config(), tmp_path / "a", threads=1)
     b = train(config(), tmp_path / "b", threads=1)
     c = train(config(seed=1), tmp_path / "c", threads=1)
-    metrics = lambda name: without_timing(RunDir(tmp_path / name).metrics.read())
-    evals = lambda name: without_timing(RunDir(tmp_path / name).evals.read())
+
+    def metrics(name):
+        return without_timing(RunDir(tmp_path / name).metrics.read())
+
+    def evals(name):
+        return without_timing(RunDir(tmp_path / name).evals.read())
+
     assert metrics("a") == metrics("b") and evals("a") == evals("b")
     assert a["final_test_bpd"] == b["final_test_bpd"]
     assert metrics("a") != metrics("c")
@@ -77,6 +79,7 @@ def test_run_directory_holds_every_record(tmp_path):
     assert summary["n_params"] > 0 and summary["wall_time"] > 0
 
 
+@pytest.mark.slow  # a run of 40 steps in two parts, and one in one go
 def test_resume_after_clean_stop_continues_without_gaps(tmp_path):
     """Train 20 of 40 steps, then ask for 40: the log continues at 21 and equals one go."""
     train(config(train={"steps": 20}), tmp_path / "split", threads=1)

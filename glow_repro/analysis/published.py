@@ -1,6 +1,6 @@
 """Published bpd numbers and the paper-vs-official-code choices, as data.
 
-Everything in ``/work/shared/PUBLISHED.md`` lives here once, with its source and the data
+Every published number we compare with lives here once, with its source and the data
 pipeline it was measured on (dataset, image size, channels, n_bits, split), so that
 :func:`compare` can say whether one of our runs is comparable with it and, if not, why.
 The fidelity table (:data:`FIDELITY`) is rendered into ``docs/fidelity.md`` and into every
@@ -78,7 +78,7 @@ PUBLISHED: tuple[Published, ...] = (
               "K=32, L=3, width 512, batch 64, 1 GPU", kind="reproduction"),
     Published("cifar10", "chrischute/glow", 3.49, "validation", 32, 3, 8, "chrischute/glow README",
               "reported as 'valid' at epoch 80; K=32, L=3, width 512", kind="reproduction"),
-    Published("cifar10", "pclucas14/pytorch-glow", 3.5, "test", 32, 3, 8, "pclucas14/pytorch-glow issue #4",
+    Published("cifar10", "pclucas14/pytorch-glow", 3.5, "test", 32, 3, 8, "pclucas14/pytorch-glow#4",
               "'about 3.5'", kind="reproduction", approximate=True),
     Published("cifar10", "GlowTorch (KTH DD2412 report)", 3.55, "test", 32, 3, 8, "KTH DD2412 course report",
               "K=8, L=4, batch 16, Adam 1e-4, 100 epochs", kind="reproduction"),
@@ -231,7 +231,7 @@ FIDELITY: tuple[FidelityChoice, ...] = (
     FidelityChoice(
         "Affine coupling scale",
         "`s = exp(log s)`, `y_b = s * x_b + t` (Table 1)",
-        "`scale = sigmoid(h + 2)`, applied as `(x_b + t) * scale` (model.py; openai/glow issue #62: "
+        "`scale = sigmoid(h + 2)`, applied as `(x_b + t) * scale` (model.py; openai/glow#62: "
         "without the bound training did not converge)",
         "the official bounded scale; `exp` gives the paper's `exp(h)`, composed as `(x_b + t) * s` "
         "(the same family as `s * x_b + t'`, with t' = s * t)",
@@ -304,7 +304,7 @@ FIDELITY: tuple[FidelityChoice, ...] = (
     FidelityChoice(
         "MNIST pipeline",
         "no MNIST experiments",
-        "pads MNIST to 32x32 and tiles it to 3 channels (openai/glow issue #70); bpd from it is not "
+        "pads MNIST to 32x32 and tiles it to 3 channels (openai/glow#70); bpd from it is not "
         "comparable with the 28x28x1 tables",
         "native 28x28x1; `image_size: 32`, `resize: pad`, `channels: 3` give the official pipeline",
         ("data.image_size", "data.resize", "data.channels"),

@@ -31,9 +31,20 @@ from tqdm.auto import tqdm
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
 from glow_repro.analysis.document import (
-    Block, Code, Facts, FigureFile, Files, Fold, Heading, Paragraphs, SampleRows, Section, Table, inline_html,
+    Block,
+    Code,
+    Facts,
+    FigureFile,
+    Files,
+    Fold,
+    Heading,
+    Paragraphs,
+    SampleRows,
+    Section,
+    Table,
+    inline_html,
     place_figures,
-)  # fmt: skip
+)
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.analysis.verdicts import claim_summary, claims_of, format_verdicts, number, seeds_text, study_verdicts
@@ -139,7 +150,7 @@ def p_clause(p: float) -> str:
 def duration(seconds: float) -> str:
     if not is_number(seconds):
         return "n/a"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
@@ -555,7 +566,7 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
               else [Paragraphs(["The stability monitor recorded no events."])]),
             Heading("Runs that did not finish normally"),
             tables["problem_runs"] if len(problems) else Paragraphs(["None: every run finished."]),
-        ]),  # fmt: skip
+        ]),
         Section("published", "Comparison with published numbers", [
             Paragraphs(["Our mean final test bpd per variant beside each published number for the same dataset. "
                         "A pair is comparable only when the data pipelines match: dataset, image size, channels, "
@@ -563,7 +574,7 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
             tables["comparable"] if len(comparable) else Paragraphs(["No published number matches this study's pipeline."]),
             Fold(f"Published numbers that are not comparable, and why ({len(tables['incomparable'].frame)})",
                  [tables["incomparable"]]),
-        ]),  # fmt: skip
+        ]),
         Section("fidelity", "Fidelity to the paper and the official code", [
             Paragraphs(["Where the paper and github.com/openai/glow differ, what glow-repro does by default and the "
                         "config key that switches it (also in docs/fidelity.md)."], "note"),

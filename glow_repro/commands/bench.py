@@ -1,4 +1,4 @@
-"""``glow-repro bench``: size a study before launching it (issue #7)."""
+"""``glow-repro bench``: size a study before launching it (benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import click
 
 from glow_repro.commands.base import user_errors
 
+#: ``--preset`` names -> run config files of the source checkout (benchmarks/README.md).
+PRESETS = {"reference": "benchmarks/reference.yaml", "paper-cifar10": "configs/paper_cifar10.yaml"}
+REPOSITORY = Path(__file__).resolve().parents[2]
+
 
 @click.command("bench")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Run config to measure (default: the --preset).")
-@click.option("--preset", type=click.Choice(["reference", "paper-cifar10"]), default="reference",
-              show_default=True, help="reference: 1x32x32 K=8 L=3 width 128 batch 32; "
-                                      "paper-cifar10: 3x32x32 K=32 L=3 width 512 batch 64.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="reference",
+              show_default=True, help="reference (benchmarks/reference.yaml): 1x32x32 K=8 L=3 width 128 "
+                                      "batch 32; paper-cifar10 (configs/paper_cifar10.yaml): 3x32x32 "
+                                      "K=32 L=3 width 512 batch 64.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a config key, e.g. --set train.precision=bf16.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -28,19 +33,11 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     against the device's peak, for a run config. Data is random: no dataset is loaded."""
     import torch
 
-    from glow_repro.benchmark import PRESETS, measure
-    from glow_repro.config import (
-        RunConfig,
-        apply_overrides,
-        load_run_config,
-        validate_model,
-    )
+    from glow_repro.benchmark import measure
+    from glow_repro.config import load_run_config
     from glow_repro.runinfo import resolve_device
 
-    if config_path is not None:
-        config = load_run_config(config_path, overrides)
-    else:
-        config = validate_model(RunConfig, apply_overrides(PRESETS[preset], overrides), f"preset {preset}")
+    config = load_run_config(config_path or REPOSITORY / PRESETS[preset], overrides)
     if threads:
         torch.set_num_threads(threads)
     result = measure(config, resolve_device(device, "--device"), steps=steps, repeats=repeats)

@@ -1,4 +1,4 @@
-"""``glow-repro replay CAPSULE``: reproduce a recorded non-finite step (issue #5)."""
+"""``glow-repro replay CAPSULE``: reproduce a recorded non-finite step (README, "When training goes wrong")."""
 
 from __future__ import annotations
 

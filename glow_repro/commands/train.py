@@ -1,4 +1,4 @@
-"""``glow-repro train CONFIG --out DIR``: one run, resumable (issue #3)."""
+"""``glow-repro train CONFIG --out DIR``: one run, resumable."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ one scales its output by ``exp(factor * logs)`` with factor 3, and its output ch
 read interleaved: shift = h[:, 0::2], scale input = h[:, 1::2].
 
 Both scale functions use the official composition ``yb = (xb + shift) * scale``:
-``sigmoid`` is ``sigmoid(h + 2)`` (official code; bounded in (0, 1), openai/glow issue #62),
+``sigmoid`` is ``sigmoid(h + 2)`` (official code; bounded in (0, 1), openai/glow#62),
 ``exp`` is ``exp(h)`` (the paper's Table 1).
 """
 
@@ -183,7 +183,7 @@ class Coupling(FlowLayer):
 
 
 def sigmoid_scale(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sigmoid(h + 2)``: the official code's scale, bounded in (0, 1) (openai/glow issue #62)."""
+    """``sigmoid(h + 2)``: the official code's scale, bounded in (0, 1) (openai/glow#62)."""
     return torch.sigmoid(h + 2.0), F.logsigmoid(h + 2.0)
 
 

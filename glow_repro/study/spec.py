@@ -1,5 +1,10 @@
-"""Study specs: a base run config, grid axes and explicit variants, seeds, and the paper
-claims the study tests (docs/verdicts.md).
+"""Study specs: a base run config and the changes this study makes to it, grid axes and
+explicit variants, seeds, and the paper claims the study tests (docs/verdicts.md).
+
+A study is a delta of a shared config (docs/architecture.md, "Adding a study"): ``base:`` names
+a run config file (or inlines one) and ``set:`` changes keys of it, as ``--set`` does, before
+the grid and variants are applied. Only the resolved configs matter, so moving settings between
+a base file and ``set:`` keeps every run id.
 
 A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
 empty axes, bad seed lists, claims about keys or values the study does not sweep and invalid
@@ -146,13 +151,16 @@ class ClaimSpec(BaseModel):
 class StudySpec(BaseModel):
     """One study file: what it reproduces, the base config, the axes swept and the seeds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str = Field(description="results go to results/<name>/")
     description: str = ""
     reference: str = Field("", description="the paper figure or table this study reproduces")
     base: dict[str, Any] | str = Field(
         default_factory=dict, description="a run config mapping, or a path relative to this file"
+    )
+    changes: dict[str, Any] = Field(
+        default_factory=dict, alias="set", description="key.path: value changes to the base"
     )
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="key.path: [values]")
     variants: list[dict[str, Any]] | None = Field(
@@ -186,6 +194,13 @@ class StudySpec(BaseModel):
             if len({_canonical(v) for v in values}) != len(values):
                 raise ValueError(f"axis {key} repeats a value ({values})")
         return grid
+
+    @field_validator("changes")
+    @classmethod
+    def _changes(cls, changes: dict[str, Any]) -> dict[str, Any]:
+        for key in changes:
+            _check_axis_key(key, "set")
+        return changes
 
     @field_validator("variants")
     @classmethod
@@ -276,18 +291,34 @@ def _check_claims(spec: StudySpec) -> None:
 
 
 def _resolve_base(spec: StudySpec) -> StudySpec:
-    """Inline a ``base: path.yaml`` (relative to the study file) as a mapping."""
-    if isinstance(spec.base, dict):
+    """Inline a ``base: path.yaml`` (relative to the study file) as a mapping and apply the
+    study's ``set:`` changes to it."""
+    if isinstance(spec.base, dict) and not spec.changes:
         return spec
-    base_path = Path(spec.source).parent / spec.base
-    if not base_path.is_file():
-        raise ConfigError(f"{spec.source}: base: no such file {base_path}")
-    raw = read_yaml(base_path)
+    raw = spec.base
     if not isinstance(raw, dict):
-        raise ConfigError(f"{base_path}: expected a run config mapping (data/model/train)")
-    resolved = spec.model_copy(update={"base": raw})
+        base_path = Path(spec.source).parent / raw
+        if not base_path.is_file():
+            raise ConfigError(f"{spec.source}: base: no such file {base_path}")
+        raw = read_yaml(base_path)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{base_path}: expected a run config mapping (data/model/train)")
+    swept = _swept_keys(spec)
+    for key, value in spec.changes.items():
+        if key in swept:
+            raise ConfigError(f"{spec.source}: set.{key}: {key} is swept; set it in the grid or "
+                              "the variants, or drop it from set:")
+        try:
+            raw = set_path(raw, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"{spec.source}: set.{key}: {err}") from None
+    resolved = spec.model_copy(update={"base": raw, "changes": {}})
     resolved._source = spec.source
     return resolved
+
+
+def _swept_keys(spec: StudySpec) -> set[str]:
+    return set(spec.grid) | {key for variant in spec.variants or () for key in variant if key != "label"}
 
 
 def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> StudySpec:
@@ -295,7 +326,7 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
     if not overrides:
         return spec
     spec = _resolve_base(spec)
-    swept = set(spec.grid) | {k for v in spec.variants or () for k in v if k != "label"}
+    swept = _swept_keys(spec)
     for text in overrides:
         key, _ = parse_override(text)
         if key in swept or key == "seed":
@@ -386,7 +417,7 @@ def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: s
 
 
 def spec_yaml(spec: StudySpec) -> str:
-    """Self-contained YAML of a spec (base inlined, ``--set`` applied) under the original
+    """Self-contained YAML of a spec (base inlined, ``set:`` and ``--set`` applied) under the original
     file's header comment, so ``load_study`` of it expands to the same runs."""
     spec = _resolve_base(spec)
     try:
@@ -400,5 +431,5 @@ def spec_yaml(spec: StudySpec) -> str:
         if not line.startswith(note)
     ]
     header.append(f"{note}{spec.source} written by `glow-repro run`: base inlined.")
-    body = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    body = yaml.safe_dump(spec.model_dump(mode="json", exclude={"changes"}), sort_keys=False)
     return "\n".join(header) + "\n" + body
