@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from glow_repro.benchmark import REFERENCE
-from glow_repro.config import RunConfig
+from glow_repro.config import load_run_config
 from glow_repro.engine import Engine
 from glow_repro.objective import preprocess
 from glow_repro.tensorboard_log import TensorBoardMirror
+
+REFERENCE = Path(__file__).with_name("reference.yaml")
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = RunConfig.model_validate(REFERENCE)
+    config = load_run_config(REFERENCE)
     engine = Engine(config, torch.device("cpu"), seed=0)
     images = torch.randint(0, 256, (config.train.batch_size, *config.data.shape), dtype=torch.uint8)
     x = engine.to_device(preprocess(images, config.data.n_bits))
