@@ -53,13 +53,13 @@ from glow_repro.rundir import (
 )
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.sampling import SAMPLES_RECORD, write_samples
-from glow_repro.tensorboard_log import TensorBoardMirror, require_tensorboard
 from glow_repro.stability import (
     RecoveryPolicy,
     StabilityMonitor,
     locate_nonfinite,
     save_capsule,
 )
+from glow_repro.tensorboard_log import TensorBoardMirror, require_tensorboard
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -237,7 +237,9 @@ def test_a_conditional_run_resumes_exactly(tmp_path):
     train(whole, tmp_path / "split", threads=1)
     train(whole, tmp_path / "whole", threads=1)
     timing = ("step_time", "images_per_s", "wall_time")
-    rows = lambda name, log: [{k: v for k, v in row.items() if k not in timing}
-                              for row in getattr(RunDir(tmp_path / name), log).read()]
+
+    def rows(name: str, log: str) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in timing} for row in getattr(RunDir(tmp_path / name), log).read()]
+
     for log in ("metrics", "evals"):
         assert rows("split", log) == rows("whole", log)

@@ -330,7 +330,10 @@ def write_celeba(base: Path, attributes: np.ndarray) -> None:
     names = [f"{i + 1:06d}.png" for i in range(len(attributes))]
     for name in names:
         write_rgb(folder / "img_align_celeba" / name, np.full((10, 8, 3), 50, dtype=np.uint8))
-    rows = lambda values: [f"{n} {' '.join(str(v) for v in row)}" for n, row in zip(names, values)]
+
+    def rows(values: list) -> list[str]:
+        return [f"{n} {' '.join(str(v) for v in row)}" for n, row in zip(names, values)]
+
     n = len(names)
     files = {
         "list_eval_partition.txt": rows([[2]] * n),

@@ -12,12 +12,12 @@ import yaml
 from click.testing import CliRunner
 
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from glow_repro.cli import main  # noqa: E402
-from glow_repro.config import RunConfig, run_identity  # noqa: E402
-from glow_repro.tensorboard_log import EVENTS_TAG, TensorBoardMirror  # noqa: E402
-from glow_repro.train import train  # noqa: E402
+from glow_repro.cli import main
+from glow_repro.config import RunConfig, run_identity
+from glow_repro.tensorboard_log import EVENTS_TAG, TensorBoardMirror
+from glow_repro.train import train
 
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 128},

@@ -10,7 +10,7 @@ from glow_repro.cli import main
 from glow_repro.config import RunConfig
 from glow_repro.study import workers
 from glow_repro.study.runner import run_study
-from glow_repro.study.workers import MEMORY_PER_RUN, auto_workers
+from glow_repro.study.workers import auto_workers
 from tests.test_runner import fake_train, make_study
 
 GiB = 2**30
@@ -32,10 +32,6 @@ def configs(n: int, threads: int | None = None, device: str = "cpu") -> list[Run
 ])  # fmt: skip
 def test_auto_workers_on_a_faked_machine(cores, runs, threads, memory, gpus, expected) -> None:
     assert auto_workers(configs(runs, threads), cores=cores, memory=memory, gpus=gpus) == expected
-
-
-def test_memory_per_run_is_what_the_docs_say() -> None:
-    assert MEMORY_PER_RUN == 2 * GiB
 
 
 def test_cpu_only_runs_never_ask_for_gpus() -> None:

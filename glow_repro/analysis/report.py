@@ -235,7 +235,8 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     config = a.tables.configs.iloc[0]
     swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
     data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
-    out = verdict_sentences(a) + [
+    out = [
+        *verdict_sentences(a),
         f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
         f"{_budget(config)} each. Outcome: {_states(finals)}."
