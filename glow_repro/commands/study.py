@@ -140,8 +140,8 @@ def status_command(results_dir: Path) -> None:
     if tables is not None:
         click.echo(f"tables: {tables}/ (written when the last uninterrupted `glow-repro run` ended)")
     for r in runs:
-        if r.state is RunState.FAILED and r.error:
-            click.echo(f"  failed {r.run_id}: {r.error.splitlines()[0][:200]}")
+        if r.state in (RunState.FAILED, RunState.UNREADABLE) and r.error:
+            click.echo(f"  {r.state} {r.run_id}: {r.error.splitlines()[0][:300]}")
     if any(r.state is RunState.KILLED for r in runs):
         click.echo("  killed: status says running but no process holds the run; "
                    "`glow-repro run` resumes it")

@@ -38,6 +38,7 @@ from glow_repro.rundir import (
     RunDir,
     RunLock,
     RunState,
+    UnreadableFileError,
     atomic_write_json,
     atomic_write_text,
     read_json,
@@ -220,7 +221,7 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
     results_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(results_dir / ".manifest.lock", timeout=60):
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
-        manifest = read_json(results_dir / MANIFEST, default=None) or {"runs": {}}
+        manifest = read_manifest(results_dir) or {"runs": {}}
         manifest["study"] = spec.name
         for run in runs:
             manifest["runs"][run.run_id] = {
@@ -338,10 +339,22 @@ class RunStatus:
     error: str | None
 
 
+def read_manifest(results_dir: Path) -> dict[str, Any] | None:
+    """manifest.json of a results directory (None when there is none); a damaged one is an
+    UnreadableFileError that says how to rebuild it."""
+    path = results_dir / MANIFEST
+    remedy = "delete it: the next `glow-repro run` of the study writes it again"
+    manifest = read_json(path, default=None, expect=dict, remedy=remedy)
+    if manifest is not None and not (isinstance(manifest.get("runs", {}), dict)
+                                     and all(isinstance(v, dict) for v in manifest.get("runs", {}).values())):
+        raise UnreadableFileError(f"{path}: its runs are not a mapping of run ids to runs; {remedy}")
+    return manifest
+
+
 def collect_status(results_dir: str | Path) -> list[RunStatus]:
     """Every run of a results directory (manifest order, then unlisted run dirs)."""
     results = Path(results_dir)
-    manifest = read_json(results / MANIFEST, default=None)
+    manifest = read_manifest(results) if results.is_dir() else None
     if not results.is_dir() or (manifest is None and not (results / "runs").is_dir()):
         raise ResultsDirError(
             f"{results}: not a results directory (no {MANIFEST} or runs/); give the folder "
@@ -353,19 +366,30 @@ def collect_status(results_dir: str | Path) -> list[RunStatus]:
     return [_run_status(results / "runs" / run_id, listed.get(run_id, {})) for run_id in ids]
 
 
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
+    """One row of ``status``; a run whose records cannot be read is ``unreadable``, with why."""
     run_dir = RunDir(path)
-    status, summary = run_dir.status(), run_dir.summary()
-    evals = [row for row in run_dir.evals.read() if row.get("test_bpd") is not None]
+    status, state = run_dir.status(), run_state(path)
+    try:
+        summary = run_dir.summary()
+        evals = [row for row in run_dir.evals.read() if _number(row.get("test_bpd")) is not None]
+    except UnreadableFileError as err:
+        summary, evals, state = {}, [], RunState.UNREADABLE
+        status = {**status, "error": str(err)}
     bpd = summary.get("final_test_bpd", evals[-1]["test_bpd"] if evals else None)
     wall = summary.get("wall_time", status.get("wall_time"))
+    seed = entry.get("seed")
     return RunStatus(
         run_id=path.name,
-        variant=entry.get("variant", "?"),
-        seed=entry.get("seed"),
-        state=run_state(path),
-        step=status.get("step", summary.get("step")),
-        test_bpd=bpd,
-        wall_time=wall,
-        error=status.get("error"),
+        variant=str(entry.get("variant", "?")),
+        seed=seed if isinstance(seed, int) else None,
+        state=state,
+        step=_number(status.get("step", summary.get("step"))),
+        test_bpd=_number(bpd),
+        wall_time=_number(wall),
+        error=status.get("error") if isinstance(status.get("error"), str) else None,
     )
