@@ -18,7 +18,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StrictBool,
     ValidationError,
     model_validator,
 )
@@ -48,8 +47,15 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_IMAGES = 10_000_000
 
-#: A boolean that must be written as true/false: ``1``, ``0`` or ``"yes"`` are refused.
-Flag = StrictBool
+def _true_or_false(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+#: A boolean that must be written as true/false: ``1``, ``0`` or ``"yes"`` are refused
+#: (a table's numpy booleans pass).
+Flag = Annotated[bool, BeforeValidator(_true_or_false)]
 Temperature = Annotated[float, Field(ge=0)]
 
 

@@ -244,7 +244,7 @@ def test_traceback_non_utf8_study_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl",
-                                  "environment.json", "../manifest.json"])
+                                  "environment.json", "../../manifest.json"])
 def test_traceback_non_utf8_run_records_for_status(study, name):
     _, results, run = study
     path = run.path / name
@@ -253,7 +253,7 @@ def test_traceback_non_utf8_run_records_for_status(study, name):
 
 
 @pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "environment.json",
-                                  "config.yaml", "../study.yaml"])
+                                  "config.yaml", "../../study.yaml"])
 def test_traceback_non_utf8_run_records_for_report(study, tmp_path, name):
     _, results, run = study
     path = run.path / name
@@ -284,8 +284,8 @@ def test_traceback_damaged_or_foreign_capsule_for_replay(study, tmp_path, conten
 
 
 @pytest.mark.parametrize("name, text", [
-    ("status.json", "[1, 2]"), ("summary.json", '"done"'), ("../manifest.json", "[]"),
-    ("../manifest.json", '{"runs": [1]}'), ("metrics.jsonl", "[1, 2]\n"), ("evals.jsonl", '{"step": "x"}\n'),
+    ("status.json", "[1, 2]"), ("summary.json", '"done"'), ("../../manifest.json", "[]"),
+    ("../../manifest.json", '{"runs": [1]}'), ("metrics.jsonl", "[1, 2]\n"), ("evals.jsonl", '{"step": "x"}\n'),
     ("environment.json", "3"),
 ])
 def test_traceback_json_of_the_wrong_shape(study, tmp_path, name, text):

@@ -42,6 +42,8 @@ def _counts(states: list[RunState]) -> str:
               help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0")
 @click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
 @click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
+@click.option("--force-spec", is_flag=True,
+              help="write into a results directory that another spec of the study wrote to")
 @click.option("--until-resolved", is_flag=True,
               help="add seeds to every variant while a claim of the study is inconclusive and "
               "--max-seeds could still resolve it (docs/verdicts.md)")
@@ -55,7 +57,7 @@ def _counts(states: list[RunState]) -> str:
 @user_errors
 def run_command(study: Path, results_dir: Path | None, workers: int, launcher: str,
                 overrides: tuple[str, ...], only: tuple[str, ...], dry_run: bool,
-                retry_failed: bool, until_resolved: bool, max_seeds: int, partition: str | None,
+                retry_failed: bool, force_spec: bool, until_resolved: bool, max_seeds: int, partition: str | None,
                 time_: str | None, gpus: int | None, processes_per_run: int | None) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
@@ -75,7 +77,7 @@ def run_command(study: Path, results_dir: Path | None, workers: int, launcher: s
         only=only, dry_run=dry_run, retry_failed=retry_failed,
         slurm={"partition": partition, "time": time_, "gpus_per_node": gpus,
                "processes_per_run": processes_per_run},
-        judge=SeedJudge(max_seeds) if until_resolved else None,
+        judge=SeedJudge(max_seeds) if until_resolved else None, force_spec=force_spec,
     )
     plan = report.plan
     if dry_run:

@@ -4,8 +4,10 @@ add seeds until the study's claims are resolved (docs/verdicts.md).
 Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
 
     study.yaml       the spec as run: base inlined, --set applied, original header kept
-    manifest.json    {"study", "runs": {run_id: {"variant", "seed", "overrides"}}}: every run
-                     ever planned here, with its label and swept settings (``status`` uses it)
+    manifest.json    {"study", "spec_hash", "runs": {run_id: {"variant", "seed", "overrides"}}}:
+                     every run ever planned here, with its label and swept settings (``status``
+                     uses it); ``spec_hash`` (spec.spec_hash) ties the directory to one study
+                     spec, and another spec is refused unless forced (``force_spec``)
     runs/<run_id>/   one run directory (glow_repro.rundir.RunDir)
     tables/          steps, evals, finals, events, configs as .parquet and .csv (the long
                      tables of glow_repro.study.tables), rewritten at the end of every
@@ -58,6 +60,7 @@ from glow_repro.study.spec import (
     StudySpec,
     expand,
     load_study,
+    spec_hash,
     spec_yaml,
     with_overrides,
 )
@@ -223,11 +226,24 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
         manifest = read_manifest(results_dir) or {"runs": {}}
         manifest["study"] = spec.name
+        manifest["spec_hash"] = spec_hash(spec)
         for run in runs:
             manifest["runs"][run.run_id] = {
                 "variant": run.variant, "seed": run.seed, "overrides": run.overrides
             }
         atomic_write_json(results_dir / MANIFEST, manifest)
+
+
+def check_spec(spec: StudySpec, results_dir: Path, force: bool = False) -> None:
+    """Refuse a results directory that another spec of the study wrote to (its runs would be
+    compared with this spec's as one study), unless ``force``."""
+    manifest = read_manifest(results_dir) if results_dir.is_dir() else None
+    recorded, current = (manifest or {}).get("spec_hash"), spec_hash(spec)
+    if recorded and recorded != current and not force:
+        raise ResultsDirError(
+            f"{results_dir}: holds the runs of another spec of study {spec.name!r} (spec hash "
+            f"{recorded}; {spec.source} has {current}): give this one its own --results directory, "
+            "or pass --force-spec to add its runs to these anyway")
 
 
 def run_study(
@@ -242,6 +258,7 @@ def run_study(
     train_fn: TrainFn | None = None,
     slurm: dict[str, Any] | None = None,
     judge: Judge | None = None,
+    force_spec: bool = False,
 ) -> StudyReport:
     """Train every run of a study that is not finished yet; see the module docstring.
 
@@ -249,7 +266,8 @@ def run_study(
     ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
     look the judge decides whether to train more seeds of every variant; each decision is
     appended to decisions.jsonl. On Ctrl-C the report comes back with ``interrupted=True``
-    once the workers have checkpointed.
+    once the workers have checkpointed. A results directory written by another spec of the
+    study is refused unless ``force_spec`` (:func:`check_spec`).
     """
     if workers < 1:
         raise ConfigError(f"workers {workers}: must be at least 1")
@@ -261,6 +279,7 @@ def run_study(
         LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
+    check_spec(spec, results, force_spec)
     report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))
     if dry_run:
         return report

@@ -7,7 +7,8 @@ combined configs are :class:`ConfigError` messages that name the file and the ke
 not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
 one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
 included, pure execution settings excluded), so the same spec always maps to the same run
-directories and reordering YAML keys changes nothing.
+directories and reordering YAML keys changes nothing; :func:`spec_hash` names the study
+itself, so that a results directory holds one study.
 """
 
 from __future__ import annotations
@@ -383,6 +384,15 @@ def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: s
     ]
     prefix = _UNSAFE.sub("_", "-".join(words)).strip("_-.")[:40]
     return "-".join(part for part in (prefix, f"s{seed}", digest) if part)
+
+
+def spec_hash(spec: StudySpec) -> str:
+    """What makes two spec files one study: the resolved configs of its variants (their run
+    identities without the seed), as 16 hex digits of sha256. Seeds, labels, claims, texts
+    and launcher settings are left out, so adding seeds keeps a study's hash."""
+    variants = sorted({_canonical({key: value for key, value in run_identity(run.config).items() if key != "seed"})
+                       for run in expand(spec)})
+    return hashlib.sha256("\n".join(variants).encode()).hexdigest()[:16]
 
 
 def spec_yaml(spec: StudySpec) -> str:
