@@ -156,22 +156,23 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
         stop = group.any(stop, _group_device(task, group))
     if stop:
         return early or Outcome(task.run_id, RunState.ELSEWHERE)
+    started = False
     try:
         _worker.training = True  # from here a signal interrupts, while torch is imported too
         try:
             train = task.train_fn or _default_train()
             if _worker.signalled:  # arrived before the handler could raise
                 raise KeyboardInterrupt
+            started = True
             summary = train(task.config, task.run_dir, threads=task.threads, progress=False)
         finally:
             _worker.training = False
         return Outcome(task.run_id, RunState(summary.get("state", run_dir.state())), summary=summary)
     except KeyboardInterrupt:
-        state = run_dir.state()
-        if state is RunState.RUNNING:
-            _keep_status(run_dir, RunState.INTERRUPTED)
-        elif state is not RunState.INTERRUPTED:  # stopped before train() began: nothing changed
+        if not started:  # stopped before train() began: the run is as it was
             return Outcome(task.run_id, RunState.CANCELLED)
+        if run_dir.state() is RunState.RUNNING:
+            _keep_status(run_dir, RunState.INTERRUPTED)
         return Outcome(task.run_id, RunState.INTERRUPTED)
     except Exception as err:
         state = run_dir.state()

@@ -217,7 +217,10 @@ def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, colum
 def _status(run: RunDir) -> dict[str, Any]:
     """The run's status; ``unreadable`` (not ``pending``) when its status file exists but
     cannot be read, so the report can say why it left the run out."""
-    return run.status()
+    status = run.status()
+    if status["state"] == RunState.UNREADABLE:
+        return {**status, "error": f"{run.status_file.name} could not be read"}
+    return status
 
 
 def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
