@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -26,7 +27,7 @@ from click.testing import CliRunner
 
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, dump_run_config
-from glow_repro.rundir import RunDir
+from glow_repro.rundir import RunDir, atomic_write_text
 from glow_repro.study.runner import run_study
 from glow_repro.train import train
 
@@ -410,3 +411,99 @@ def test_corruption_of_any_file_gives_no_traceback(study, tmp_path, case):
                  ["run", results / "study.yaml", "--results", results, "--dry-run"],
                  ["sample", run.path, "--out", tmp_path / "samples", "-n", "2", "--interpolations", "1"]):
         assert_no_traceback(cli(*args))
+
+
+# -- signals (slow: real processes) --------------------------------------------------------------
+
+
+def stubborn_train(config, run_dir, **kwargs):
+    """A stand-in for ``train`` whose checkpoint after Ctrl-C takes 60 s (a huge model's)."""
+    import signal
+    import time
+
+    from tests.test_runner import fake_train
+
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(time.monotonic()))
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dump_run_config(config))
+    run.write_status("running", step=0)
+    for step in range(1, 10_000):
+        if stop and time.monotonic() - stop[0] > 60:
+            break
+        run.metrics.append({"step": step, "train_bpd": 8.0})
+        run.write_status("running", step=step)
+        time.sleep(0.02)
+    return fake_train(config, run_dir, **kwargs)
+
+
+def _runner(study: Path, results: Path, train_fn: str, workers: int) -> subprocess.Popen:
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests import test_hardening, test_runner
+        from glow_repro.study.runner import run_study
+        report = run_study({str(study)!r}, {str(results)!r}, workers={workers},
+                           train_fn=getattr(test_hardening, {train_fn!r}, None) or getattr(test_runner, {train_fn!r}, None))
+        print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
+        sys.exit(130 if report.interrupted else 0)
+    """)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait(predicate, timeout: float = 90.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_wrong_ctrl_c_while_a_worker_imports_torch_trains_nothing(tmp_path):
+    """The real ``glow-repro run``: Ctrl-C the moment a worker has locked its run, before
+    train() has imported torch; the run is left untouched and the next run trains it."""
+    study = write_yaml(tmp_path / "tiny.yaml", {"name": "tiny", "base": tiny(), "seeds": [0]})
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _wait(lambda: any((results / "runs").glob("*/.lock")))
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "no run was training" in err
+    run = RunDir(next((results / "runs").iterdir()))
+    assert not run.metrics.path.exists() and run.state() == "pending"
+    again = cli("run", study, "--results", results)
+    assert again.exit_code == 0 and run.state() == "done", again.output
+
+
+@pytest.mark.slow
+def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path):
+    import time
+
+    from tests.test_runner import make_study
+
+    study = make_study(tmp_path, widths=(12, 16), seeds=(0,), steps=200)
+    results = tmp_path / "results"
+    proc = _runner(study, results, "stubborn_train", workers=2)
+    steps = lambda: [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]  # noqa: E731
+    _wait(lambda: len(steps()) == 2 and min(steps()) > 3)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 20
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Aborted" not in err and out.startswith("interrupted")
+    assert sorted(RunDir(p).state() for p in (results / "runs").glob("*")) == ["interrupted", "interrupted"]
+    again = _runner(study, results, "fake_train", workers=2)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, (out, err)
+    for run in (results / "runs").iterdir():
+        assert [row["step"] for row in RunDir(run).metrics.read()] == list(range(1, 201))
