@@ -507,3 +507,13 @@ def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path)
     assert again.returncode == 0, (out, err)
     for run in (results / "runs").iterdir():
         assert [row["step"] for row in RunDir(run).metrics.read()] == list(range(1, 201))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: t\nseeds: [2147483648]\n", "seeds must be non-negative and at most"),
+    ("name: t\nseeds: [0]\nlauncher:\n  mem_gb: .inf\n", "launcher.mem_gb"),
+])
+def test_traceback_study_values_out_of_range_are_refused(tmp_path, text, expected):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert_one_line(cli("run", path, "--dry-run"), str(path), expected)

@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from glow_repro.config import (
+    MAX_SEED,
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -67,7 +68,7 @@ def parse_time_minutes(value: int | str) -> int:
 class LauncherSpec(BaseModel):
     """SLURM resources for ``--launcher slurm`` (submitit); CLI options override these."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     partition: str | None = None
     time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
@@ -115,7 +116,7 @@ class ClaimSpec(BaseModel):
     are averaged over within each seed.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(description="a short name, unique in the study")
     source: str = Field(description="the paper figure, table or section that makes the claim")
@@ -147,7 +148,7 @@ class ClaimSpec(BaseModel):
 class StudySpec(BaseModel):
     """One study file: what it reproduces, the base config, the axes swept and the seeds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="results go to results/<name>/")
     description: str = ""
@@ -209,8 +210,8 @@ class StudySpec(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        if any(seed < 0 for seed in seeds):
-            raise ValueError(f"seeds must be non-negative (got {seeds})")
+        if any(seed < 0 or seed > MAX_SEED for seed in seeds):
+            raise ValueError(f"seeds must be non-negative and at most {MAX_SEED} (got {seeds})")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
