@@ -282,8 +282,7 @@ class JsonlLog:
             return False
         rows, torn = self.scan()
         kept = [row for row in rows if row.get("step", -1) <= step]
-        if len(kept) < len(rows) or torn:
-            atomic_write_text(self.path, "".join(json.dumps(r, default=float) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(json.dumps(r, default=float) + "\n" for r in kept))
         return torn
 
 
