@@ -295,7 +295,7 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     text = decode_utf8(data, path)
     try:
-        parsed = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        parsed = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

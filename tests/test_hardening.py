@@ -222,7 +222,7 @@ def test_wrong_stability_events_after_a_resume_equal_an_uninterrupted_runs(tmp_p
     split.config.write_text(dump_run_config(RunConfig.model_validate(raw)))
     train(RunConfig.model_validate(raw), split.path)
     drop = ("time", "run")
-    events = lambda run: [{k: v for k, v in e.items() if k not in drop} for e in run.events.read()]  # noqa: E731
+    events = lambda run: [{k: v for k, v in e.items() if k not in drop} for e in run.events.read()]
     assert events(whole), "the thresholds are meant to fire"
     assert events(split) == events(whole)
 
@@ -312,7 +312,7 @@ def test_traceback_a_report_out_path_under_a_file(study, tmp_path):
 
 
 def test_traceback_disk_full_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch):
-    study_file, results, _ = study
+    _, results, _ = study
     before = snapshot(results)
 
     def full(fd):
@@ -403,7 +403,7 @@ def _corrupt(data: bytes, rng: random.Random) -> bytes:
 
 @pytest.mark.parametrize("case", range(30))
 def test_corruption_of_any_file_gives_no_traceback(study, tmp_path, case):
-    study_file, results, run = study
+    _, results, run = study
     rng = random.Random(case)
     path = run.path / CORRUPTED[case % len(CORRUPTED)]
     path.write_bytes(_corrupt(path.read_bytes(), rng))
@@ -491,7 +491,7 @@ def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path)
     study = make_study(tmp_path, widths=(12, 16), seeds=(0,), steps=200)
     results = tmp_path / "results"
     proc = _runner(study, results, "stubborn_train", workers=2)
-    steps = lambda: [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]  # noqa: E731
+    steps = lambda: [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]
     _wait(lambda: len(steps()) == 2 and min(steps()) > 3)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(1.0)
