@@ -311,18 +311,20 @@ def test_traceback_a_report_out_path_under_a_file(study, tmp_path):
     assert_one_line(cli("report", results, "--out", blocker / "report"), str(blocker))
 
 
-def test_traceback_disk_full_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_traceback_disk_full_or_read_only_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch,
+                                                                                code):
     _, results, _ = study
     before = snapshot(results)
 
     def full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "fsync", full)
     other = write_yaml(tmp_path / "more.yaml", {"name": "tiny", "base": tiny(), "seeds": [0, 1]})
     result = cli("run", other, "--results", results, "--force-spec")
     monkeypatch.undo()
-    assert_one_line(result, "No space left on device")
+    assert_one_line(result, os.strerror(code))
     assert {k: v for k, v in snapshot(results).items() if k in before} == before
 
 
