@@ -34,13 +34,39 @@ ScaleName = Annotated[str, BeforeValidator(SCALES.validate)]
 #: The paper's sampling temperatures (Glow, section 5, Figure 8).
 PAPER_TEMPERATURES = (0.0, 0.25, 0.6, 0.7, 0.8, 0.9, 1.0)
 
+#: Largest seed: seeds fit a signed 32-bit integer, which every generator here (torch, numpy,
+#: Python's random) accepts as it is.
+MAX_SEED = 2**31 - 1
+
+#: Caps on sizes, far above any study here (the paper's largest model has K=48, width 512),
+#: so that a typo (an extra zero or three) fails at once instead of allocating the machine away.
+MAX_WIDTH = 8192
+MAX_DEPTH = 512
+MAX_LEVELS = 10
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH = 65536
+MAX_IMAGES = 10_000_000
+
+def _true_or_false(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+#: A boolean that must be written as true/false: ``1``, ``0`` or ``"yes"`` are refused
+#: (a table's numpy booleans pass).
+Flag = Annotated[bool, BeforeValidator(_true_or_false)]
+Temperature = Annotated[float, Field(ge=0)]
+
 
 class ConfigError(ValueError):
     """A user's configuration mistake; ``str(err)`` is a complete one-line message."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys, infinities and NaN are refused in every section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -48,14 +74,14 @@ class DataConfig(_Section):
 
     dataset: DatasetName = "fashion-mnist"
     root: Path | None = Field(None, description="directory that holds the dataset's files")
-    image_size: int | None = Field(None, ge=2, description="side length; None keeps the native size")
+    image_size: int | None = Field(None, ge=2, le=MAX_IMAGE_SIZE, description="side length; None keeps the native size")
     resize: Literal["pad", "resize"] = "pad"
     channels: Literal[1, 3] | None = Field(None, description="None keeps native; 3 tiles gray images")
     n_bits: int = Field(8, ge=1, le=8)
-    download: bool = False
+    download: Flag = False
     train_limit: int | None = Field(None, ge=1, description="use only the first N training images")
     test_limit: int | None = Field(None, ge=1, description="use only the first N test images")
-    synthetic_size: int = Field(512, ge=8, description="images per split of the synthetic dataset")
+    synthetic_size: int = Field(512, ge=8, le=MAX_IMAGES, description="images per split of the synthetic dataset")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,21 +95,21 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Glow architecture (Glow, section 3 and Table 1; official-code choices in docs/fidelity.md)."""
 
-    depth: int = Field(8, ge=1, description="K: flow steps per level")
-    levels: int = Field(2, ge=1, description="L: multi-scale levels (the paper uses 3 at 32x32)")
-    width: int = Field(128, ge=1, description="hidden channels of the coupling networks")
+    depth: int = Field(8, ge=1, le=MAX_DEPTH, description="K: flow steps per level")
+    levels: int = Field(2, ge=1, le=MAX_LEVELS, description="L: multi-scale levels (the paper uses 3 at 32x32)")
+    width: int = Field(128, ge=1, le=MAX_WIDTH, description="hidden channels of the coupling networks")
     permutation: PermutationName = "conv1x1"
     conv1x1_form: Conv1x1Form = "lu"
     coupling: CouplingName = "affine"
     scale: ScaleName = "sigmoid"
-    learn_top: bool = True
+    learn_top: Flag = True
     actnorm_logscale_factor: float = Field(1.0, gt=0)
     zero_conv_logscale_factor: float = Field(3.0, gt=0)
-    coupling_actnorm: bool = Field(True, description="ActNorm instead of bias in the coupling NN")
+    coupling_actnorm: Flag = Field(True, description="ActNorm instead of bias in the coupling NN")
     conditioning: Literal["none", "class"] = Field(
         "none", description="class: class-conditional priors and a classifier on the top latent")
     class_weight: float = Field(0.01, ge=0, description="weight of the classifier's bits (official weight_y)")
-    conditional_splits: bool = Field(False, description="condition the split priors on the class too")
+    conditional_splits: Flag = Field(False, description="condition the split priors on the class too")
 
 
 class TrainConfig(_Section):
@@ -95,32 +121,33 @@ class TrainConfig(_Section):
     warmup_epochs: float | None = Field(None, gt=0, description="warmup in epochs; replaces warmup_steps")
     steps: int | None = Field(1000, ge=1, description="budget in optimisation steps")
     epochs: float | None = Field(None, gt=0, description="budget in passes over the training set; replaces steps")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None disables")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="Polyak/EMA weights for eval")
-    augment_shift: bool = Field(False, description="random translation by up to 10% of the size, per image")
-    init_images: int = Field(256, ge=1, description="images for ActNorm data-dependent init")
+    augment_shift: Flag = Field(False, description="random translation by up to 10% of the size, per image")
+    init_images: int = Field(256, ge=1, le=MAX_IMAGES, description="images for ActNorm data-dependent init")
     eval_every: int = Field(200, ge=1)
     eval_limit: int | None = Field(None, ge=1, description="cap on test images per evaluation")
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)
     precision: Literal["float32", "bf16"] = Field(
         "float32", description="bf16 autocasts the coupling and prior convolutions only")
-    tf32: bool = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
-    channels_last: bool = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
-    compile: bool = Field(False, description="torch.compile the training forward")
-    grad_checkpointing: bool = Field(False, description="recompute each flow step in backward")
+    tf32: Flag = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
+    channels_last: Flag = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
+    compile: Flag = Field(False, description="torch.compile the training forward")
+    grad_checkpointing: Flag = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
     max_rollbacks: int = Field(3, ge=0, description="rollback: give up after this many")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier per rollback")
-    sample_temperatures: tuple[float, ...] = PAPER_TEMPERATURES
-    n_samples: int = Field(16, ge=1, description="samples per temperature in the final grid")
-    progress: bool = True
-    tensorboard: bool = Field(False, description="mirror the logs into TensorBoard event files (optional extra)")
+    sample_temperatures: tuple[Temperature, ...] = Field(
+        PAPER_TEMPERATURES, min_length=1, description="temperatures of the final sample grid")
+    n_samples: int = Field(16, ge=1, le=1024, description="samples per temperature in the final grid")
+    progress: Flag = True
+    tensorboard: Flag = Field(False, description="mirror the logs into TensorBoard event files (optional extra)")
 
     @model_validator(mode="before")
     @classmethod
@@ -167,7 +194,7 @@ class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     monitor: MonitorConfig = MonitorConfig()
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _image_fits_levels(self) -> RunConfig:
@@ -251,22 +278,57 @@ def validate_model(cls: type[BaseModel], raw: Any, source: str) -> Any:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping (plain YAML keeps
+    the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]}); keep one",
+                    key_node.start_mark)
+            try:
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` as UTF-8 text, or a ConfigError naming ``path`` and the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file, turning a missing file or a syntax error into a ConfigError."""
+    """Parse a YAML file strictly: a missing or empty file, bytes that are not UTF-8, a
+    syntax error or a key written twice is a ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    text = decode_utf8(data, path)
     try:
-        return yaml.safe_load(text) or {}
+        parsed = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+        kind = "YAML error" if "duplicate key" in problem else "YAML syntax error"
+        raise ConfigError(f"{path}: {kind}{where}: {problem}") from None
+    if parsed is None:
+        raise ConfigError(f"{path}: the file is empty (no YAML in it); write the settings it should hold")
+    return parsed
 
 
 def parse_override(text: str) -> tuple[str, Any]:

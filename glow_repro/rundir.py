@@ -18,9 +18,15 @@ and the analysis reads through it, so it never imports torch. A run directory ho
     .lock              held while a process trains the run (:class:`RunLock`)
 
 Every whole-file write goes through a temp file, fsync and rename, so a kill at any moment
-leaves either the old or the new file. JSONL logs are append-only; a kill can leave at most
-one torn last line, which readers skip, and :meth:`JsonlLog.truncate_after` rewrites a log to
-the rows a checkpoint knows about when a run resumes.
+leaves either the old or the new file (and perhaps a stale ``.<name>.*.tmp``, which
+:meth:`RunDir.remove_stale_temporaries` clears on resume). JSONL logs are append-only; a kill
+can leave at most one torn last line, which readers skip, and :meth:`JsonlLog.truncate_after`
+rewrites a log to the rows a checkpoint knows about when a run resumes.
+
+Every file is read back through one layer here (:func:`read_text`, :func:`read_json`,
+:meth:`JsonlLog.read`, :func:`read_torch_file`; YAML through ``config.read_yaml``): bytes that
+are not UTF-8, a decode error, a value of the wrong shape or a foreign file become one
+:class:`UnreadableFileError` line that names the file and what to do.
 """
 
 from __future__ import annotations
@@ -28,15 +34,34 @@ from __future__ import annotations
 import enum
 import json
 import os
+import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
+from glow_repro.config import ConfigError, decode_utf8
+from glow_repro.errors import UserFacingError
+
 LOCK_NAME = ".lock"
+#: Who holds the lock: ``{"pid", "host", "since"}``, written by the holder after it locks.
+LOCK_OWNER = ".lock.owner"
+
+#: What to do about a damaged record of a run (a log, its status or summary).
+RUN_REMEDY = ("restore it from a backup, or move the run directory away and `glow-repro run` "
+              "(or `train`) trains the run again")
+
+
+class UnreadableFileError(UserFacingError):
+    """A file read back is damaged, foreign or of the wrong shape; the message names the file
+    and what to do."""
+
+
+class RunLockedError(UserFacingError):
+    """Another process holds the run's lock: it is training the run now."""
 
 
 class RunState(enum.StrEnum):
@@ -141,11 +166,57 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | Path, default: Any = None) -> Any:
+def read_text(path: str | Path, remedy: str = RUN_REMEDY) -> str:
+    """The UTF-8 text of ``path`` (FileNotFoundError when there is none); other bytes are an
+    :class:`UnreadableFileError` that names the file and ``remedy``."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return decode_utf8(Path(path).read_bytes(), path)
+    except ConfigError as err:
+        raise UnreadableFileError(f"{str(err).removesuffix('; save it as UTF-8')}; {remedy}") from None
+
+
+def _shape_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def read_json(path: str | Path, default: Any = None, *, expect: type | tuple[type, ...] = object,
+              remedy: str = RUN_REMEDY) -> Any:
+    """The JSON value in ``path``, or ``default`` when there is no such file. Bytes that are
+    not UTF-8 JSON, or a value that is not an ``expect`` (e.g. ``dict``), are an
+    :class:`UnreadableFileError` naming the file and ``remedy``."""
+    try:
+        text = read_text(path, remedy)
+    except FileNotFoundError:
         return default
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UnreadableFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); {remedy}") from None
+    if not isinstance(value, expect):
+        raise UnreadableFileError(f"{path}: holds {_shape_name(type(value))} where {_shape_name(expect)} "
+                                  f"belongs; {remedy}")
+    return value
+
+
+def read_torch_file(path: str | Path, load: Callable[[Path], Any], *, what: str, keys: Iterable[str],
+                    remedy: str) -> dict[str, Any]:
+    """``load(path)`` (``torch.load``: this layer never imports torch) of a file that must be
+    a mapping holding ``keys``. A truncated, damaged or foreign file (``what`` names what it
+    should be) is an :class:`UnreadableFileError` naming the file and ``remedy``."""
+    path = Path(path)
+    try:
+        state = load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 (torch.load raises a different type for each kind of damage)
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UnreadableFileError(f"{path}: unreadable {what} ({detail}); {remedy}") from None
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise UnreadableFileError(f"{path}: not a glow-repro {what} (no {', '.join(missing)}); {remedy}")
+    return state
 
 
 class JsonlLog:
@@ -172,25 +243,48 @@ class JsonlLog:
                 os.fsync(handle.fileno())
 
     def read(self) -> list[dict[str, Any]]:
-        """Every complete row; a torn last line (a kill mid-append) is skipped."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        """Every complete row; a torn last line (a kill mid-append) is skipped. Any other
+        line that is not a JSON object (with an integer ``step``, where it has one) is an
+        :class:`UnreadableFileError`."""
+        return self.scan()[0]
 
-    def truncate_after(self, step: int) -> None:
-        """Atomically keep only complete rows with ``row["step"] <= step``."""
+    def scan(self) -> tuple[list[dict[str, Any]], bool]:
+        """The complete rows, and whether a torn last line (no newline, not JSON) follows them."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], False
+        lines = data.split(b"\n")
+        last = lines.pop()  # b"" when the file ends with a newline, else an unterminated line
+        rows = [self._row(line, number) for number, line in enumerate(lines, 1) if line.strip()]
+        if not last.strip():
+            return rows, False
+        try:
+            rows.append(self._row(last, len(lines) + 1))
+        except UnreadableFileError:
+            return rows, True
+        return rows, False
+
+    def _row(self, line: bytes, number: int) -> dict[str, Any]:
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UnreadableFileError(f"{self.path}: line {number} is not JSON ({err}); {RUN_REMEDY}") from None
+        step = row.get("step", 0) if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise UnreadableFileError(f"{self.path}: line {number} is not a row of this log (an object "
+                                      f"with an integer step); {RUN_REMEDY}")
+        return row
+
+    def truncate_after(self, step: int) -> bool:
+        """Atomically keep only complete rows with ``row["step"] <= step``; True when a torn
+        last line was dropped with them (a repair the caller records)."""
         if not self.path.exists():
-            return
-        kept = [row for row in self.read() if row.get("step", -1) <= step]
+            return False
+        rows, torn = self.scan()
+        kept = [row for row in rows if row.get("step", -1) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r, default=float) + "\n" for r in kept))
+        return torn
 
 
 class RunDir:
@@ -213,12 +307,28 @@ class RunDir:
     events = property(lambda self: JsonlLog(self.path / "events.jsonl"))
 
     def status(self) -> dict[str, Any]:
-        """The last written status, or ``{"state": "pending"}`` for a run never started."""
-        return read_json(self.status_file, default=None) or {"state": RunState.PENDING}
+        """The last written status: ``{"state": "pending"}`` for a run never started, and
+        ``{"state": "unreadable", "error": why}`` when status.json cannot be read or does not
+        hold a recorded state (training it could overwrite a finished run)."""
+        remedy = ("delete it and run the study again: the run resumes from its checkpoint "
+                  "and writes a new one")
+        try:
+            status = read_json(self.status_file, default=None, expect=dict, remedy=remedy)
+        except UnreadableFileError as err:
+            return {"state": RunState.UNREADABLE, "error": str(err)}
+        if status is None:
+            return {"state": RunState.PENDING}
+        recorded = [s.value for s in RunState if s.recorded]
+        step = status.get("step", 0)
+        if status.get("state") not in recorded or not isinstance(step, int) or isinstance(step, bool):
+            return {"state": RunState.UNREADABLE,
+                    "error": f"{self.status_file}: no recorded state and step in it; {remedy}"}
+        return status
 
     def state(self) -> RunState:
-        """The recorded state of ``status.json`` (``pending`` when there is none)."""
-        return RunState(self.status().get("state", RunState.PENDING))
+        """The recorded state of ``status.json``: ``pending`` when there is none,
+        ``unreadable`` when it cannot be read."""
+        return RunState(self.status()["state"])
 
     def write_status(self, state: RunState | str, **fields: Any) -> None:
         recorded = [s.value for s in RunState if s.recorded]
@@ -231,25 +341,42 @@ class RunDir:
         return self.state().finished
 
     def summary(self) -> dict[str, Any]:
-        return read_json(self.summary_file, default={}) or {}
+        """summary.json of a finished run (``{}`` before it finishes)."""
+        return read_json(self.summary_file, default={}, expect=dict)
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the ``.<name>.*.tmp`` files that kills left in the middle of atomic writes
+        (here and in samples/ and capsules/); returns their paths relative to the run. Call it
+        only while holding the run's lock: another trainer's temporaries are not stale."""
+        removed = []
+        for folder in (self.path, self.samples, self.capsules):
+            for temporary in sorted(folder.glob(".*.tmp")) if folder.is_dir() else ():
+                temporary.unlink(missing_ok=True)
+                removed.append(str(temporary.relative_to(self.path)))
+        return removed
 
 
 class RunLock:
-    """Non-blocking exclusive lock of one run directory, so two runners on one results
-    directory never train a run twice.
+    """Non-blocking exclusive lock of one run directory, so a run is never trained by two
+    processes at once: ``train`` takes it, and so do the launchers before they call ``train``.
 
     An OS-level ``flock`` (through ``filelock``) on ``<run dir>/.lock``: the kernel drops it
     when the holding process dies, even by SIGKILL, so a killed runner never leaves a run
     stuck. Acquiring never waits: a locked run is being trained by another process, and the
-    caller leaves it alone.
+    caller leaves it alone. The holder notes its pid and host in ``.lock.owner``, so that a
+    refused trainer can name it. A second lock object of the same run fails to acquire it,
+    in this process too; :meth:`held_here` tells ``train`` that a launcher of this process
+    took the lock for it.
     """
+
+    _held_here: ClassVar[set[str]] = set()
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
+        self._key = str(self.run_dir.absolute())
         self._lock = FileLock(self.run_dir / LOCK_NAME)
 
-    def acquire(self) -> bool:
-        """Take the lock if no other process holds it; True when this process now holds it."""
+    def _try(self) -> bool:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(blocking=False)
@@ -257,14 +384,43 @@ class RunLock:
             return False
         return True
 
+    def acquire(self) -> bool:
+        """Take the lock if no other process holds it; True when this process now holds it."""
+        if not self._try():
+            return False
+        self._held_here.add(self._key)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        try:
+            atomic_write_json(self.run_dir / LOCK_OWNER, owner)
+        except OSError:
+            pass  # the lock holds without its note; a refused trainer then says "another process"
+        return True
+
     def release(self) -> None:
+        if self._lock.is_locked:
+            (self.run_dir / LOCK_OWNER).unlink(missing_ok=True)
+            self._held_here.discard(self._key)
         self._lock.release()
+
+    def held_here(self) -> bool:
+        """True while some lock object of this process holds this run's lock."""
+        return self._key in self._held_here
+
+    def holder(self) -> str:
+        """Who holds the lock, as its note says: ``pid 123 on host``, else ``another process``."""
+        try:
+            owner = read_json(self.run_dir / LOCK_OWNER, default=None, expect=dict)
+        except (UnreadableFileError, OSError):
+            owner = None
+        if not owner or "pid" not in owner:
+            return "another process"
+        return f"pid {owner['pid']} on {owner.get('host', 'an unknown host')}"
 
     def held_elsewhere(self) -> bool:
         """True while another process (or another lock object here) holds this run's lock."""
         if not (self.run_dir / LOCK_NAME).exists():
             return False
-        if self.acquire():
-            self.release()
+        if self._try():
+            self._lock.release()
             return False
         return True

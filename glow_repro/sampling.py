@@ -17,9 +17,9 @@ A class-conditional run also gets ``classes.png``: one row per class, at tempera
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-import pickle
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from glow_repro.engine import build_model
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import postprocess, preprocess
-from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json, read_torch_file
 
 #: The record of the grids training writes at the end of a run, in its ``samples/`` folder.
 SAMPLES_RECORD = "samples.json"
@@ -40,9 +40,6 @@ SAMPLE_RECORD = "sample.json"
 
 #: The temperature of a class-conditional run's per-class grid (the paper's samples use 0.7).
 CLASS_TEMPERATURE = 0.7
-
-#: What ``torch.load`` raises for a truncated, foreign or corrupt file.
-_UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError)
 
 
 class RunNotReadyError(UserFacingError):
@@ -73,11 +70,9 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     if not run.checkpoint.is_file():
         raise RunNotReadyError(f"{run.path}: no checkpoint yet (run state: {run.status()['state']}); "
                                "sample again once training has saved one")
-    try:
-        state = torch.load(run.checkpoint, map_location=device, weights_only=True)
-    except _UNREADABLE as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise RunNotReadyError(f"{run.checkpoint}: unreadable checkpoint ({first_line})") from None
+    load = functools.partial(torch.load, map_location=device, weights_only=True)
+    state = read_torch_file(run.checkpoint, load, what="checkpoint", keys=(),
+                            remedy="restore it from a backup, or train the run again to write a new one")
     model = build_model(config, device)
     try:
         model.load_state_dict(_checkpoint_weights(state, config, run.checkpoint))

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import statistics
 import time
@@ -28,12 +29,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from glow_repro.config import MonitorConfig, RunConfig, TrainConfig
+from glow_repro.config import MonitorConfig, RunConfig, TrainConfig, validate_model
 from glow_repro.engine import build_model
 from glow_repro.flows import FlowLayer
 from glow_repro.model import Glow
 from glow_repro.objective import training_loss
-from glow_repro.rundir import atomic_write_bytes
+from glow_repro.rundir import UnreadableFileError, atomic_write_bytes, read_torch_file
 
 #: Name given to the model itself when every submodule's output is finite but the priors or
 #: the log-density are not.
@@ -123,13 +124,20 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
 
     Returns ``(step, recorded finding, replayed finding)``.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = RunConfig.model_validate(state["config"])
+    remedy = "replay takes a capsule a run wrote: <run>/capsules/step_*.pt"
+    load = functools.partial(torch.load, map_location="cpu", weights_only=False)
+    state = read_torch_file(path, load, what="capsule", remedy=remedy,
+                            keys=("config", "model", "batch", "step", "finding", "torch_rng"))
+    config = validate_model(RunConfig, state["config"], f"{path} (its config)")
     model = build_model(config, "cpu")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+        torch.set_rng_state(state["torch_rng"])
+        recorded = Finding(**state["finding"])
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise UnreadableFileError(f"{path}: a damaged capsule ({str(err).splitlines()[0][:160]}); "
+                                  f"{remedy}") from None
     model.train()
-    torch.set_rng_state(state["torch_rng"])
-    recorded = Finding(**state["finding"])
     finding = locate_nonfinite(model, state["batch"], config.data.n_bits, config.train.precision)
     return state["step"], recorded, finding
 
@@ -171,6 +179,20 @@ class StabilityMonitor:
         self.run = run
         self.losses: deque[float] = deque(maxlen=config.spike_window)
         self.grad_norms: deque[float] = deque(maxlen=config.spike_window)
+
+    def state_dict(self) -> dict[str, list[float]]:
+        """The running history spikes are judged against; a checkpoint keeps it, so the
+        events after a resume are those of an uninterrupted run."""
+        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms)}
+
+    def load_state_dict(self, state: dict[str, list[float]] | None) -> None:
+        """Restore :meth:`state_dict` (None, from a checkpoint written before it was kept:
+        an empty history)."""
+        state = state or {}
+        self.losses.clear()
+        self.losses.extend(state.get("losses", []))
+        self.grad_norms.clear()
+        self.grad_norms.extend(state.get("grad_norms", []))
 
     def health_due(self, step: int) -> bool:
         return self.config.health_every > 0 and step % self.config.health_every == 0

@@ -7,16 +7,22 @@ budgets, the checkpoint, the evaluations and the run directory's records.
 Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
 (the data order of each epoch, the dequantisation noise and the shift augmentation of each
 step) and the learning rate is a pure function of the step, so a checkpoint needs only the
-model, optimiser, EMA weights, step, elapsed time and the recovery counters (skips,
-rollbacks, lr scale) to continue bit-exactly on the same device and thread count. Logs are
-append-only; on resume they are cut back to the checkpoint's step, so no metric row is lost
-or duplicated.
+model, optimiser, EMA weights, step, elapsed time, the recovery counters (skips,
+rollbacks, lr scale) and the stability monitor's running history to continue bit-exactly,
+events included, on the same device and thread count. Logs are append-only; on resume they
+are cut back to the checkpoint's step, so no metric row is lost or duplicated.
+
+A run's records are evidence: ``train`` holds the run's lock (a second trainer is refused,
+naming the holder), never trains a run whose status cannot be read or that diverged, never
+starts over on logs whose checkpoint is gone, and records each repair it makes on resume (a
+torn last log line dropped, a stale temporary file removed) as a ``repair`` event.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import math
 import signal
@@ -46,10 +52,14 @@ from glow_repro.objective import preprocess
 from glow_repro.rundir import (
     JsonlLog,
     RunDir,
+    RunLock,
+    RunLockedError,
     RunState,
+    UnreadableFileError,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_torch_file,
 )
 from glow_repro.runinfo import environment, resolve_device
 from glow_repro.sampling import SAMPLES_RECORD, write_samples
@@ -179,6 +189,7 @@ class _Run:
             "optimizer": weights["optimizer"],
             "ema": weights["ema"],
             "torch_rng": torch.get_rng_state(),
+            "monitor": self.monitor.state_dict(),
         }
         for log in (self.run.metrics, self.run.evals, self.run.events):
             log.sync()
@@ -186,20 +197,32 @@ class _Run:
         torch.save(state, buffer)
         atomic_write_bytes(self.run.checkpoint, buffer.getvalue())
 
-    def load_checkpoint(self, *, rollback: bool = False) -> None:
+    def load_checkpoint(self, *, rollback: bool = False, state: dict | None = None) -> list[str]:
         """Resume (everything, logs cut back to the checkpoint) or roll back (model and
-        optimiser only: the counters and the event log keep what happened since)."""
-        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
-        self.engine.load_state_dict(state)
+        optimiser only: the counters, the monitor and the event log keep what happened
+        since); ``state`` is the checkpoint when it was read already. Returns the names of
+        the logs whose torn last line was dropped."""
+        state = state or read_checkpoint(self.run, self.device)
+        try:
+            self.engine.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise UnreadableFileError(f"{self.run.checkpoint}: does not fit this run's model "
+                                      f"({str(err).splitlines()[0][:160]}); {CHECKPOINT_REMEDY}") from None
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         logs = (self.run.metrics, self.run.evals) if rollback else (self.run.metrics, self.run.evals, self.run.events)
         self.dist.barrier()  # every rank has read the checkpoint before the main one cuts logs
-        for log in logs if self.dist.is_main else ():
-            log.truncate_after(self.step)
+        torn = [log.path.name for log in (logs if self.dist.is_main else ()) if log.truncate_after(self.step)]
         if not rollback:
             self.elapsed_before, self.clock = state["elapsed"], time.perf_counter()
             self.recovery.load_counters(state["counters"])
+            self.monitor.load_state_dict(state.get("monitor"))
+        return torn
+
+    def record_repairs(self, repairs: list[str]) -> None:
+        """One ``repair`` event per repair made on resume, at the step training goes on from."""
+        self.write(self.run.events, [{**self.monitor.event(self.step, "repair", None), "detail": detail}
+                                     for detail in repairs])
 
     # -- pieces of the loop ---------------------------------------------------------------------
     def initialise_actnorm(self) -> None:
@@ -276,6 +299,57 @@ class _Run:
         return response.diverged
 
 
+#: What to do about a checkpoint that cannot be used.
+CHECKPOINT_REMEDY = ("restore it from a backup, or train into another --out directory "
+                     "(the run's logs stay here as they are)")
+
+
+def read_checkpoint(run: RunDir, device: torch.device) -> dict:
+    """The run's checkpoint, or a one-line :class:`UnreadableFileError` when it is damaged."""
+    load = functools.partial(torch.load, map_location=device, weights_only=False)
+    return read_torch_file(run.checkpoint, load, what="checkpoint",
+                           keys=("step", "elapsed", "counters", "model", "optimizer", "torch_rng"),
+                           remedy=CHECKPOINT_REMEDY)
+
+
+def _check_history(run: RunDir) -> None:
+    """Refuse to train a run when that would rewrite its history: its status cannot be read,
+    it diverged (its logs are the evidence), or its logs go past step 0 while its
+    checkpoint is gone (training would start over on them). Reading the logs here also turns
+    a damaged log into one line before anything is written."""
+    status = run.status()
+    state = RunState(status["state"])
+    if state is RunState.UNREADABLE:
+        raise UnreadableFileError(status["error"])
+    if state is RunState.DIVERGED:
+        raise UserFacingError(f"{run.path}: this run diverged at step {status.get('step')}; its records "
+                              "are kept as the evidence: train into another --out directory to try again")
+    logged = max((row.get("step", 0) for log in (run.metrics, run.evals, run.events) for row in log.read()),
+                 default=0)
+    if not run.checkpoint.exists() and (state is RunState.DONE or logged > 0):
+        what = "this finished run" if state is RunState.DONE else f"this run (logged to step {logged})"
+        raise UserFacingError(f"{run.path}: {what} has no checkpoint.pt, and training would start over "
+                              "on its logs; restore checkpoint.pt to go on, or train into another --out "
+                              "directory")
+
+
+@contextlib.contextmanager
+def _hold_lock(run: RunDir, dist: DistContext, device: torch.device) -> Iterator[None]:
+    """Hold the run's lock while training (rank 0 of a data-parallel run), unless a launcher
+    of this process already took it for this run; every rank raises when it is taken."""
+    lock = RunLock(run.path)
+    take = dist.is_main and not lock.held_here()
+    refused = take and not lock.acquire()
+    if dist.any(refused, device):
+        raise RunLockedError(f"{run.path}: {lock.holder() if dist.is_main else 'another process'} is "
+                             "training this run; wait for it to end (or stop it) and run this again")
+    try:
+        yield
+    finally:
+        if take:
+            lock.release()
+
+
 def _check_same_run(run: RunDir, config: RunConfig) -> None:
     if not run.config.exists():
         return
@@ -337,39 +411,48 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     if config.train.batch_size % dist.world_size:
         raise UserFacingError(f"train.batch_size={config.train.batch_size} is not divisible by "
                               f"the {dist.world_size} data-parallel processes")
-    if dist.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.samples.mkdir(exist_ok=True)
-        if not run.config.exists():
-            atomic_write_text(run.config, dump_run_config(config))
-        atomic_write_json(run.environment, {**environment(device), "world_size": dist.world_size})
-        run.write_status(RunState.RUNNING, step=0)
-    dist.barrier()
     try:
-        return _train(config, run, device, train_data, test_data, progress, dist)
-    except RunInterrupted:
-        raise
-    except Exception as err:
-        if dist.is_main:
-            run.error_file.write_text(traceback.format_exc())
-            run.write_status(RunState.FAILED, step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}")
-        raise
+        with _hold_lock(run, dist, device):
+            _check_history(run)
+            checkpoint = read_checkpoint(run, device) if run.checkpoint.exists() else None
+            removed = []
+            if dist.is_main:
+                removed = run.remove_stale_temporaries()
+                run.samples.mkdir(exist_ok=True)
+                if not run.config.exists():
+                    atomic_write_text(run.config, dump_run_config(config))
+                atomic_write_json(run.environment, {**environment(device), "world_size": dist.world_size})
+                run.write_status(RunState.RUNNING, step=0 if checkpoint is None else checkpoint["step"])
+            dist.barrier()
+            try:
+                return _train(config, run, device, train_data, test_data, progress, dist, checkpoint, removed)
+            except RunInterrupted:
+                raise
+            except Exception as err:
+                if dist.is_main:
+                    run.error_file.write_text(traceback.format_exc())
+                    run.write_status(RunState.FAILED, step=run.status().get("step", 0),
+                                     error=f"{type(err).__name__}: {err}")
+                raise
     finally:
         shutdown(dist)
 
 
 def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: ImageData,
-           test_data: ImageData, progress: bool | None, dist: DistContext) -> dict:
+           test_data: ImageData, progress: bool | None, dist: DistContext, checkpoint: dict | None,
+           removed: list[str]) -> dict:
     work = _Run(config, run, device, train_data, test_data, dist)
     cfg = config.train
-    if run.checkpoint.exists():
-        work.load_checkpoint()
-    else:
-        for log in (run.metrics, run.evals, run.events) if dist.is_main else ():
-            log.truncate_after(-1)
+    if checkpoint is not None:
+        torn = work.load_checkpoint(state=checkpoint)
+    else:  # a new run, or one killed before its first checkpoint: only step-0 rows go
+        torn = [log.path.name for log in (run.metrics, run.evals, run.events) if dist.is_main
+                and log.truncate_after(-1)]
         work.initialise_actnorm()
         work.evaluate()
         work.save_checkpoint()
+    work.record_repairs([f"dropped the torn last line of {name}" for name in torn]
+                        + [f"removed {path}, left by a kill during an atomic write" for path in removed])
     work.engine.wrap()
     show = (cfg.progress if progress is None else progress) and sys.stderr.isatty() and dist.is_main
     bar = tqdm(total=work.total_steps, initial=work.step, disable=not show, desc=run.path.name,

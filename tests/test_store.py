@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import stat
 
 import pytest
 
-from glow_repro.rundir import JsonlLog, RunDir, RunState, atomic_write_text
+from glow_repro.rundir import (
+    JsonlLog,
+    RunDir,
+    RunLock,
+    RunState,
+    UnreadableFileError,
+    atomic_write_text,
+    read_json,
+)
 
 
 def test_atomic_write_replaces_whole_files_with_umask_permissions(tmp_path):
@@ -61,3 +71,54 @@ def test_only_recorded_states_are_written(tmp_path):
     assert run.state() is RunState.INTERRUPTED and run.status()["state"] == "interrupted"
     with pytest.raises(ValueError, match="unknown run state 'killed'"):
         run.write_status("killed")
+
+
+def test_reading_layer_names_the_file_for_damage_and_wrong_shapes(tmp_path):
+    path = tmp_path / "x.json"
+    assert read_json(path, default="none") == "none"
+    for data, expected in [(b'{"a": \xff}', "not UTF-8 text (byte 0xff at offset 6)"),
+                           (b'{"a": ', "not valid JSON"), (b"[1]", "holds a list where an object belongs")]:
+        path.write_bytes(data)
+        with pytest.raises(UnreadableFileError, match=re.escape(expected)) as caught:
+            read_json(path, expect=dict)
+        assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_a_damaged_line_inside_a_log_is_an_error_and_only_a_torn_last_line_is_skipped(tmp_path):
+    log = JsonlLog(tmp_path / "m.jsonl")
+    log.path.write_bytes(b'{"step": 1}\n{"step": 2, \xff}\n{"step": 3}\n')
+    with pytest.raises(UnreadableFileError, match="m.jsonl: line 2 is not JSON"):
+        log.read()
+    log.path.write_bytes(b'{"step": 1}\n["a list"]\n')
+    with pytest.raises(UnreadableFileError, match="line 2 is not a row of this log"):
+        log.read()
+    log.path.write_bytes(b'{"step": 1}\n{"step": 2}\n{"st')
+    assert log.scan() == ([{"step": 1}, {"step": 2}], True)
+    assert log.truncate_after(1) is True and log.scan() == ([{"step": 1}], False)
+
+
+def test_a_damaged_status_is_unreadable_with_the_reason(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    for text in ('{"state": "do', '["done"]', '{"state": "finished"}', '{"state": "done", "step": "7"}'):
+        run.status_file.write_text(text)
+        assert run.state() is RunState.UNREADABLE and str(run.status_file) in run.status()["error"]
+
+
+def test_stale_temporaries_are_removed_and_named(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.samples.mkdir(parents=True)
+    (run.path / ".checkpoint.pt.abc.tmp").write_text("half")
+    (run.samples / ".temperatures.png.x.tmp").write_text("half")
+    (run.path / "metrics.jsonl").write_text("")
+    assert run.remove_stale_temporaries() == [".checkpoint.pt.abc.tmp", "samples/.temperatures.png.x.tmp"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["metrics.jsonl", "samples"]
+
+
+def test_the_lock_names_its_holder_and_is_free_after_release(tmp_path):
+    held, other = RunLock(tmp_path / "run"), RunLock(tmp_path / "run")
+    assert held.acquire() and held.held_here()
+    assert not other.acquire() and other.held_elsewhere()
+    assert other.holder() == f"pid {os.getpid()} on {socket.gethostname()}"
+    held.release()
+    assert not other.held_here() and not other.held_elsewhere() and other.holder() == "another process"

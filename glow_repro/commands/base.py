@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,20 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def describe_os_error(err: OSError) -> str:
+    """An OSError as one line: the path, what went wrong, and what to do about it."""
+    where = err.filename if err.filename is not None else "a file"
+    if err.filename2 is not None:
+        where = f"{where} -> {err.filename2}"
+    reason = err.strerror or str(err) or type(err).__name__
+    return (f"{where}: {reason}; nothing written before is changed (files are replaced atomically): "
+            "fix this (space, permissions, the path) and run the same command again")
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's user-facing exceptions into one-line CLI errors (no traceback)."""
+    """Turn the library's user-facing exceptions and the file system's errors (read-only,
+    disk full, not a directory) into one-line CLI errors (no traceback); Ctrl-C outside a
+    training loop says how to go on instead of a bare ``Aborted!``."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -30,5 +43,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except (ConfigError, UserFacingError) as err:
             raise UserError(str(err)) from None
+        except OSError as err:
+            raise UserError(describe_os_error(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; every run keeps its last checkpoint: run the same command again "
+                       "to resume", err=True)
+            sys.exit(130)
 
     return wrapper

@@ -66,6 +66,8 @@ WORKERS = _Workers()
                    "needs the tensorboard extra; does not change run ids)")
 @click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
 @click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
+@click.option("--force-spec", is_flag=True,
+              help="write into a results directory that another spec of the study wrote to")
 @click.option("--until-resolved", is_flag=True,
               help="add seeds to every variant while a claim of the study is inconclusive and "
               "--max-seeds could still resolve it (docs/verdicts.md)")
@@ -79,7 +81,7 @@ WORKERS = _Workers()
 @user_errors
 def run_command(study: Path, results_dir: Path | None, workers: int | None, launcher: str,
                 overrides: tuple[str, ...], only: tuple[str, ...], tensorboard: bool, dry_run: bool,
-                retry_failed: bool, until_resolved: bool, max_seeds: int, partition: str | None,
+                retry_failed: bool, force_spec: bool, until_resolved: bool, max_seeds: int, partition: str | None,
                 time_: str | None, gpus: int | None, processes_per_run: int | None) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
@@ -101,7 +103,7 @@ def run_command(study: Path, results_dir: Path | None, workers: int | None, laun
         only=only, dry_run=dry_run, retry_failed=retry_failed,
         slurm={"partition": partition, "time": time_, "gpus_per_node": gpus,
                "processes_per_run": processes_per_run},
-        judge=SeedJudge(max_seeds) if until_resolved else None,
+        judge=SeedJudge(max_seeds) if until_resolved else None, force_spec=force_spec,
     )
     plan = report.plan
     if dry_run:
@@ -166,8 +168,8 @@ def status_command(results_dir: Path) -> None:
     if tables is not None:
         click.echo(f"tables: {tables}/ (written when the last uninterrupted `glow-repro run` ended)")
     for r in runs:
-        if r.state is RunState.FAILED and r.error:
-            click.echo(f"  failed {r.run_id}: {r.error.splitlines()[0][:200]}")
+        if r.state in (RunState.FAILED, RunState.UNREADABLE) and r.error:
+            click.echo(f"  {r.state} {r.run_id}: {r.error.splitlines()[0][:300]}")
     if any(r.state is RunState.KILLED for r in runs):
         click.echo("  killed: status says running but no process holds the run; "
                    "`glow-repro run` resumes it")

@@ -12,10 +12,13 @@ the others. The parent shows one overall progress bar (:class:`Tracker`).
 
 Each pool worker trains one run and exits (``max_tasks_per_child=1``): every run gets a
 fresh process (its own thread count, memory given back), and a worker never outlives the
-run it was given. Ctrl-C (SIGINT) reaches the workers: ``train`` checkpoints, writes
-``interrupted`` and raises; the parent sets a shared stop event so that no worker starts
-another run, waits for them, and reports which runs were interrupted. SIGTERM, and the
-parent's death (Linux ``PR_SET_PDEATHSIG``), make a worker checkpoint its run and exit.
+run it was given. Ctrl-C (SIGINT) reaches the workers at any moment of their life: before
+``train`` starts (while torch is imported) the run is cancelled untouched; inside it, ``train``
+checkpoints, writes ``interrupted`` and raises. The parent sets a shared stop event so that no
+worker starts another run, waits for them, and reports which runs were interrupted; a second
+Ctrl-C kills the workers at once and marks their runs ``interrupted`` (each resumes from its
+last checkpoint). SIGTERM, and the parent's death (Linux ``PR_SET_PDEATHSIG``), make a worker
+checkpoint its run and exit.
 """
 
 from __future__ import annotations
@@ -144,21 +147,30 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
         early = Outcome(task.run_id, RunState.ELSEWHERE)
     elif main and run_dir.is_finished():  # another runner finished it after we planned
         lock.release()
-        early = Outcome(task.run_id, run_dir.state(), summary=run_dir.summary())
+        try:
+            early = Outcome(task.run_id, run_dir.state(), summary=run_dir.summary())
+        except UserFacingError as err:  # a damaged summary.json
+            early = Outcome(task.run_id, run_dir.state(), error=str(err))
     stop = early is not None
     if group is not None:  # every rank returns when rank 0 does
         stop = group.any(stop, _group_device(task, group))
     if stop:
         return early or Outcome(task.run_id, RunState.ELSEWHERE)
+    started = False
     try:
-        train = task.train_fn or _default_train()
-        _worker.training = True
+        _worker.training = True  # from here a signal interrupts, while torch is imported too
         try:
+            train = task.train_fn or _default_train()
+            if _worker.signalled:  # arrived before the handler could raise
+                raise KeyboardInterrupt
+            started = True
             summary = train(task.config, task.run_dir, threads=task.threads, progress=False)
         finally:
             _worker.training = False
         return Outcome(task.run_id, RunState(summary.get("state", run_dir.state())), summary=summary)
     except KeyboardInterrupt:
+        if not started:  # stopped before train() began: the run is as it was
+            return Outcome(task.run_id, RunState.CANCELLED)
         if run_dir.state() is RunState.RUNNING:
             _keep_status(run_dir, RunState.INTERRUPTED)
         return Outcome(task.run_id, RunState.INTERRUPTED)
@@ -313,18 +325,21 @@ def _pool_round(tasks: list[RunTask], tracker: Tracker, workers: int) -> list[Ru
                 tracker.record(_result(future, futures[future]))
     except KeyboardInterrupt:
         tracker.interrupted = True
-        tracker.write("interrupted: stopping workers, saving checkpoints ...")
+        tracker.write("interrupted: stopping workers, saving checkpoints ... (Ctrl-C again stops at once)")
         stop.set()
         _interrupt_children()
         for future in futures:
             future.cancel()
-        for future, task in futures.items():
-            if not future.cancelled() and task.run_id not in tracker.outcomes:
-                try:
-                    tracker.record(_result(future, task))
-                except BrokenProcessPool:
-                    pass
-        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            for future, task in futures.items():
+                if not future.cancelled() and task.run_id not in tracker.outcomes:
+                    try:
+                        tracker.record(_result(future, task))
+                    except BrokenProcessPool:
+                        pass
+            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            _stop_at_once(pool, futures, tracker)
         return []
     pool.shutdown(wait=True)
     retry, crashed = [], 0
@@ -344,6 +359,27 @@ def _pool_round(tasks: list[RunTask], tracker: Tracker, workers: int) -> list[Ru
             tracker.record(Outcome(task.run_id, RunState.FAILED, error="worker process died at start"))
         return []
     return retry
+
+
+def _stop_at_once(pool: ProcessPoolExecutor, futures: dict[Any, RunTask], tracker: Tracker) -> None:
+    """A second Ctrl-C: kill the workers (further Ctrl-C ignored meanwhile) and mark their
+    runs ``interrupted``; each resumes from its last checkpoint, as after any kill."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        tracker.write("stopping at once: workers killed; each run resumes from its last checkpoint")
+        children = multiprocessing.active_children()
+        for child in children:
+            child.kill()
+        for child in children:
+            child.join(timeout=10)
+        for task in futures.values():
+            run_dir = RunDir(task.run_dir)
+            if task.run_id not in tracker.outcomes and run_dir.state() is RunState.RUNNING:
+                _keep_status(run_dir, RunState.INTERRUPTED)
+                tracker.record(Outcome(task.run_id, RunState.INTERRUPTED))
+        pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _result(future: Any, task: RunTask) -> Outcome:

@@ -4,8 +4,10 @@ add seeds until the study's claims are resolved (docs/verdicts.md).
 Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
 
     study.yaml       the spec as run: base inlined, --set applied, original header kept
-    manifest.json    {"study", "runs": {run_id: {"variant", "seed", "overrides"}}}: every run
-                     ever planned here, with its label and swept settings (``status`` uses it)
+    manifest.json    {"study", "spec_hash", "runs": {run_id: {"variant", "seed", "overrides"}}}:
+                     every run ever planned here, with its label and swept settings (``status``
+                     uses it); ``spec_hash`` (spec.spec_hash) ties the directory to one study
+                     spec, and another spec is refused unless forced (``force_spec``)
     runs/<run_id>/   one run directory (glow_repro.rundir.RunDir)
     tables/          steps, evals, finals, events, configs as .parquet and .csv (the long
                      tables of glow_repro.study.tables), rewritten at the end of every
@@ -39,6 +41,7 @@ from glow_repro.rundir import (
     RunDir,
     RunLock,
     RunState,
+    UnreadableFileError,
     atomic_write_json,
     atomic_write_text,
     read_json,
@@ -58,6 +61,7 @@ from glow_repro.study.spec import (
     StudySpec,
     expand,
     load_study,
+    spec_hash,
     spec_yaml,
     with_overrides,
 )
@@ -227,13 +231,26 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
     results_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(results_dir / ".manifest.lock", timeout=60):
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
-        manifest = read_json(results_dir / MANIFEST, default=None) or {"runs": {}}
+        manifest = read_manifest(results_dir) or {"runs": {}}
         manifest["study"] = spec.name
+        manifest["spec_hash"] = spec_hash(spec)
         for run in runs:
             manifest["runs"][run.run_id] = {
                 "variant": run.variant, "seed": run.seed, "overrides": run.overrides
             }
         atomic_write_json(results_dir / MANIFEST, manifest)
+
+
+def check_spec(spec: StudySpec, results_dir: Path, force: bool = False) -> None:
+    """Refuse a results directory that another spec of the study wrote to (its runs would be
+    compared with this spec's as one study), unless ``force``."""
+    manifest = read_manifest(results_dir) if results_dir.is_dir() else None
+    recorded, current = (manifest or {}).get("spec_hash"), spec_hash(spec)
+    if recorded and recorded != current and not force:
+        raise ResultsDirError(
+            f"{results_dir}: holds the runs of another spec of study {spec.name!r} (spec hash "
+            f"{recorded}; {spec.source} has {current}): give this one its own --results directory, "
+            "or pass --force-spec to add its runs to these anyway")
 
 
 def run_study(
@@ -248,6 +265,7 @@ def run_study(
     train_fn: TrainFn | None = None,
     slurm: dict[str, Any] | None = None,
     judge: Judge | None = None,
+    force_spec: bool = False,
 ) -> StudyReport:
     """Train every run of a study that is not finished yet; see the module docstring.
 
@@ -256,7 +274,8 @@ def run_study(
     ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
     look the judge decides whether to train more seeds of every variant; each decision is
     appended to decisions.jsonl. On Ctrl-C the report comes back with ``interrupted=True``
-    once the workers have checkpointed.
+    once the workers have checkpointed. A results directory written by another spec of the
+    study is refused unless ``force_spec`` (:func:`check_spec`).
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers {workers}: must be at least 1")
@@ -268,6 +287,7 @@ def run_study(
         LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
+    check_spec(spec, results, force_spec)
     report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))
     if dry_run:
         return report
@@ -351,10 +371,22 @@ class RunStatus:
     error: str | None
 
 
+def read_manifest(results_dir: Path) -> dict[str, Any] | None:
+    """manifest.json of a results directory (None when there is none); a damaged one is an
+    UnreadableFileError that says how to rebuild it."""
+    path = results_dir / MANIFEST
+    remedy = "delete it: the next `glow-repro run` of the study writes it again"
+    manifest = read_json(path, default=None, expect=dict, remedy=remedy)
+    if manifest is not None and not (isinstance(manifest.get("runs", {}), dict)
+                                     and all(isinstance(v, dict) for v in manifest.get("runs", {}).values())):
+        raise UnreadableFileError(f"{path}: its runs are not a mapping of run ids to runs; {remedy}")
+    return manifest
+
+
 def collect_status(results_dir: str | Path) -> list[RunStatus]:
     """Every run of a results directory (manifest order, then unlisted run dirs)."""
     results = Path(results_dir)
-    manifest = read_json(results / MANIFEST, default=None)
+    manifest = read_manifest(results) if results.is_dir() else None
     if not results.is_dir() or (manifest is None and not (results / "runs").is_dir()):
         raise ResultsDirError(
             f"{results}: not a results directory (no {MANIFEST} or runs/); give the folder "
@@ -366,19 +398,30 @@ def collect_status(results_dir: str | Path) -> list[RunStatus]:
     return [_run_status(results / "runs" / run_id, listed.get(run_id, {})) for run_id in ids]
 
 
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
+    """One row of ``status``; a run whose records cannot be read is ``unreadable``, with why."""
     run_dir = RunDir(path)
-    status, summary = run_dir.status(), run_dir.summary()
-    evals = [row for row in run_dir.evals.read() if row.get("test_bpd") is not None]
+    status, state = run_dir.status(), run_state(path)
+    try:
+        summary = run_dir.summary()
+        evals = [row for row in run_dir.evals.read() if _number(row.get("test_bpd")) is not None]
+    except UnreadableFileError as err:
+        summary, evals, state = {}, [], RunState.UNREADABLE
+        status = {**status, "error": str(err)}
     bpd = summary.get("final_test_bpd", evals[-1]["test_bpd"] if evals else None)
     wall = summary.get("wall_time", status.get("wall_time"))
+    seed = entry.get("seed")
     return RunStatus(
         run_id=path.name,
-        variant=entry.get("variant", "?"),
-        seed=entry.get("seed"),
-        state=run_state(path),
-        step=status.get("step", summary.get("step")),
-        test_bpd=bpd,
-        wall_time=wall,
-        error=status.get("error"),
+        variant=str(entry.get("variant", "?")),
+        seed=seed if isinstance(seed, int) else None,
+        state=state,
+        step=_number(status.get("step", summary.get("step"))),
+        test_bpd=_number(bpd),
+        wall_time=_number(wall),
+        error=status.get("error") if isinstance(status.get("error"), str) else None,
     )

@@ -12,7 +12,8 @@ combined configs are :class:`ConfigError` messages that name the file and the ke
 not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
 one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
 included, pure execution settings excluded), so the same spec always maps to the same run
-directories and reordering YAML keys changes nothing.
+directories and reordering YAML keys changes nothing; :func:`spec_hash` names the study
+itself, so that a results directory holds one study.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pydantic import (
 )
 
 from glow_repro.config import (
+    MAX_SEED,
     ConfigError,
     RunConfig,
     apply_overrides,
@@ -71,7 +73,7 @@ def parse_time_minutes(value: int | str) -> int:
 class LauncherSpec(BaseModel):
     """SLURM resources for ``--launcher slurm`` (submitit); CLI options override these."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     partition: str | None = None
     time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
@@ -119,7 +121,7 @@ class ClaimSpec(BaseModel):
     are averaged over within each seed.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(description="a short name, unique in the study")
     source: str = Field(description="the paper figure, table or section that makes the claim")
@@ -151,7 +153,7 @@ class ClaimSpec(BaseModel):
 class StudySpec(BaseModel):
     """One study file: what it reproduces, the base config, the axes swept and the seeds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     name: str = Field(description="results go to results/<name>/")
     description: str = ""
@@ -223,8 +225,8 @@ class StudySpec(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
-        if any(seed < 0 for seed in seeds):
-            raise ValueError(f"seeds must be non-negative (got {seeds})")
+        if any(seed < 0 or seed > MAX_SEED for seed in seeds):
+            raise ValueError(f"seeds must be non-negative and at most {MAX_SEED} (got {seeds})")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
@@ -414,6 +416,15 @@ def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: s
     ]
     prefix = _UNSAFE.sub("_", "-".join(words)).strip("_-.")[:40]
     return "-".join(part for part in (prefix, f"s{seed}", digest) if part)
+
+
+def spec_hash(spec: StudySpec) -> str:
+    """What makes two spec files one study: the resolved configs of its variants (their run
+    identities without the seed), as 16 hex digits of sha256. Seeds, labels, claims, texts
+    and launcher settings are left out, so adding seeds keeps a study's hash."""
+    variants = sorted({_canonical({key: value for key, value in run_identity(run.config).items() if key != "seed"})
+                       for run in expand(spec)})
+    return hashlib.sha256("\n".join(variants).encode()).hexdigest()[:16]
 
 
 def spec_yaml(spec: StudySpec) -> str:

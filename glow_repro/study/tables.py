@@ -217,12 +217,10 @@ def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, colum
 def _status(run: RunDir) -> dict[str, Any]:
     """The run's status; ``unreadable`` (not ``pending``) when its status file exists but
     cannot be read, so the report can say why it left the run out."""
-    if not run.status_file.is_file():
-        return run.status()
-    status = read_json(run.status_file, default=None)
-    if isinstance(status, dict) and "state" in status:
-        return status
-    return {"state": RunState.UNREADABLE.value, "error": f"{run.status_file.name} could not be read"}
+    status = run.status()
+    if status["state"] == RunState.UNREADABLE:
+        return {**status, "error": f"{run.status_file.name} could not be read"}
+    return status
 
 
 def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -239,7 +237,7 @@ def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, A
     row["final_epoch"] = evals[-1].get("epoch") if evals else None
     for kind in sorted({str(e.get("kind")) for e in events}):
         row[f"n_events_{kind}"] = sum(1 for e in events if str(e.get("kind")) == kind)
-    environment = read_json(run.environment, default={}) or {}
+    environment = read_json(run.environment, default={}, expect=dict)
     row.update({f"env_{key}": value for key, value in environment.items()})
     return row
 

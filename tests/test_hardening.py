@@ -1,0 +1,521 @@
+"""Faults and mistakes a careful user meets, tried through the CLI: each must end in one clear
+line (or the right result), never a traceback, a hang or lost history.
+
+The tests are grouped by the class of failure they guard against (the prefix of their
+names): ``history`` (records lost or silently rewritten), ``wrong`` (a wrong result or a
+hang), ``traceback`` (a raw traceback for a damaged file or a bad value), ``unclear`` (a
+misleading or missing message) and ``corruption`` (random damage of every file a finished
+run holds, fed to ``status``, ``report``, ``run`` and ``sample``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from glow_repro.cli import main
+from glow_repro.config import RunConfig, dump_run_config
+from glow_repro.rundir import RunDir, atomic_write_text
+from glow_repro.study.runner import run_study
+from glow_repro.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: A run that trains in well under a second on one CPU thread.
+TINY = {
+    "data": {"dataset": "synthetic", "synthetic_size": 32},
+    "model": {"depth": 1, "levels": 1, "width": 4},
+    "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "progress": False,
+              "n_samples": 2, "init_images": 8, "eval_batch_size": 32, "sample_temperatures": [0.7],
+              "threads": 1},
+}
+
+
+def tiny(**train_values) -> dict:
+    raw = json.loads(json.dumps(TINY))
+    raw["train"].update(train_values)
+    return raw
+
+
+def cli(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_no_traceback(result) -> None:
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 1, 2), (result.exit_code, result.output)
+
+
+def assert_one_line(result, *expected: str, code: int = 2) -> str:
+    """The command failed with exit ``code`` and one ``error:`` line holding ``expected``."""
+    assert_no_traceback(result)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (the lock files aside) and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and not p.name.startswith(".lock")}
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A results directory of a one-run study, trained to the end."""
+    home = tmp_path_factory.mktemp("finished")
+    study = write_yaml(home / "tiny.yaml", {"name": "tiny", "base": tiny(), "seeds": [0]})
+    report = run_study(study, home / "results", launcher="inprocess")
+    assert report.counts["done"] == 1, report.outcomes
+    return home
+
+
+@pytest.fixture
+def study(finished, tmp_path) -> tuple[Path, Path, RunDir]:
+    """A private copy of the finished study: (study file, results dir, its one run)."""
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    results = tmp_path / "results"
+    run = RunDir(next((results / "runs").iterdir()))
+    return tmp_path / "tiny.yaml", results, run
+
+
+def run_config_file(tmp_path: Path, raw: dict) -> Path:
+    return write_yaml(tmp_path / "run.yaml", raw)
+
+
+# -- lost history --------------------------------------------------------------------------------
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that holds the run's lock until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            sys.path.insert(0, {str(ROOT)!r})
+            from glow_repro.rundir import RunLock
+            lock = RunLock({str(run_dir)!r})
+            assert lock.acquire()
+            print("locked", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_history_a_second_trainer_of_one_run_is_refused_and_names_the_holder(study, tmp_path):
+    _, _, run = study
+    config = run_config_file(tmp_path, yaml.safe_load(run.config.read_text()))
+    before = snapshot(run.path)
+    holder = hold_lock(run.path)
+    try:
+        result = cli("train", config, "--out", run.path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_line(result, str(run.path), f"pid {holder.pid}")
+    assert snapshot(run.path) == before
+
+
+def test_history_a_finished_run_without_its_checkpoint_is_refused(study, tmp_path):
+    _, _, run = study
+    config = run_config_file(tmp_path, yaml.safe_load(run.config.read_text()))
+    run.checkpoint.unlink()
+    before = snapshot(run.path)
+    assert_one_line(cli("train", config, "--out", run.path), "checkpoint.pt", "finished")
+    assert snapshot(run.path) == before
+
+
+def _half_trained(tmp_path: Path) -> tuple[Path, RunDir]:
+    """A run trained to step 2 of 4 whose config asks for 4: the next ``train`` resumes it."""
+    out = RunDir(tmp_path / "run")
+    train(RunConfig.model_validate(tiny(steps=2)), out.path)
+    out.config.write_text(dump_run_config(RunConfig.model_validate(tiny())))
+    out.write_status("interrupted", step=2)
+    return run_config_file(tmp_path, tiny()), out
+
+
+def test_history_a_torn_last_line_dropped_on_resume_is_an_event(tmp_path):
+    config, run = _half_trained(tmp_path)
+    with open(run.metrics.path, "a") as handle:
+        handle.write('{"step": 3, "train_')
+    result = cli("train", config, "--out", run.path)
+    assert result.exit_code == 0, result.output
+    repairs = [e for e in run.events.read() if e["kind"] == "repair"]
+    assert len(repairs) == 1 and "metrics.jsonl" in repairs[0]["detail"]
+    assert [row["step"] for row in run.metrics.read()] == [1, 2, 3, 4]
+
+
+def test_history_a_stale_temporary_file_is_removed_on_resume_as_an_event(tmp_path):
+    config, run = _half_trained(tmp_path)
+    stale = run.path / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    result = cli("train", config, "--out", run.path)
+    assert result.exit_code == 0, result.output
+    assert not stale.exists()
+    repairs = [e for e in run.events.read() if e["kind"] == "repair"]
+    assert len(repairs) == 1 and stale.name in repairs[0]["detail"]
+
+
+# -- wrong results and hangs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400"])
+def test_wrong_an_infinite_or_nan_learning_rate_is_refused(tmp_path, value):
+    config = run_config_file(tmp_path, tiny())
+    result = cli("train", config, "--out", tmp_path / "out", "--set", f"train.lr={value}")
+    assert_one_line(result, "train.lr")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_a_damaged_status_is_shown_as_unreadable_not_pending(study):
+    study_file, results, run = study
+    run.status_file.write_bytes(b'{"state": "do\xff')
+    status = cli("status", results)
+    assert_no_traceback(status)
+    assert "unreadable" in status.output and "pending" not in status.output
+    dry = cli("run", study_file, "--results", results, "--dry-run")
+    assert_no_traceback(dry)
+    assert "unreadable" in dry.output and "would train 0 of 1 runs" in dry.output
+
+
+def test_wrong_another_study_with_the_same_name_is_refused_unless_forced(study, tmp_path):
+    _, results, _ = study
+    other = write_yaml(tmp_path / "other.yaml", {"name": "tiny", "base": tiny(lr=2e-3), "seeds": [0]})
+    before = snapshot(results)
+    assert_one_line(cli("run", other, "--results", results), str(results), "--force-spec")
+    assert snapshot(results) == before
+    forced = cli("run", other, "--results", results, "--force-spec", "--dry-run")
+    assert forced.exit_code == 0, forced.output
+
+
+def test_wrong_stability_events_after_a_resume_equal_an_uninterrupted_runs(tmp_path):
+    """Spikes are judged against the running history, which the checkpoint must carry."""
+    sensitive = {"spike_warmup": 5, "loss_spike_mads": 0.01, "loss_spike_relative": 0.0,
+                 "grad_spike_mads": 0.01, "grad_spike_relative": 0.0, "health_every": 0}
+    raw = {**tiny(steps=12, checkpoint_every=3, eval_every=6), "monitor": sensitive}
+    whole, split = RunDir(tmp_path / "whole"), RunDir(tmp_path / "split")
+    train(RunConfig.model_validate(raw), whole.path)
+    half = json.loads(json.dumps(raw))
+    half["train"]["steps"] = 9
+    train(RunConfig.model_validate(half), split.path)
+    split.config.write_text(dump_run_config(RunConfig.model_validate(raw)))
+    train(RunConfig.model_validate(raw), split.path)
+    drop = ("time", "run")
+    events = lambda run: [{k: v for k, v in e.items() if k not in drop} for e in run.events.read()]
+    assert events(whole), "the thresholds are meant to fire"
+    assert events(split) == events(whole)
+
+
+# -- tracebacks ----------------------------------------------------------------------------------
+
+NOT_UTF8 = b"name: t\xff\xfe\n"
+
+
+def test_traceback_non_utf8_config_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(NOT_UTF8)
+    assert_one_line(cli("train", config, "--out", tmp_path / "out"), str(config), "UTF-8")
+
+
+def test_traceback_non_utf8_study_file(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(NOT_UTF8)
+    assert_one_line(cli("run", path, "--dry-run"), str(path), "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl",
+                                  "environment.json", "../../manifest.json"])
+def test_traceback_non_utf8_run_records_for_status(study, name):
+    _, results, run = study
+    path = run.path / name
+    path.write_bytes(path.read_bytes()[:5] + b"\xff\xfe" + path.read_bytes()[5:])
+    assert_no_traceback(cli("status", results))
+
+
+@pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "environment.json",
+                                  "config.yaml", "../../study.yaml"])
+def test_traceback_non_utf8_run_records_for_report(study, tmp_path, name):
+    _, results, run = study
+    path = run.path / name
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    assert_no_traceback(cli("report", results, "--out", tmp_path / "report"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x02garbage", b"PK\x03\x04 not a zip"])
+def test_traceback_damaged_checkpoint_for_sample_and_resume(study, tmp_path, content):
+    _, _, run = study
+    config = run_config_file(tmp_path, yaml.safe_load(run.config.read_text()))
+    run.checkpoint.write_bytes(content)
+    assert_one_line(cli("sample", run.path, "--out", tmp_path / "s"), "checkpoint.pt")
+    before = snapshot(run.path)
+    assert_one_line(cli("train", config, "--out", run.path), "checkpoint.pt")
+    assert snapshot(run.path) == before
+
+
+@pytest.mark.parametrize("content", ["garbage", "checkpoint"])
+def test_traceback_damaged_or_foreign_capsule_for_replay(study, tmp_path, content):
+    _, _, run = study
+    capsule = tmp_path / "step_0000003.pt"
+    if content == "checkpoint":
+        shutil.copy(run.checkpoint, capsule)
+    else:
+        capsule.write_bytes(b"\x00garbage")
+    assert_one_line(cli("replay", capsule), str(capsule))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("status.json", "[1, 2]"), ("summary.json", '"done"'), ("../../manifest.json", "[]"),
+    ("../../manifest.json", '{"runs": [1]}'), ("metrics.jsonl", "[1, 2]\n"), ("evals.jsonl", '{"step": "x"}\n'),
+    ("environment.json", "3"),
+])
+def test_traceback_json_of_the_wrong_shape(study, tmp_path, name, text):
+    study_file, results, run = study
+    (run.path / name).write_text(text)
+    assert_no_traceback(cli("status", results))
+    assert_no_traceback(cli("report", results, "--out", tmp_path / "report"))
+    assert_no_traceback(cli("run", study_file, "--results", results, "--dry-run"))
+
+
+def test_traceback_an_out_path_under_a_file(tmp_path):
+    config = run_config_file(tmp_path, tiny())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line(cli("train", config, "--out", blocker / "run"), str(blocker))
+
+
+def test_traceback_a_report_out_path_under_a_file(study, tmp_path):
+    _, results, _ = study
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line(cli("report", results, "--out", blocker / "report"), str(blocker))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_traceback_disk_full_or_read_only_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch,
+                                                                                code):
+    _, results, _ = study
+    before = snapshot(results)
+
+    def full(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", full)
+    other = write_yaml(tmp_path / "more.yaml", {"name": "tiny", "base": tiny(), "seeds": [0, 1]})
+    result = cli("run", other, "--results", results, "--force-spec")
+    monkeypatch.undo()
+    assert_one_line(result, os.strerror(code))
+    assert {k: v for k, v in snapshot(results).items() if k in before} == before
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("seed", 2**40, "seed"), ("model.width", 10**9, "model.width"), ("model.depth", 10**6, "model.depth"),
+    ("train.batch_size", 10**9, "train.batch_size"), ("data.synthetic_size", 10**10, "data.synthetic_size"),
+])
+def test_traceback_huge_values_are_refused_at_the_start(tmp_path, key, value, allowed):
+    config = run_config_file(tmp_path, tiny())
+    result = cli("train", config, "--out", tmp_path / "out", "--set", f"{key}={value}")
+    assert_one_line(result, allowed)
+    assert not (tmp_path / "out").exists()
+
+
+def test_traceback_empty_sample_temperatures_fail_before_training(tmp_path):
+    config = run_config_file(tmp_path, tiny(sample_temperatures=[]))
+    assert_one_line(cli("train", config, "--out", tmp_path / "out"), "train.sample_temperatures")
+    assert not (tmp_path / "out").exists()
+
+
+# -- unclear messages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n", "---\n"])
+def test_unclear_an_empty_config_is_refused(tmp_path, text):
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert_one_line(cli("train", config, "--out", tmp_path / "out"), str(config), "empty")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unclear_an_empty_study_is_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("")
+    assert_one_line(cli("run", path, "--dry-run"), str(path), "empty")
+
+
+def test_unclear_duplicate_keys_in_a_config_are_refused(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  lr: 0.001\n  steps: 4\n  lr: 0.1\n")
+    assert_one_line(cli("train", config, "--out", tmp_path / "out"), str(config), "duplicate key", "lr")
+
+
+def test_unclear_duplicate_keys_in_a_study_are_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: a\nseeds: [0]\nname: b\n")
+    assert_one_line(cli("run", path, "--dry-run"), str(path), "duplicate key", "name")
+
+
+@pytest.mark.parametrize("key, value", [("data.download", "1"), ("train.progress", "'yes'"),
+                                        ("model.learn_top", "0")])
+def test_unclear_booleans_are_strict(tmp_path, key, value):
+    config = run_config_file(tmp_path, tiny())
+    assert_one_line(cli("train", config, "--out", tmp_path / "out", "--set", f"{key}={value}"), key)
+
+
+# -- random corruption of every file of a finished run -------------------------------------------
+
+CORRUPTED = ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl", "environment.json",
+             "config.yaml", "checkpoint.pt", "samples/samples.json", "../../manifest.json", "../../study.yaml"]
+
+
+def _corrupt(data: bytes, rng: random.Random) -> bytes:
+    """One of: flipped bytes, a cut, inserted non-UTF-8 bytes, or the file replaced by noise."""
+    how = rng.choice(["flip", "cut", "insert", "noise"])
+    if how == "cut" or not data:
+        return data[: rng.randrange(len(data) + 1)]
+    if how == "noise":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    at = rng.randrange(len(data))
+    if how == "insert":
+        return data[:at] + bytes(rng.randrange(128, 256) for _ in range(rng.randrange(1, 8))) + data[at:]
+    flipped = bytearray(data)
+    for _ in range(rng.randrange(1, 8)):
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize("case", range(30))
+def test_corruption_of_any_file_gives_no_traceback(study, tmp_path, case):
+    _, results, run = study
+    rng = random.Random(case)
+    path = run.path / CORRUPTED[case % len(CORRUPTED)]
+    path.write_bytes(_corrupt(path.read_bytes(), rng))
+    for args in (["status", results], ["report", results, "--out", tmp_path / "report"],
+                 ["run", results / "study.yaml", "--results", results, "--dry-run"],
+                 ["sample", run.path, "--out", tmp_path / "samples", "-n", "2", "--interpolations", "1"]):
+        assert_no_traceback(cli(*args))
+
+
+# -- signals (slow: real processes) --------------------------------------------------------------
+
+
+def stubborn_train(config, run_dir, **kwargs):
+    """A stand-in for ``train`` whose checkpoint after Ctrl-C takes 60 s (a huge model's)."""
+    import signal
+    import time
+
+    from tests.test_runner import fake_train
+
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(time.monotonic()))
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, dump_run_config(config))
+    run.write_status("running", step=0)
+    for step in range(1, 10_000):
+        if stop and time.monotonic() - stop[0] > 60:
+            break
+        run.metrics.append({"step": step, "train_bpd": 8.0})
+        run.write_status("running", step=step)
+        time.sleep(0.02)
+    return fake_train(config, run_dir, **kwargs)
+
+
+def _runner(study: Path, results: Path, train_fn: str, workers: int) -> subprocess.Popen:
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests import test_hardening, test_runner
+        from glow_repro.study.runner import run_study
+        report = run_study({str(study)!r}, {str(results)!r}, workers={workers},
+                           train_fn=getattr(test_hardening, {train_fn!r}, None) or getattr(test_runner, {train_fn!r}, None))
+        print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
+        sys.exit(130 if report.interrupted else 0)
+    """)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait(predicate, timeout: float = 90.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_wrong_ctrl_c_while_a_worker_imports_torch_trains_nothing(tmp_path):
+    """The real ``glow-repro run``: Ctrl-C the moment a worker has locked its run, before
+    train() has imported torch; the run is left untouched and the next run trains it."""
+    study = write_yaml(tmp_path / "tiny.yaml", {"name": "tiny", "base": tiny(), "seeds": [0]})
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _wait(lambda: any((results / "runs").glob("*/.lock")))
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "no run was training" in err
+    run = RunDir(next((results / "runs").iterdir()))
+    assert not run.metrics.path.exists() and run.state() == "pending"
+    again = cli("run", study, "--results", results)
+    assert again.exit_code == 0 and run.state() == "done", again.output
+
+
+@pytest.mark.slow
+def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path):
+    import time
+
+    from tests.test_runner import make_study
+
+    study = make_study(tmp_path, widths=(12, 16), seeds=(0,), steps=200)
+    results = tmp_path / "results"
+    proc = _runner(study, results, "stubborn_train", workers=2)
+    steps = lambda: [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]
+    _wait(lambda: len(steps()) == 2 and min(steps()) > 3)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 20
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Aborted" not in err and out.startswith("interrupted")
+    assert sorted(RunDir(p).state() for p in (results / "runs").glob("*")) == ["interrupted", "interrupted"]
+    again = _runner(study, results, "fake_train", workers=2)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, (out, err)
+    for run in (results / "runs").iterdir():
+        assert [row["step"] for row in RunDir(run).metrics.read()] == list(range(1, 201))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: t\nseeds: [2147483648]\n", "seeds must be non-negative and at most"),
+    ("name: t\nseeds: [0]\nlauncher:\n  mem_gb: .inf\n", "launcher.mem_gb"),
+])
+def test_traceback_study_values_out_of_range_are_refused(tmp_path, text, expected):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert_one_line(cli("run", path, "--dry-run"), str(path), expected)
