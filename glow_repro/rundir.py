@@ -210,7 +210,7 @@ def read_torch_file(path: str | Path, load: Callable[[Path], Any], *, what: str,
         state = load(path)
     except FileNotFoundError:
         raise
-    except Exception as err:  # noqa: BLE001 (torch.load raises a different type for each kind of damage)
+    except Exception as err:  # torch.load raises a different type for each kind of damage
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UnreadableFileError(f"{path}: unreadable {what} ({detail}); {remedy}") from None
     missing = [key for key in keys if not isinstance(state, dict) or key not in state]

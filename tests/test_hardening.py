@@ -222,7 +222,10 @@ def test_wrong_stability_events_after_a_resume_equal_an_uninterrupted_runs(tmp_p
     split.config.write_text(dump_run_config(RunConfig.model_validate(raw)))
     train(RunConfig.model_validate(raw), split.path)
     drop = ("time", "run")
-    events = lambda run: [{k: v for k, v in e.items() if k not in drop} for e in run.events.read()]
+
+    def events(run: RunDir) -> list[dict]:
+        return [{k: v for k, v in e.items() if k not in drop} for e in run.events.read()]
+
     assert events(whole), "the thresholds are meant to fire"
     assert events(split) == events(whole)
 
@@ -493,7 +496,10 @@ def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path)
     study = make_study(tmp_path, widths=(12, 16), seeds=(0,), steps=200)
     results = tmp_path / "results"
     proc = _runner(study, results, "stubborn_train", workers=2)
-    steps = lambda: [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]
+
+    def steps() -> list[int]:
+        return [RunDir(p).status().get("step", 0) for p in (results / "runs").glob("*")]
+
     _wait(lambda: len(steps()) == 2 and min(steps()) > 3)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(1.0)

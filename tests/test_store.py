@@ -87,7 +87,7 @@ def test_reading_layer_names_the_file_for_damage_and_wrong_shapes(tmp_path):
 def test_a_damaged_line_inside_a_log_is_an_error_and_only_a_torn_last_line_is_skipped(tmp_path):
     log = JsonlLog(tmp_path / "m.jsonl")
     log.path.write_bytes(b'{"step": 1}\n{"step": 2, \xff}\n{"step": 3}\n')
-    with pytest.raises(UnreadableFileError, match="m.jsonl: line 2 is not JSON"):
+    with pytest.raises(UnreadableFileError, match=r"m\.jsonl: line 2 is not JSON"):
         log.read()
     log.path.write_bytes(b'{"step": 1}\n["a list"]\n')
     with pytest.raises(UnreadableFileError, match="line 2 is not a row of this log"):

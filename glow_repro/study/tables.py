@@ -284,7 +284,7 @@ def write_frame(frame: pd.DataFrame, out_dir: str | Path, name: str) -> list[Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parquet = frame.copy()
-    for column in parquet.select_dtypes(include="object").columns:
+    for column in [c for c in parquet.columns if pd.api.types.is_object_dtype(parquet[c])]:
         parquet[column] = parquet[column].map(lambda v: None if v is None else str(v))
     buffer = io.BytesIO()
     parquet.to_parquet(buffer, index=False)
