@@ -185,7 +185,9 @@ class _Run:
     def load_checkpoint(self, *, rollback: bool = False) -> None:
         """Resume (everything, logs cut back to the checkpoint) or roll back (model and
         optimiser only: the counters and the event log keep what happened since)."""
-        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+        # read onto the CPU: torch.set_rng_state takes a CPU tensor only, and the engine
+        # copies the weights and optimiser state onto the run's device
+        state = torch.load(self.run.checkpoint, map_location="cpu", weights_only=False)
         self.engine.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
