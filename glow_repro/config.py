@@ -105,7 +105,8 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)
     precision: Literal["float32", "bf16"] = Field(
         "float32", description="bf16 autocasts the coupling and prior convolutions only")
-    tf32: bool = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
+    tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA; false is IEEE float32")
+    deterministic: bool = Field(False, description="cuDNN deterministic algorithms (exact resume on CUDA)")
     channels_last: bool = Field(True, description="NHWC activations (+11 % images/s on CPU, issue #7)")
     compile: bool = Field(False, description="torch.compile the training forward")
     grad_checkpointing: bool = Field(False, description="recompute each flow step in backward")
@@ -185,7 +186,8 @@ class RunConfig(_Section):
 #: as a thread count does; tests/test_scale_options.py bounds it): left out of a run's identity
 #: (its run id, and the check that a directory holds the same run).
 EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.download",
-                       "train.channels_last", "train.compile", "train.grad_checkpointing")
+                       "train.channels_last", "train.compile", "train.grad_checkpointing",
+                       "train.deterministic")
 
 
 def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ and, when ``train.ema_decay`` is set, Polyak averaging of the weights for evalua
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +20,36 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from glow_repro.allocator import retain_freed_memory
-from glow_repro.config import RunConfig
+from glow_repro.config import RunConfig, TrainConfig
 from glow_repro.distributed import DistContext
 from glow_repro.model import Glow, memory_format
 from glow_repro.objective import training_loss
 
 if TYPE_CHECKING:  # the monitor's module builds its replays here
     from glow_repro.stability import StabilityMonitor
+
+
+@contextlib.contextmanager
+def numerics(train: TrainConfig) -> Iterator[None]:
+    """CUDA's float32 arithmetic as the run's config says, both ways, while a run lasts.
+
+    ``train.tf32`` switches TF32 on or off for matrix products and cuDNN convolutions alike
+    (PyTorch leaves cuDNN's TF32 on by default, so float32 means switching it off), and
+    ``train.deterministic`` asks cuDNN for deterministic algorithms. The process's settings
+    come back afterwards, so runs in one process (tests, the ``inprocess`` launcher) do not
+    inherit each other's. None of these flags changes arithmetic on the CPU.
+    """
+    wanted = ((torch.backends.cuda.matmul, "allow_tf32", train.tf32),
+              (torch.backends.cudnn, "allow_tf32", train.tf32),
+              (torch.backends.cudnn, "deterministic", train.deterministic))
+    previous = [(owner, name, getattr(owner, name)) for owner, name, _ in wanted]
+    try:
+        for owner, name, value in wanted:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in previous:
+            setattr(owner, name, value)
 
 
 def build_model(config: RunConfig, device: torch.device | str) -> Glow:
@@ -54,13 +79,12 @@ class StepResult:
 
 class Engine:
     """Model, optimiser and EMA of one run in its layout, seeded with ``seed`` (the run's by
-    default) before the weights are drawn; ``dist`` makes the step data-parallel."""
+    default) before the weights are drawn; ``dist`` makes the step data-parallel. Use it
+    inside :func:`numerics` of the run's config, as training and the benchmark do."""
 
     def __init__(self, config: RunConfig, device: torch.device, dist: DistContext | None = None,
                  *, seed: int | None = None):
         retain_freed_memory()
-        if config.train.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed if seed is None else seed)
         self.config, self.device = config, device
         self.dist = dist or DistContext()

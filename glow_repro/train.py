@@ -39,7 +39,7 @@ from glow_repro.config import (
 )
 from glow_repro.data import ImageData, load_split
 from glow_repro.distributed import DistContext, from_environment, shutdown
-from glow_repro.engine import Engine
+from glow_repro.engine import Engine, numerics
 from glow_repro.errors import UserFacingError
 from glow_repro.evaluation import bpd_sum
 from glow_repro.objective import preprocess
@@ -327,7 +327,8 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
         run.write_status(RunState.RUNNING, step=0)
     dist.barrier()
     try:
-        return _train(config, run, device, train_data, test_data, progress, dist)
+        with numerics(config.train):
+            return _train(config, run, device, train_data, test_data, progress, dist)
     except RunInterrupted:
         raise
     except Exception as err:

@@ -49,7 +49,7 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     click.echo(f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
                f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
                f"{result.n_params:,} parameters")
-    click.echo(f"device     {result.device} ({result.threads} threads)")
+    click.echo(f"device     {result.device} ({result.threads} threads), {result.arithmetic} arithmetic")
     click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
     click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
     click.echo(f"evaluate   {result.eval_images_per_s:,.1f} images/s "
