@@ -118,7 +118,10 @@ class Engine:
         ActNorms hold their data-dependent values; both share the model's parameters."""
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
+            # the buffers (ActNorm flags, LU masks) are constant once initialised: no
+            # broadcast of them before every forward
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids,
+                                                   broadcast_buffers=False)
         if self.config.train.compile:
             self.forward = torch.compile(self.forward)
 

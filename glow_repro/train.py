@@ -312,9 +312,7 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     run = RunDir(run_dir)
     _check_same_run(run, config)
     dist = from_environment(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
+    device = dist.device(device.type)
     if config.train.batch_size % dist.world_size:
         raise UserFacingError(f"train.batch_size={config.train.batch_size} is not divisible by "
                               f"the {dist.world_size} data-parallel processes")

@@ -4,6 +4,7 @@ step without host reads or graph breaks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -80,3 +81,85 @@ def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_p
     train(config(steps=2, tf32=value, deterministic=value), tmp_path / "run", threads=1)
     assert seen and all(flags == dict.fromkeys(FLAGS, value) for flags in seen)
     assert read_flags() == before
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """A fake CUDA host: ``gpus(n)`` shows ``n`` devices; the current one is 0."""
+    def show(count: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return show
+
+
+@pytest.mark.parametrize("visible, expected", [(4, 3), (1, 0)])
+def test_a_rank_takes_its_local_gpu_or_the_only_one_it_sees(gpus, visible, expected):
+    gpus(visible)
+    rank = DistContext(rank=7, world_size=8, local_rank=3)
+    assert rank.device("cuda") == torch.device("cuda", expected)
+    assert rank.device("cpu") == torch.device("cpu")
+    assert DistContext().device("cuda") == torch.device("cuda", 0)  # a single process: the current GPU
+
+
+def test_the_nccl_group_starts_on_the_rank_gpu_after_it_is_made_current(gpus, monkeypatch):
+    import torch.distributed as dist
+
+    from glow_repro.distributed import from_environment
+
+    gpus(2)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda **kwargs: calls.append(("init", kwargs["backend"], kwargs.get("device_id"))))
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    context = from_environment("cuda")
+    gpu = torch.device("cuda", 1)
+    assert calls == [("set_device", gpu), ("init", "nccl", gpu)]
+    assert (context.rank, context.world_size, context.local_rank) == (1, 2, 1)
+
+
+def _task(tmp_path, name: str, device: str):
+    from glow_repro.study.launchers import RunTask
+
+    return RunTask(name, "v", 0, config(device=device), str(tmp_path / name))
+
+
+def test_the_local_launcher_deals_runs_round_robin_to_the_gpus(gpus, tmp_path):
+    from glow_repro.study.launchers import deal_gpus
+
+    tasks = [_task(tmp_path, f"r{i}", device) for i, device in enumerate(["auto", "cuda", "cpu", "auto", "auto"])]
+    gpus(3)
+    assert [task.gpu for task in deal_gpus(tasks)] == [0, 1, None, 2, 0]
+    gpus(1)
+    assert [task.gpu for task in deal_gpus(tasks)] == [None] * 5
+
+
+def test_a_worker_makes_its_run_gpu_current_before_training(tmp_path, monkeypatch):
+    from glow_repro.study.launchers import execute_run
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda gpu: calls.append(("set_device", gpu)))
+
+    def fake_train(*args, **kwargs):
+        calls.append(("train",))
+        return {"state": "done"}
+
+    task = dataclasses.replace(_task(tmp_path, "run", "auto"), gpu=2, train_fn=fake_train)
+    assert execute_run(task).state == "done"
+    assert calls == [("set_device", 2), ("train",)]
+
+
+def test_ddp_leaves_the_constant_buffers_alone(monkeypatch):
+    """Every buffer (ActNorm flags, LU masks, permutations) is fixed once ActNorm is
+    initialised, so DDP does not broadcast them before each forward."""
+    import glow_repro.engine as engine_module
+
+    wrapped = {}
+    monkeypatch.setattr(engine_module, "DistributedDataParallel",
+                        lambda module, **kwargs: wrapped.update(kwargs) or module)
+    engine = engine_module.Engine(config(), torch.device("cpu"), DistContext(rank=0, world_size=2))
+    engine.wrap()
+    assert wrapped == {"device_ids": None, "broadcast_buffers": False}
