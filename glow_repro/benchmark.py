@@ -9,13 +9,17 @@ products, forward and backward); achieved TFLOP/s is that count over the median 
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.config import RunConfig
@@ -53,6 +57,50 @@ PEAK_TFLOPS = {
 }
 
 
+class _ScalarReads(TorchDispatchMode):
+    """Counts ``.item()``, ``bool()`` and ``float()`` of tensors (aten ``_local_scalar_dense``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+class _ListReads(TorchFunctionMode):
+    """Counts ``.tolist()`` of tensors, which on the CPU dispatches no operator."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.Tensor.tolist
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class HostReads:
+    """Reads of tensor values by Python in a scope: on CUDA each one waits for the GPU."""
+
+    scalars: _ScalarReads
+    lists: _ListReads
+
+    @property
+    def count(self) -> int:
+        return self.scalars.count + self.lists.count
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[HostReads]:
+    """Count every ``.item()``, ``bool()``, ``float()`` and ``.tolist()`` of a tensor in scope."""
+    reads = HostReads(_ScalarReads(), _ListReads())
+    with reads.lists, reads.scalars:
+        yield reads
+
+
 @dataclass
 class BenchResult:
     device: str
@@ -67,6 +115,7 @@ class BenchResult:
     train_rates: list[float] = field(default_factory=list)
     monitor_fraction: float | None = None
     arithmetic: str = "float32"
+    host_reads_per_step: int | None = None
 
     @property
     def fraction_of_peak(self) -> float | None:
@@ -122,7 +171,7 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
 
         for _ in range(3):
             step()
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, count_host_reads() as reads:
             step()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -160,6 +209,7 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
             train_rates=train_rates,
             monitor_fraction=statistics.median(monitor_costs) / step_seconds if monitor else None,
             arithmetic=arithmetic(config, device),
+            host_reads_per_step=reads.count,
         )
 
 

@@ -44,13 +44,13 @@ class DistContext:
         """This rank's contiguous share of a global batch (equal shares)."""
         return batch.chunk(self.world_size)[self.rank] if self.enabled else batch
 
-    def mean(self, value: float, device: torch.device) -> float:
-        """Average of a per-rank number over ranks."""
+    def total(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks of a tensor on this rank's device, left on the device (no host read)."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+            return tensor
+        tensor = tensor.clone()
         dist.all_reduce(tensor)
-        return tensor.item() / self.world_size
+        return tensor
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if not self.enabled:

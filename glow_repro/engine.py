@@ -92,6 +92,7 @@ class Engine:
         self.model = build_model(config, device)
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.forward: torch.nn.Module = self.model  # see wrap
+        self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
         decay = config.train.ema_decay
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -139,11 +140,14 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         loss = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
-        mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, cfg.train.grad_clip or math.inf, foreach=True)
+        # the one read of the step: the bpd summed over ranks (so every rank takes the same
+        # branch) and the gradient norm, in float64 (exact for both float32 values)
+        loss_sum = self.dist.total(loss.detach().double().reshape(1))
+        loss_sum, norm = torch.cat([loss_sum, grad_norm.detach().double().reshape(1)]).tolist()
+        mean_loss = loss_sum / self.dist.world_size
         fault = None if math.isfinite(mean_loss) else "nonfinite_loss"
-        fault = fault or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
+        fault = fault or (None if math.isfinite(norm) else "nonfinite_gradient")
         fault = fault or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
         if fault is None:
             self.optimizer.step()
@@ -151,7 +155,7 @@ class Engine:
                 fault = "nonfinite_parameters"
             elif self.ema is not None:
                 self.ema.update_parameters(self.model)
-        return StepResult(mean_loss, grad_norm.item(), fault)
+        return StepResult(mean_loss, norm, fault)
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and optimiser state a checkpoint holds."""

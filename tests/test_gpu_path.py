@@ -163,3 +163,42 @@ def test_ddp_leaves_the_constant_buffers_alone(monkeypatch):
     engine = engine_module.Engine(config(), torch.device("cpu"), DistContext(rank=0, world_size=2))
     engine.wrap()
     assert wrapped == {"device_ids": None, "broadcast_buffers": False}
+
+
+def _initialised_engine(**train_options):
+    from glow_repro.engine import Engine
+    from glow_repro.objective import preprocess
+
+    cfg = config(optimizer="adam", **train_options)
+    engine = Engine(cfg, torch.device("cpu"))
+    x = preprocess(torch.randint(0, 256, (8, *cfg.data.shape), dtype=torch.uint8), cfg.data.n_bits)
+    engine.initialise(x)
+    return cfg, engine, x
+
+
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_a_training_step_reads_the_device_twice(grad_checkpointing):
+    """Once for the bpd and gradient norm together, once for the parameters' finiteness after
+    the update: no per-layer reads (each a wait for the GPU), also when the backward pass
+    recomputes the flow steps. The count holds for fused Adam; foreach Adamax adds one read
+    per parameter of a CPU step counter, which ``capturable`` removes on CUDA."""
+    from glow_repro.benchmark import count_host_reads
+    from glow_repro.stability import StabilityMonitor
+
+    cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing)
+    monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
+    engine.wrap()
+    engine.step(x, 1e-3, monitor)
+    with count_host_reads() as reads:
+        result = engine.step(x, 1e-3, monitor)
+    assert result.fault is None and reads.count == 2
+
+
+def test_the_training_forward_compiles_to_one_graph_without_breaks():
+    """``torch._dynamo.explain`` of the loss of an initialised model in training mode."""
+    from glow_repro.objective import training_loss
+
+    cfg, engine, x = _initialised_engine()
+    engine.model.train()
+    explanation = torch._dynamo.explain(training_loss)(engine.model, x, cfg.data.n_bits)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
