@@ -108,7 +108,9 @@ class TrainConfig(_Section):
     tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA; false is IEEE float32")
     deterministic: bool = Field(False, description="cuDNN deterministic algorithms (exact resume on CUDA)")
     channels_last: bool = Field(True, description="NHWC activations (+11 % images/s on CPU, issue #7)")
-    compile: bool = Field(False, description="torch.compile the training forward")
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile the training forward: true is the default mode; "
+                           "reduce-overhead adds CUDA graphs, max-autotune also searches kernels")
     grad_checkpointing: bool = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")

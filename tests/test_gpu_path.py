@@ -202,3 +202,26 @@ def test_the_training_forward_compiles_to_one_graph_without_breaks():
     engine.model.train()
     explanation = torch._dynamo.explain(training_loss)(engine.model, x, cfg.data.n_bits)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+
+
+@pytest.mark.parametrize("mode, expected", [(True, None), ("default", "default"),
+                                             ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")])
+def test_train_compile_takes_a_mode_and_leaves_the_run_id_alone(monkeypatch, mode, expected):
+    import glow_repro.engine as engine_module
+    from glow_repro.config import run_identity
+
+    compiled = []
+    monkeypatch.setattr(engine_module.torch, "compile", lambda module, mode: compiled.append(mode) or module)
+    engine_module.Engine(config(compile=mode), torch.device("cpu")).wrap()
+    assert compiled == [expected]
+    assert run_identity(config(compile=mode)) == run_identity(config())
+
+
+def test_an_unknown_compile_mode_is_one_clear_line():
+    from glow_repro.config import ConfigError, validate_model
+
+    raw = config().to_dict()
+    raw["train"]["compile"] = "fastest"
+    with pytest.raises(ConfigError, match="train.compile: must be one of .*'reduce-overhead'") as err:
+        validate_model(RunConfig, raw, "cfg.yaml")
+    assert "\n" not in str(err.value)
