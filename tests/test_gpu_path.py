@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -225,3 +227,64 @@ def test_an_unknown_compile_mode_is_one_clear_line():
     with pytest.raises(ConfigError, match="train.compile: must be one of .*'reduce-overhead'") as err:
         validate_model(RunConfig, raw, "cfg.yaml")
     assert "\n" not in str(err.value)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("optimizer", ["adam", "adamax"])
+@pytest.mark.usefixtures("process_flags")
+def test_a_cuda_step_reads_the_device_twice(optimizer):
+    """With capturable Adamax too: its step counters live on the GPU."""
+    from glow_repro.benchmark import count_host_reads
+    from glow_repro.engine import Engine, numerics
+    from glow_repro.objective import preprocess
+    from glow_repro.stability import StabilityMonitor
+
+    cfg = config(device="cuda", optimizer=optimizer)
+    with numerics(cfg.train):
+        engine = Engine(cfg, torch.device("cuda", 0))
+        x = engine.to_device(preprocess(torch.randint(0, 256, (8, *cfg.data.shape), dtype=torch.uint8), 8))
+        engine.initialise(x)
+        monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
+        engine.step(x, 1e-3, monitor)
+        with count_host_reads() as reads:
+            engine.step(x, 1e-3, monitor)
+    assert reads.count == 2
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_cuda_run_resumes_bit_exactly_with_deterministic_cudnn(tmp_path):
+    from glow_repro.config import dump_run_config
+
+    whole = config(device="cuda", deterministic=True, steps=8, checkpoint_every=4, eval_every=8)
+    train(whole.model_copy(update={"train": whole.train.model_copy(update={"steps": 4})}), tmp_path / "split")
+    RunDir(tmp_path / "split").config.write_text(dump_run_config(whole))
+    train(whole, tmp_path / "split")
+    train(whole, tmp_path / "whole")
+    rows = [[{k: r[k] for k in ("step", "train_bpd", "grad_norm")} for r in RunDir(tmp_path / name).metrics.read()]
+            for name in ("split", "whole")]
+    assert rows[0] == rows[1] and len(rows[0]) == 8
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu: every stage ends with exit 0 and prints its results."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), "--cpu"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET": "800"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = done.stdout[done.stdout.index("== summary"):].splitlines()[1:]
+    assert summary and all(": exit 0 after" in line for line in summary), summary
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    options = [r for r in results if r["stage"] == "options"]
+    assert len(options) >= 6 and all("error" not in r and r["host_reads_per_step"] == 1 for r in options)
+    by_stage = {r["stage"]: r for r in results}
+    assert by_stage["resume"]["deterministic_exact"] and by_stage["ddp"]["max_loss_gap"] == 0.0
+    assert by_stage["precision"]["max_train_bpd_gap"] < 0.02
