@@ -1,4 +1,4 @@
-"""``glow-repro bench`` measures and reports without timed assertions (issue #7)."""
+"""``glow-repro bench`` measures and reports without timed assertions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Speed and scale options leave results unchanged (issue #7): each option against the
+"""Speed and scale options leave results unchanged: each option against the
 baseline within a stated tolerance, and data parallelism over 2 CPU processes (gloo) against
 one process with the same global batch, including a rank killed mid-run."""
 

@@ -1,4 +1,4 @@
-"""``glow-repro bench``: size a study before launching it (issue #7)."""
+"""``glow-repro bench``: size a study before launching it."""
 
 from __future__ import annotations
 
