@@ -166,7 +166,15 @@ class Engine:
                 "ema": self.ema.state_dict() if self.ema else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint, also one written on another kind of device: the optimiser
+        keeps this engine's ``capturable`` and its step counters move to match."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        capturable = self.optimizer.defaults.get("capturable", False)
+        for group in self.optimizer.param_groups:
+            group["capturable"] = capturable
+        for param, param_state in self.optimizer.state.items():
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(param.device if capturable else "cpu")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

@@ -47,6 +47,26 @@ def test_a_checkpoint_resumes_on_another_device_with_the_rng_state_on_the_cpu(tm
     assert next(work.engine.model.parameters()).device.type == "meta"
 
 
+def test_an_adamax_checkpoint_from_cuda_resumes_on_the_cpu():
+    """On CUDA Adamax is ``capturable`` (its step counters on the GPU), which the CPU refuses:
+    a checkpoint carries the flag, and the engine that loads it keeps its own."""
+    from glow_repro.engine import Engine
+    from glow_repro.objective import preprocess
+
+    cfg = config()
+    engine = Engine(cfg, torch.device("cpu"))
+    x = preprocess(torch.randint(0, 256, (8, *cfg.data.shape), dtype=torch.uint8), cfg.data.n_bits)
+    engine.initialise(x)
+    engine.step(x, 1e-3)
+    state = engine.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as written on CUDA
+    resumed = Engine(cfg, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    following = engine.step(x, 1e-3)
+    assert following.fault is None and resumed.step(x, 1e-3) == following
+
+
 FLAGS = {"matmul_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
          "cudnn_tf32": (torch.backends.cudnn, "allow_tf32"),
          "cudnn_deterministic": (torch.backends.cudnn, "deterministic")}
