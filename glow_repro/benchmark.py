@@ -10,17 +10,21 @@ products, forward and backward); achieved TFLOP/s is that count over the median 
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.config import RunConfig
-from glow_repro.engine import Engine
+from glow_repro.engine import Engine, numerics
 from glow_repro.evaluation import bpd_sum
 from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
@@ -33,6 +37,50 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.4, "tf32": 494.7, "float32": 66.9},
     "A100": {"bf16": 312.0, "tf32": 156.0, "float32": 19.5},
 }
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts ``.item()``, ``bool()`` and ``float()`` of tensors (aten ``_local_scalar_dense``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+class _ListReads(TorchFunctionMode):
+    """Counts ``.tolist()`` of tensors, which on the CPU dispatches no operator."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.Tensor.tolist
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class HostReads:
+    """Reads of tensor values by Python in a scope: on CUDA each one waits for the GPU."""
+
+    scalars: _ScalarReads
+    lists: _ListReads
+
+    @property
+    def count(self) -> int:
+        return self.scalars.count + self.lists.count
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[HostReads]:
+    """Count every ``.item()``, ``bool()``, ``float()`` and ``.tolist()`` of a tensor in scope."""
+    reads = HostReads(_ScalarReads(), _ListReads())
+    with reads.lists, reads.scalars:
+        yield reads
 
 
 @dataclass
@@ -48,6 +96,8 @@ class BenchResult:
     peak_tflops: float | None = None
     train_rates: list[float] = field(default_factory=list)
     monitor_fraction: float | None = None
+    arithmetic: str = "float32"
+    host_reads_per_step: int | None = None
 
     @property
     def fraction_of_peak(self) -> float | None:
@@ -56,12 +106,19 @@ class BenchResult:
         return self.train_tflops / self.peak_tflops
 
 
+def arithmetic(config: RunConfig, device: torch.device) -> str:
+    """What the step's convolutions and matrix products compute in: bf16 (autocast), TF32
+    (CUDA with ``train.tf32``) or IEEE float32 (:func:`glow_repro.engine.numerics`)."""
+    if config.train.precision == "bf16":
+        return "bf16"
+    return "tf32" if config.train.tf32 and device.type == "cuda" else "float32"
+
+
 def _peak_tflops(device: torch.device, config: RunConfig) -> float | None:
     if device.type != "cuda":
         return None
-    precision = "bf16" if config.train.precision == "bf16" else ("tf32" if config.train.tf32 else "float32")
     name = torch.cuda.get_device_name(device)
-    return next((peaks[precision] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
+    return next((peaks[arithmetic(config, device)] for key, peaks in PEAK_TFLOPS.items() if key in name), None)
 
 
 def _sync(device: torch.device) -> None:
@@ -83,56 +140,59 @@ def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats
     optionally the stability monitor's own seconds per step as a fraction of the step. Peak
     memory covers all three."""
     cfg = config.train
-    engine = Engine(config, device, seed=0)
-    model, shape = engine.model, config.data.shape
-    images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
-    x = engine.to_device(preprocess(images, config.data.n_bits))
-    engine.initialise(x)
-    engine.wrap()
+    with numerics(cfg):
+        engine = Engine(config, device, seed=0)
+        model, shape = engine.model, config.data.shape
+        images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
+        x = engine.to_device(preprocess(images, config.data.n_bits))
+        engine.initialise(x)
+        engine.wrap()
 
-    def step() -> None:
-        engine.step(x, cfg.lr)
+        def step() -> None:
+            engine.step(x, cfg.lr)
 
-    for _ in range(3):
-        step()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    watcher = StabilityMonitor(config.monitor, model, "bench")
-    eval_images = torch.randint(0, 256, (cfg.eval_batch_size, *shape), dtype=torch.uint8)
-    train_rates, sample_rates, eval_rates, monitor_costs = [], [], [], []
-    for _ in range(repeats):
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(3):
             step()
-        _sync(device)
-        train_rates.append(steps * cfg.batch_size / (time.perf_counter() - started))
-        if monitor:
-            monitor_costs.append(_monitor_seconds(watcher, step))
-        started = time.perf_counter()
-        model.sample(cfg.batch_size, temperature=0.7)
-        _sync(device)
-        sample_rates.append(cfg.batch_size / (time.perf_counter() - started))
-        started = time.perf_counter()
-        bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)  # syncs (.item())
-        eval_rates.append(cfg.eval_batch_size / (time.perf_counter() - started))
-    rate = statistics.median(train_rates)
-    step_seconds = cfg.batch_size / rate
-    return BenchResult(
-        device=str(device),
-        threads=torch.get_num_threads(),
-        n_params=model.n_params(),
-        train_images_per_s=rate,
-        sample_images_per_s=statistics.median(sample_rates),
-        eval_images_per_s=statistics.median(eval_rates),
-        peak_memory_mb=_peak_memory_mb(device),
-        train_tflops=counter.get_total_flops() / step_seconds / 1e12 if device.type == "cuda" else None,
-        peak_tflops=_peak_tflops(device, config),
-        train_rates=train_rates,
-        monitor_fraction=statistics.median(monitor_costs) / step_seconds if monitor else None,
-    )
+        with FlopCounterMode(display=False) as counter, count_host_reads() as reads:
+            step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        watcher = StabilityMonitor(config.monitor, model, "bench")
+        eval_images = torch.randint(0, 256, (cfg.eval_batch_size, *shape), dtype=torch.uint8)
+        train_rates, sample_rates, eval_rates, monitor_costs = [], [], [], []
+        for _ in range(repeats):
+            _sync(device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            train_rates.append(steps * cfg.batch_size / (time.perf_counter() - started))
+            if monitor:
+                monitor_costs.append(_monitor_seconds(watcher, step))
+            started = time.perf_counter()
+            model.sample(cfg.batch_size, temperature=0.7)
+            _sync(device)
+            sample_rates.append(cfg.batch_size / (time.perf_counter() - started))
+            started = time.perf_counter()
+            bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)  # syncs (.item())
+            eval_rates.append(cfg.eval_batch_size / (time.perf_counter() - started))
+        rate = statistics.median(train_rates)
+        step_seconds = cfg.batch_size / rate
+        return BenchResult(
+            device=str(device),
+            threads=torch.get_num_threads(),
+            n_params=model.n_params(),
+            train_images_per_s=rate,
+            sample_images_per_s=statistics.median(sample_rates),
+            eval_images_per_s=statistics.median(eval_rates),
+            peak_memory_mb=_peak_memory_mb(device),
+            train_tflops=counter.get_total_flops() / step_seconds / 1e12 if device.type == "cuda" else None,
+            peak_tflops=_peak_tflops(device, config),
+            train_rates=train_rates,
+            monitor_fraction=statistics.median(monitor_costs) / step_seconds if monitor else None,
+            arithmetic=arithmetic(config, device),
+            host_reads_per_step=reads.count,
+        )
 
 
 def _monitor_seconds(watcher: StabilityMonitor, step) -> float:

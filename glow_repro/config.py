@@ -135,9 +135,12 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, le=4096)
     precision: Literal["float32", "bf16"] = Field(
         "float32", description="bf16 autocasts the coupling and prior convolutions only")
-    tf32: Flag = Field(False, description="allow TF32 matmuls/convolutions on CUDA")
+    tf32: Flag = Field(False, description="TF32 matmuls and convolutions on CUDA; false is IEEE float32")
+    deterministic: Flag = Field(False, description="cuDNN deterministic algorithms (exact resume on CUDA)")
     channels_last: Flag = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
-    compile: Flag = Field(False, description="torch.compile the training forward")
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile the training forward: true is the default mode; "
+                           "reduce-overhead adds CUDA graphs, max-autotune also searches kernels")
     grad_checkpointing: Flag = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
@@ -226,7 +229,8 @@ class RunConfig(_Section):
 #: as a thread count does; tests/test_scale_options.py bounds it): left out of a run's identity
 #: (its run id, and the check that a directory holds the same run).
 EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.download",
-                       "train.channels_last", "train.compile", "train.grad_checkpointing", "train.tensorboard")
+                       "train.channels_last", "train.compile", "train.grad_checkpointing", "train.tensorboard",
+                       "train.deterministic")
 
 
 #: Keys added after runs were made, with the value every earlier run had: left out of a run's

@@ -9,7 +9,9 @@ and, when ``train.ema_decay`` is set, Polyak averaging of the weights for evalua
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from glow_repro.allocator import retain_freed_memory
-from glow_repro.config import RunConfig
+from glow_repro.config import RunConfig, TrainConfig
 from glow_repro.datasets import label_names
 from glow_repro.distributed import DistContext
 from glow_repro.model import Glow, memory_format
@@ -26,6 +28,29 @@ from glow_repro.objective import conditional_training_loss, training_loss
 
 if TYPE_CHECKING:  # the monitor's module builds its replays here
     from glow_repro.stability import StabilityMonitor
+
+
+@contextlib.contextmanager
+def numerics(train: TrainConfig) -> Iterator[None]:
+    """CUDA's float32 arithmetic as the run's config says, both ways, while a run lasts.
+
+    ``train.tf32`` switches TF32 on or off for matrix products and cuDNN convolutions alike
+    (PyTorch leaves cuDNN's TF32 on by default, so float32 means switching it off), and
+    ``train.deterministic`` asks cuDNN for deterministic algorithms. The process's settings
+    come back afterwards, so runs in one process (tests, the ``inprocess`` launcher) do not
+    inherit each other's. None of these flags changes arithmetic on the CPU.
+    """
+    wanted = ((torch.backends.cuda.matmul, "allow_tf32", train.tf32),
+              (torch.backends.cudnn, "allow_tf32", train.tf32),
+              (torch.backends.cudnn, "deterministic", train.deterministic))
+    previous = [(owner, name, getattr(owner, name)) for owner, name, _ in wanted]
+    try:
+        for owner, name, value in wanted:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in previous:
+            setattr(owner, name, value)
 
 
 def build_model(config: RunConfig, device: torch.device | str) -> Glow:
@@ -38,10 +63,12 @@ def build_model(config: RunConfig, device: torch.device | str) -> Glow:
 
 def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
     """Adam or Adamax over the trainable parameters, updated by one multi-tensor kernel
-    (fused Adam; foreach Adamax, which has no fused form) rather than one loop per tensor."""
+    (fused Adam; foreach Adamax, which has no fused form) rather than one loop per tensor.
+    On CUDA, Adamax keeps its step counters on the GPU (``capturable``): no host read per
+    parameter, and the update can join a CUDA graph."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.train.optimizer == "adamax":
-        return torch.optim.Adamax(params, lr=config.train.lr, foreach=True)
+        return torch.optim.Adamax(params, lr=config.train.lr, foreach=True, capturable=params[0].is_cuda)
     return torch.optim.Adam(params, lr=config.train.lr, fused=True)
 
 
@@ -59,13 +86,12 @@ class StepResult:
 
 class Engine:
     """Model, optimiser and EMA of one run in its layout, seeded with ``seed`` (the run's by
-    default) before the weights are drawn; ``dist`` makes the step data-parallel."""
+    default) before the weights are drawn; ``dist`` makes the step data-parallel. Use it
+    inside :func:`numerics` of the run's config, as training and the benchmark do."""
 
     def __init__(self, config: RunConfig, device: torch.device, dist: DistContext | None = None,
                  *, seed: int | None = None):
         retain_freed_memory()
-        if config.train.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed if seed is None else seed)
         self.config, self.device = config, device
         self.dist = dist or DistContext()
@@ -73,6 +99,7 @@ class Engine:
         self.model = build_model(config, device)
         self.model.grad_checkpointing = config.train.grad_checkpointing
         self.forward: torch.nn.Module = self.model  # see wrap
+        self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
         decay = config.train.ema_decay
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -99,9 +126,13 @@ class Engine:
         ActNorms hold their data-dependent values; both share the model's parameters."""
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=device_ids)
-        if self.config.train.compile:
-            self.forward = torch.compile(self.forward)
+            # the buffers (ActNorm flags, LU masks) are constant once initialised: no
+            # broadcast of them before every forward
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids,
+                                                   broadcast_buffers=False)
+        mode = self.config.train.compile
+        if mode:
+            self.forward = torch.compile(self.forward, mode=None if mode is True else mode)
 
     def step(self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None,
              y: torch.Tensor | None = None) -> StepResult:
@@ -125,12 +156,17 @@ class Engine:
             objective, loss, bits_y = conditional_training_loss(
                 self.forward, x, y, cfg.data.n_bits, cfg.model.class_weight, cfg.train.precision)
         objective.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.train.grad_clip or math.inf, foreach=True)
-        mean_loss = self.dist.mean(loss.item(), self.device)  # every rank takes the same branch
-        class_loss = None if bits_y is None else self.dist.mean(bits_y.item(), self.device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, cfg.train.grad_clip or math.inf, foreach=True)
+        # the one read of the step: the bpd (and a conditional model's classifier bits) summed
+        # over ranks, so every rank takes the same branch, and the gradient norm, in float64
+        # (exact for float32 values)
+        losses = [loss] if bits_y is None else [loss, bits_y]
+        sums = self.dist.total(torch.stack([value.detach().double() for value in losses]))
+        *sums, norm = torch.cat([sums, grad_norm.detach().double().reshape(1)]).tolist()
+        mean_loss = sums[0] / self.dist.world_size
+        class_loss = None if bits_y is None else sums[1] / self.dist.world_size
         fault = None if math.isfinite(mean_loss) else "nonfinite_loss"
-        fault = fault or (None if torch.isfinite(grad_norm) else "nonfinite_gradient")
+        fault = fault or (None if math.isfinite(norm) else "nonfinite_gradient")
         fault = fault or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
         if fault is None:
             self.optimizer.step()
@@ -138,7 +174,7 @@ class Engine:
                 fault = "nonfinite_parameters"
             elif self.ema is not None:
                 self.ema.update_parameters(self.model)
-        return StepResult(mean_loss, grad_norm.item(), fault, class_loss)
+        return StepResult(mean_loss, norm, fault, class_loss)
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and optimiser state a checkpoint holds."""
@@ -146,7 +182,15 @@ class Engine:
                 "ema": self.ema.state_dict() if self.ema else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint, also one written on another kind of device: the optimiser
+        keeps this engine's ``capturable`` and its step counters move to match."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        capturable = self.optimizer.defaults.get("capturable", False)
+        for group in self.optimizer.param_groups:
+            group["capturable"] = capturable
+        for param, param_state in self.optimizer.state.items():
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(param.device if capturable else "cpu")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

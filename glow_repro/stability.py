@@ -179,6 +179,10 @@ class StabilityMonitor:
         self.run = run
         self.losses: deque[float] = deque(maxlen=config.spike_window)
         self.grad_norms: deque[float] = deque(maxlen=config.spike_window)
+        # the model's parts, found once: a step walks lists, not the module tree
+        self.flow_layers = [module for module in model.modules() if isinstance(module, FlowLayer)]
+        self.parameters = list(model.parameters())
+        self.recording = False
 
     def state_dict(self) -> dict[str, list[float]]:
         """The running history spikes are judged against; a checkpoint keeps it, so the
@@ -198,9 +202,11 @@ class StabilityMonitor:
         return self.config.health_every > 0 and step % self.config.health_every == 0
 
     def record_scales(self, enabled: bool) -> None:
-        for module in self.model.modules():
-            if isinstance(module, FlowLayer):
-                module.record_health(enabled)
+        """Have the layers keep what the health check reads from the next forward passes, or not."""
+        if enabled != self.recording:
+            for layer in self.flow_layers:
+                layer.record_health(enabled)
+            self.recording = enabled
 
     def event(self, step: int, kind: str, value: float, threshold: float | None = None,
               layer: str | None = None, lr: float | None = None) -> dict:
@@ -217,7 +223,7 @@ class StabilityMonitor:
         return threshold if value > threshold else None
 
     def parameters_finite(self) -> bool:
-        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        norms = torch._foreach_norm([p.detach() for p in self.parameters])
         return bool(torch.isfinite(torch.stack(norms)).all())
 
     def observe(self, step: int, loss: float, grad_norm: float, lr: float) -> list[dict]:

@@ -45,7 +45,7 @@ from glow_repro.config import (
 )
 from glow_repro.data import ImageData, load_split
 from glow_repro.distributed import DistContext, from_environment, shutdown
-from glow_repro.engine import Engine
+from glow_repro.engine import Engine, numerics
 from glow_repro.errors import UserFacingError
 from glow_repro.evaluation import bpd_sum, class_sums
 from glow_repro.objective import preprocess
@@ -202,7 +202,7 @@ class _Run:
         optimiser only: the counters, the monitor and the event log keep what happened
         since); ``state`` is the checkpoint when it was read already. Returns the names of
         the logs whose torn last line was dropped."""
-        state = state or read_checkpoint(self.run, self.device)
+        state = state or read_checkpoint(self.run)
         try:
             self.engine.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as err:
@@ -304,9 +304,11 @@ CHECKPOINT_REMEDY = ("restore it from a backup, or train into another --out dire
                      "(the run's logs stay here as they are)")
 
 
-def read_checkpoint(run: RunDir, device: torch.device) -> dict:
-    """The run's checkpoint, or a one-line :class:`UnreadableFileError` when it is damaged."""
-    load = functools.partial(torch.load, map_location=device, weights_only=False)
+def read_checkpoint(run: RunDir) -> dict:
+    """The run's checkpoint, read onto the CPU (``torch.set_rng_state`` takes a CPU tensor only;
+    the engine moves weights and optimiser state to the run's device), or a one-line
+    :class:`UnreadableFileError` when it is damaged."""
+    load = functools.partial(torch.load, map_location="cpu", weights_only=False)
     return read_torch_file(run.checkpoint, load, what="checkpoint",
                            keys=("step", "elapsed", "counters", "model", "optimizer", "torch_rng"),
                            remedy=CHECKPOINT_REMEDY)
@@ -405,16 +407,14 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     run = RunDir(run_dir)
     _check_same_run(run, config)
     dist = from_environment(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
+    device = dist.device(device.type)
     if config.train.batch_size % dist.world_size:
         raise UserFacingError(f"train.batch_size={config.train.batch_size} is not divisible by "
                               f"the {dist.world_size} data-parallel processes")
     try:
         with _hold_lock(run, dist, device):
             _check_history(run)
-            checkpoint = read_checkpoint(run, device) if run.checkpoint.exists() else None
+            checkpoint = read_checkpoint(run) if run.checkpoint.exists() else None
             removed = []
             if dist.is_main:
                 removed = run.remove_stale_temporaries()
@@ -425,7 +425,8 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
                 run.write_status(RunState.RUNNING, step=0 if checkpoint is None else checkpoint["step"])
             dist.barrier()
             try:
-                return _train(config, run, device, train_data, test_data, progress, dist, checkpoint, removed)
+                with numerics(config.train):
+                    return _train(config, run, device, train_data, test_data, progress, dist, checkpoint, removed)
             except RunInterrupted:
                 raise
             except Exception as err:

@@ -21,6 +21,7 @@ def test_measure_reports_rates_memory_and_parameters():
     assert result.sample_images_per_s > 0 and result.eval_images_per_s > 0 and result.peak_memory_mb > 0
     assert result.n_params > 0 and result.monitor_fraction > 0
     assert result.train_tflops is None  # FLOP rates are reported for GPUs only
+    assert result.arithmetic == "float32" and result.host_reads_per_step == 1
 
 
 def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
@@ -31,6 +32,7 @@ def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "parameters" in result.output and "evaluate" in result.output
+    assert "float32 arithmetic" in result.output and "host reads 1 per training step" in result.output
     bad = runner.invoke(main, ["bench", "--set", "model.coupling=both"])
     assert bad.exit_code == 2 and "model.coupling: must be one of" in bad.output
 

@@ -24,7 +24,7 @@ from tests.conftest import tiny_config
 RUNS = {
     "data": {"synthetic_size": 256},
     "train": {"steps": 40, "batch_size": 32, "eval_every": 20, "checkpoint_every": 10,
-              "n_samples": 2, "channels_last": False},
+              "n_samples": 2, "channels_last": False, "device": "cpu"},
 }
 
 # Largest per-step train-bpd difference from the float32 baseline we accept, per option.
@@ -174,5 +174,6 @@ def test_killing_one_rank_fails_the_run_cleanly_and_it_resumes(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("option", [{}, {"precision": "bf16"}, {"tf32": True}, {"channels_last": True}])
 def test_cuda_matches_cpu(baseline, tmp_path, option):
+    """The baseline trains on the CPU (``device: cpu``), whatever this host has."""
     train(config(device="cuda", **option), tmp_path / "run")
     assert_close_to(baseline, tmp_path / "run", 0.02 if option else 1e-3)

@@ -46,12 +46,13 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     click.echo(f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
                f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
                f"{result.n_params:,} parameters")
-    click.echo(f"device     {result.device} ({result.threads} threads)")
+    click.echo(f"device     {result.device} ({result.threads} threads), {result.arithmetic} arithmetic")
     click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
     click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
     click.echo(f"evaluate   {result.eval_images_per_s:,.1f} images/s "
                f"(test bpd, batches of {config.train.eval_batch_size})")
     click.echo(f"memory     {result.peak_memory_mb:,.0f} MB peak")
+    click.echo(f"host reads {result.host_reads_per_step} per training step (on a GPU, each waits for it)")
     if result.train_tflops is not None:
         peak = f" of {result.peak_tflops:.0f} peak ({result.fraction_of_peak:.1%})" if result.peak_tflops else ""
         click.echo(f"compute    {result.train_tflops:.1f} TFLOP/s{peak}")

@@ -14,8 +14,11 @@ class ActNorm(FlowLayer):
     On the first forward pass in training mode the layer sets ``bias`` and ``logs`` so that
     its output has zero mean and unit variance per channel on that batch (section 3.1). The
     ``initialized`` flag is a buffer, so it travels in ``state_dict`` and a loaded model never
-    re-initialises. ``logscale_factor`` reparametrises ``logs = factor * raw`` as the
-    official code does with factor 3 (it only rescales that parameter's effective step size).
+    re-initialises; the forward pass reads its Python copy :attr:`is_initialized`, kept in
+    step on init and on ``load_state_dict``, so it never waits for the device (and
+    ``torch.compile`` sees no data-dependent branch). ``logscale_factor`` reparametrises
+    ``logs = factor * raw`` as the official code does with factor 3 (it only rescales that
+    parameter's effective step size).
     """
 
     def __init__(self, channels: int, logscale_factor: float = 1.0, scale: float = 1.0):
@@ -25,6 +28,7 @@ class ActNorm(FlowLayer):
         self.logscale_factor = logscale_factor
         self.scale = scale
         self.register_buffer("initialized", torch.tensor(False))
+        self.is_initialized = False
 
     @property
     def logs(self) -> torch.Tensor:
@@ -38,9 +42,15 @@ class ActNorm(FlowLayer):
         self.bias.copy_(-mean)
         self.raw_logs.copy_(torch.log(self.scale / (std + 1e-6)) / self.logscale_factor)
         self.initialized.fill_(True)
+        self.is_initialized = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "initialized" in state_dict:  # read once per load, from the loaded copy
+            self.is_initialized = bool(state_dict[prefix + "initialized"])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not self.initialized:
+        if self.training and not self.is_initialized:
             self.initialize(x)
         logs = self.logs
         logdet = pixels(x) * logs.sum()
@@ -53,4 +63,6 @@ class ActNorm(FlowLayer):
 
     def health(self) -> dict[str, float]:
         """The smallest scale, once the layer has been initialised."""
-        return {"actnorm_scale_min": float(self.logs.exp().min())} if self.initialized else {}
+        if not self.is_initialized:
+            return {}
+        return {"actnorm_scale_min": float(self.logs.detach().cpu().exp().min())}

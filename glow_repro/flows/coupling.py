@@ -61,7 +61,7 @@ class _NormedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is None:
             return self.conv(x)
-        if self.training and not self.norm.initialized:
+        if self.training and not self.norm.is_initialized:
             return self.norm(self.conv(x))[0]  # data-dependent init sees the conv output
         scale = torch.exp(self.norm.logs).flatten()
         weight = self.conv.weight * scale.view(-1, 1, 1, 1)

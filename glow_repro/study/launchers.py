@@ -70,6 +70,7 @@ class RunTask:
     run_dir: str
     threads: int | None = None
     train_fn: TrainFn | None = None
+    gpu: int | None = None  # the GPU this run trains on when the node has several (local launcher)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
         _worker.training = True  # from here a signal interrupts, while torch is imported too
         try:
             train = task.train_fn or _default_train()
+            _use_gpu(task.gpu)
             if _worker.signalled:  # arrived before the handler could raise
                 raise KeyboardInterrupt
             started = True
@@ -191,12 +193,35 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
 
 def _group_device(task: RunTask, group: DistContext) -> torch.device:
     """Where this rank's collectives run: its own GPU under nccl, the CPU under gloo."""
-    import torch
-
     from glow_repro.runinfo import resolve_device
 
-    device = resolve_device(task.config.train.device)
-    return torch.device("cuda", group.local_rank) if device.type == "cuda" else device
+    return group.device(resolve_device(task.config.train.device).type)
+
+
+def deal_gpus(tasks: Sequence[RunTask]) -> list[RunTask]:
+    """Runs that may train on CUDA dealt round-robin to the node's GPUs: the i-th such run
+    trains on GPU ``i % device_count``, so a pool of as many workers as GPUs uses them all."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return list(tasks)
+    dealt, index = [], 0
+    for task in tasks:
+        if task.config.train.device == "cpu":
+            dealt.append(task)
+        else:
+            dealt.append(dataclasses.replace(task, gpu=index % count))
+            index += 1
+    return dealt
+
+
+def _use_gpu(gpu: int | None) -> None:
+    """Make ``gpu`` this process's current GPU, where ``train.device`` auto or cuda puts a run."""
+    if gpu is not None:
+        import torch
+
+        torch.cuda.set_device(gpu)
 
 
 def execute_job_run(task: RunTask) -> Outcome:
@@ -210,7 +235,8 @@ def execute_job_run(task: RunTask) -> Outcome:
     from glow_repro.distributed import from_environment, shutdown
     from glow_repro.runinfo import resolve_device
 
-    # every task sees all of the node's GPUs and picks its own by local rank (train.py)
+    # a task that sees the node's GPUs picks its own by local rank, one shown a single GPU
+    # takes it (DistContext.device)
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     group = from_environment(resolve_device(task.config.train.device).type)
     try:
@@ -291,7 +317,7 @@ def launch_local(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOpti
     threads = local_threads(options.workers)
     remaining = [
         task if task.config.train.threads else dataclasses.replace(task, threads=threads)
-        for task in tasks
+        for task in deal_gpus(tasks)
     ]
     while remaining and not tracker.interrupted:
         remaining = _pool_round(remaining, tracker, options.workers)
