@@ -29,16 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 def checkout(revision: str, into: Path) -> Path:
     if revision == "WORKTREE":
         return REPO
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), revision],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), revision], check=True, capture_output=True
+    )
     return into
 
 
 def bench(tree: Path, bench_args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench_step.py"), *bench_args],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out[out.index("{"):])
+    out = subprocess.run(
+        [sys.executable, str(tree / "benchmarks" / "bench_step.py"), *bench_args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out[out.index("{") :])
 
 
 def main() -> None:
@@ -50,29 +56,44 @@ def main() -> None:
     args = parser.parse_args()
     bench_args = shlex.split(args.bench_args)
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {name: checkout(rev, Path(tmp) / name)
-                 for name, rev in (("before", args.before), ("after", args.after))}
+        trees = {
+            name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))
+        }
         try:
             rates: dict[str, list[float]] = {"before": [], "after": []}
             for pair in range(args.pairs):
                 order = ("before", "after") if pair % 2 == 0 else ("after", "before")
                 for name in order:
                     rates[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
-                print(f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} img/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             for tree in trees.values():
                 if tree != REPO:
-                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                                   check=False, capture_output=True)
+                    subprocess.run(
+                        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                        check=False,
+                        capture_output=True,
+                    )
     ratios = [a / b for a, b in zip(rates["after"], rates["before"])]
-    print(json.dumps({
-        "before": args.before, "after": args.after, "pairs": args.pairs, "bench_args": bench_args,
-        "before_images_per_s_median": round(statistics.median(rates["before"]), 1),
-        "after_images_per_s_median": round(statistics.median(rates["after"]), 1),
-        "paired_ratio_median": round(statistics.median(ratios), 3),
-        "paired_ratios": [round(r, 3) for r in ratios],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "before": args.before,
+                "after": args.after,
+                "pairs": args.pairs,
+                "bench_args": bench_args,
+                "before_images_per_s_median": round(statistics.median(rates["before"]), 1),
+                "after_images_per_s_median": round(statistics.median(rates["after"]), 1),
+                "paired_ratio_median": round(statistics.median(ratios), 3),
+                "paired_ratios": [round(r, 3) for r in ratios],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,14 @@ SYNTHETIC_RGB = {"dataset": "synthetic", "image_size": 32, "channels": 3, "synth
 TINY = {
     "data": {"dataset": "synthetic", "image_size": 8, "synthetic_size": 128},
     "model": {"depth": 1, "levels": 2, "width": 8},
-    "train": {"batch_size": 16, "progress": False, "n_samples": 1, "eval_limit": 32,
-              "eval_batch_size": 32, "sample_temperatures": [1.0]},
+    "train": {
+        "batch_size": 16,
+        "progress": False,
+        "n_samples": 1,
+        "eval_limit": 32,
+        "eval_batch_size": 32,
+        "sample_temperatures": [1.0],
+    },
 }
 SMALL = {
     "data": SYNTHETIC_RGB,
@@ -78,8 +84,10 @@ EAGER = {
     "bf16-grad-checkpointing": {"train.precision": "bf16", "train.grad_checkpointing": True},
     "bf16-batch-256": {"train.precision": "bf16", "train.batch_size": 256},
 }
-COMPILED = {f"bf16-compile-{mode}": {"train.precision": "bf16", "train.compile": mode}
-            for mode in ("default", "reduce-overhead", "max-autotune")}
+COMPILED = {
+    f"bf16-compile-{mode}": {"train.precision": "bf16", "train.compile": mode}
+    for mode in ("default", "reduce-overhead", "max-autotune")
+}
 
 
 def options(device: str, compiled: bool) -> list[dict]:
@@ -98,10 +106,15 @@ def options(device: str, compiled: bool) -> list[dict]:
         try:
             torch._dynamo.reset()
             result = measure(RunConfig.model_validate(cfg), torch.device(device), steps=steps, repeats=repeats)
-            record.update(images_per_s=round(result.train_images_per_s, 1), arithmetic=result.arithmetic,
-                          peak_memory_mb=round(result.peak_memory_mb), tflops=result.train_tflops,
-                          fraction_of_peak=result.fraction_of_peak, host_reads_per_step=result.host_reads_per_step,
-                          graph_breaks=sum(torch._dynamo.utils.counters["graph_break"].values()))
+            record.update(
+                images_per_s=round(result.train_images_per_s, 1),
+                arithmetic=result.arithmetic,
+                peak_memory_mb=round(result.peak_memory_mb),
+                tflops=result.train_tflops,
+                fraction_of_peak=result.fraction_of_peak,
+                host_reads_per_step=result.host_reads_per_step,
+                graph_breaks=sum(torch._dynamo.utils.counters["graph_break"].values()),
+            )
         except Exception as err:  # one option's failure is a finding, not the end of the check
             record["error"] = f"{type(err).__name__}: {err}"[:500]
             traceback.print_exc()
@@ -138,10 +151,12 @@ def resume(device: str) -> dict:
     out: dict = {"stage": "resume", "steps": steps}
     with tempfile.TemporaryDirectory() as tmp:
         for deterministic in (True, False):
-            whole = run_config(raw, steps=steps, eval_every=steps, checkpoint_every=steps // 2,
-                               deterministic=deterministic)
-            half = run_config(raw, steps=steps // 2, eval_every=steps, checkpoint_every=steps // 2,
-                              deterministic=deterministic)
+            whole = run_config(
+                raw, steps=steps, eval_every=steps, checkpoint_every=steps // 2, deterministic=deterministic
+            )
+            half = run_config(
+                raw, steps=steps // 2, eval_every=steps, checkpoint_every=steps // 2, deterministic=deterministic
+            )
             split = Path(tmp, f"split_{deterministic}")
             train(half, split)
             (split / "config.yaml").write_text(dump_run_config(whole))  # the same run, a longer budget
@@ -192,9 +207,15 @@ def ddp(device: str) -> dict:
                 losses[f"{name}_seconds"] = time.perf_counter() - started
     finally:
         torch.distributed.destroy_process_group()
-    return {"stage": "ddp", "backend": backend, "ddp_losses": losses["ddp"], "plain_losses": losses["plain"],
-            "max_loss_gap": largest_gap(losses["ddp"], losses["plain"]),
-            "ddp_seconds": losses["ddp_seconds"], "plain_seconds": losses["plain_seconds"]}
+    return {
+        "stage": "ddp",
+        "backend": backend,
+        "ddp_losses": losses["ddp"],
+        "plain_losses": losses["plain"],
+        "max_loss_gap": largest_gap(losses["ddp"], losses["plain"]),
+        "ddp_seconds": losses["ddp_seconds"],
+        "plain_seconds": losses["plain_seconds"],
+    }
 
 
 STAGES = {"precision": precision, "resume": resume, "ddp": ddp}

@@ -132,8 +132,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(config: RunConfig, device: torch.device, *, steps: int = 10, repeats: int = 5,
-            monitor: bool = False) -> BenchResult:
+def measure(
+    config: RunConfig, device: torch.device, *, steps: int = 10, repeats: int = 5, monitor: bool = False
+) -> BenchResult:
     """Median images/s of the engine's training steps without the stability monitor (forward
     + bpd + backward + clip + finiteness checks + optimiser + EMA), of sampling passes and of
     test-bpd evaluation (one ``train.eval_batch_size`` batch) with the config's speed options;
@@ -217,9 +218,19 @@ def train_loop_rates(config: RunConfig, steps: int, repeats: int) -> list[float]
     rates = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = config.model_copy(update={"train": config.train.model_copy(update={
-                "steps": steps + 1, "eval_every": 10_000, "eval_limit": 64, "checkpoint_every": 25,
-                "n_samples": 2})})
+            cfg = config.model_copy(
+                update={
+                    "train": config.train.model_copy(
+                        update={
+                            "steps": steps + 1,
+                            "eval_every": 10_000,
+                            "eval_limit": 64,
+                            "checkpoint_every": 25,
+                            "n_samples": 2,
+                        }
+                    )
+                }
+            )
             train(cfg, f"{tmp}/run")
             rows = RunDir(f"{tmp}/run").metrics.read()
             seconds = rows[-1]["wall_time"] - rows[0]["wall_time"]

@@ -47,6 +47,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_IMAGES = 10_000_000
 
+
 def _true_or_false(value: Any) -> Any:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         raise ValueError("must be true or false")
@@ -107,7 +108,8 @@ class ModelConfig(_Section):
     zero_conv_logscale_factor: float = Field(3.0, gt=0)
     coupling_actnorm: Flag = Field(True, description="ActNorm instead of bias in the coupling NN")
     conditioning: Literal["none", "class"] = Field(
-        "none", description="class: class-conditional priors and a classifier on the top latent")
+        "none", description="class: class-conditional priors and a classifier on the top latent"
+    )
     class_weight: float = Field(0.01, ge=0, description="weight of the classifier's bits (official weight_y)")
     conditional_splits: Flag = Field(False, description="condition the split priors on the class too")
 
@@ -134,20 +136,24 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, le=4096)
     precision: Literal["float32", "bf16"] = Field(
-        "float32", description="bf16 autocasts the coupling and prior convolutions only")
+        "float32", description="bf16 autocasts the coupling and prior convolutions only"
+    )
     tf32: Flag = Field(False, description="TF32 matmuls and convolutions on CUDA; false is IEEE float32")
     deterministic: Flag = Field(False, description="cuDNN deterministic algorithms (exact resume on CUDA)")
     channels_last: Flag = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
-        False, description="torch.compile the training forward: true is the default mode; "
-                           "reduce-overhead adds CUDA graphs, max-autotune also searches kernels")
+        False,
+        description="torch.compile the training forward: true is the default mode; "
+        "reduce-overhead adds CUDA graphs, max-autotune also searches kernels",
+    )
     grad_checkpointing: Flag = Field(False, description="recompute each flow step in backward")
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
     max_rollbacks: int = Field(3, ge=0, description="rollback: give up after this many")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier per rollback")
     sample_temperatures: tuple[Temperature, ...] = Field(
-        PAPER_TEMPERATURES, min_length=1, description="temperatures of the final sample grid")
+        PAPER_TEMPERATURES, min_length=1, description="temperatures of the final sample grid"
+    )
     n_samples: int = Field(16, ge=1, le=1024, description="samples per temperature in the final grid")
     progress: Flag = True
     tensorboard: Flag = Field(False, description="mirror the logs into TensorBoard event files (optional extra)")
@@ -163,8 +169,7 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
         if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give the budget as train.steps or as train.epochs, not both "
-                             "(set the other to null)")
+            raise ValueError("give the budget as train.steps or as train.epochs, not both (set the other to null)")
         if self.warmup_epochs is not None and self.warmup_steps:
             raise ValueError("give the warmup as train.warmup_steps or as train.warmup_epochs, not both")
         return self
@@ -216,8 +221,7 @@ class RunConfig(_Section):
         dataset = DATASETS[self.data.dataset]
         if self.model.conditioning == "class" and not dataset.has_classes:
             has = f"{dataset.labels}, not classes" if dataset.labels else "no labels"
-            raise ValueError(f"model.conditioning=class needs a dataset with classes; "
-                             f"{self.data.dataset} has {has}")
+            raise ValueError(f"model.conditioning=class needs a dataset with classes; {self.data.dataset} has {has}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,9 +232,17 @@ class RunConfig(_Section):
 #: Keys that change how or where a run executes but not what it computes (beyond float rounding,
 #: as a thread count does; tests/test_scale_options.py bounds it): left out of a run's identity
 #: (its run id, and the check that a directory holds the same run).
-EXECUTION_ONLY_KEYS = ("train.threads", "train.progress", "data.root", "data.download",
-                       "train.channels_last", "train.compile", "train.grad_checkpointing", "train.tensorboard",
-                       "train.deterministic")
+EXECUTION_ONLY_KEYS = (
+    "train.threads",
+    "train.progress",
+    "data.root",
+    "data.download",
+    "train.channels_last",
+    "train.compile",
+    "train.grad_checkpointing",
+    "train.tensorboard",
+    "train.deterministic",
+)
 
 
 #: Keys added after runs were made, with the value every earlier run had: left out of a run's
@@ -293,8 +305,8 @@ class _StrictLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen[key]}); keep one",
-                    key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]}); keep one", key_node.start_mark
+                )
             try:
                 seen[key] = line
             except TypeError:  # an unhashable key: the base class says so
@@ -307,8 +319,9 @@ def decode_utf8(data: bytes, path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
 
 
 def read_yaml(path: str | Path) -> Any:

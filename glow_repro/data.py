@@ -88,9 +88,7 @@ def _fit_size(images: torch.Tensor, size: tuple[int, int], cfg: DataConfig) -> t
     if (h, w) == (th, tw):
         return images
     if cfg.resize == "resize":
-        resized = F.interpolate(
-            images.float(), size=size, mode="bilinear", antialias=True, align_corners=False
-        )
+        resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
         return resized.round_().clamp_(0, 255).to(torch.uint8)
     if th < h or tw < w:
         raise ConfigError(

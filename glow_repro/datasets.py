@@ -47,20 +47,62 @@ _SYNTHETIC_SEEDS = {"train": 0, "test": 1}
 _SYNTHETIC_LEVELS = 4  # gray levels 0, 85, 170, 255
 
 DIGIT_NAMES = tuple(str(digit) for digit in range(10))
-FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                       "Sneaker", "Bag", "Ankle boot")
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
+FASHION_MNIST_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_NAMES = ("blob", "stripes")
 #: The columns of CelebA's ``list_attr_celeba.txt``, in file order.
 CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
-    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
-    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup",
-    "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
-    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns",
-    "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 
 
@@ -78,7 +120,6 @@ class FileSource:
     needs_root: bool = False  # only ``data.root`` can hold it
     fallbacks: tuple[Path, ...] = ()  # system directories tried after the cache
     get_hint: str = ""  # another way to get the files
-
 
 
 @dataclass(frozen=True)
@@ -184,9 +225,7 @@ def _idx_array(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_idx(
-    base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]
-) -> Arrays:
+def _read_idx(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
     images, labels = (_idx_array(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{paths[0].name} {images.shape} does not match {paths[1].name} {labels.shape}")
@@ -202,18 +241,14 @@ def _read_cifar10(
     return data.data.transpose(0, 3, 1, 2), np.asarray(data.targets)
 
 
-def _read_svhn(
-    base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]
-) -> Arrays:
+def _read_svhn(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
     from torchvision.datasets import SVHN
 
     data = SVHN(str(base), split=split, download=False)
     return data.data, data.labels
 
 
-def _read_celeba(
-    base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]
-) -> Arrays:
+def _read_celeba(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
     from torchvision.datasets import CelebA
 
     data = CelebA(str(base), split=split, target_type="attr", download=False)
@@ -228,9 +263,7 @@ def _read_imagefolder(
     return _decode(ImageFolder(str(paths[0])), limit, size, f"imagefolder/{split}")
 
 
-def _decode(
-    data: torchvision.datasets.VisionDataset, limit: int | None, size: tuple[int, int], what: str
-) -> Arrays:
+def _decode(data: torchvision.datasets.VisionDataset, limit: int | None, size: tuple[int, int], what: str) -> Arrays:
     """Centre-crop each image to a square and resize it to ``size``; the targets as they come
     (a class index, or a vector of binary attributes)."""
     n = len(data) if limit is None else min(limit, len(data))
@@ -285,8 +318,7 @@ def _cifar10_files() -> FileSource:
 
     return FileSource(
         layouts=(CIFAR10.base_folder,),
-        names=lambda split: (
-            *(name for name, _ in CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]),
+        names=lambda split: (*(name for name, _ in CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]),
         read=_read_cifar10,
         fetch=lambda base, split: CIFAR10(str(base), download=True),
         url=CIFAR10.url,
@@ -311,7 +343,9 @@ def _celeba_files() -> FileSource:
     return FileSource(
         layouts=(CelebA.base_folder,),
         names=lambda split: (
-            "img_align_celeba", *(name for _, _, name in CelebA.file_list if not name.endswith(".zip"))),
+            "img_align_celeba",
+            *(name for _, _, name in CelebA.file_list if not name.endswith(".zip")),
+        ),
         read=_read_celeba,
         fetch=lambda base, split: CelebA(str(base), split=split, download=True),
         url="https://drive.google.com/",
@@ -334,21 +368,53 @@ def _imagefolder_files() -> FileSource:
 
 # --- the registry (the order is the one the config's error message lists) ---------------------
 
-DATASETS.register("mnist", Dataset((1, 28, 28), "MNIST", files=_mnist_files, test_size=10_000,
-                                   labels="classes", label_names=DIGIT_NAMES))
-DATASETS.register("fashion-mnist", Dataset((1, 28, 28), "Fashion-MNIST", files=_fashion_mnist_files,
-                                           test_size=10_000, labels="classes",
-                                           label_names=FASHION_MNIST_NAMES))
-DATASETS.register("cifar10", Dataset((3, 32, 32), "CIFAR-10", files=_cifar10_files, test_size=10_000,
-                                     labels="classes", label_names=CIFAR10_NAMES))
-DATASETS.register("svhn", Dataset((3, 32, 32), "SVHN", files=_svhn_files, test_size=26_032,
-                                  labels="classes", label_names=DIGIT_NAMES))
-DATASETS.register("celeba", Dataset((3, 64, 64), "CelebA", files=_celeba_files,
-                                    labels="attributes", label_names=CELEBA_ATTRIBUTES))
-DATASETS.register("imagefolder", Dataset((3, 64, 64), "imagefolder", files=_imagefolder_files,
-                                         labels="classes"))
-DATASETS.register("digits", Dataset((1, 8, 8), "digits", generate=lambda cfg, split: _digits(split),
-                                    origin="sklearn", labels="classes", label_names=DIGIT_NAMES))
-DATASETS.register("synthetic", Dataset(
-    (1, 8, 8), "synthetic", origin="synthetic", labels="classes", label_names=SYNTHETIC_NAMES,
-    generate=lambda cfg, split: _synthetic(cfg.synthetic_size, cfg.shape[1:], split)))
+DATASETS.register(
+    "mnist",
+    Dataset((1, 28, 28), "MNIST", files=_mnist_files, test_size=10_000, labels="classes", label_names=DIGIT_NAMES),
+)
+DATASETS.register(
+    "fashion-mnist",
+    Dataset(
+        (1, 28, 28),
+        "Fashion-MNIST",
+        files=_fashion_mnist_files,
+        test_size=10_000,
+        labels="classes",
+        label_names=FASHION_MNIST_NAMES,
+    ),
+)
+DATASETS.register(
+    "cifar10",
+    Dataset(
+        (3, 32, 32), "CIFAR-10", files=_cifar10_files, test_size=10_000, labels="classes", label_names=CIFAR10_NAMES
+    ),
+)
+DATASETS.register(
+    "svhn", Dataset((3, 32, 32), "SVHN", files=_svhn_files, test_size=26_032, labels="classes", label_names=DIGIT_NAMES)
+)
+DATASETS.register(
+    "celeba", Dataset((3, 64, 64), "CelebA", files=_celeba_files, labels="attributes", label_names=CELEBA_ATTRIBUTES)
+)
+DATASETS.register("imagefolder", Dataset((3, 64, 64), "imagefolder", files=_imagefolder_files, labels="classes"))
+DATASETS.register(
+    "digits",
+    Dataset(
+        (1, 8, 8),
+        "digits",
+        generate=lambda cfg, split: _digits(split),
+        origin="sklearn",
+        labels="classes",
+        label_names=DIGIT_NAMES,
+    ),
+)
+DATASETS.register(
+    "synthetic",
+    Dataset(
+        (1, 8, 8),
+        "synthetic",
+        origin="synthetic",
+        labels="classes",
+        label_names=SYNTHETIC_NAMES,
+        generate=lambda cfg, split: _synthetic(cfg.synthetic_size, cfg.shape[1:], split),
+    ),
+)

@@ -73,8 +73,9 @@ def from_environment(device_type: str) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
-    context = DistContext(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
-                          local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    context = DistContext(
+        rank=int(os.environ.get("RANK", "0")), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
     if not dist.is_initialized():
         if device_type == "cuda":  # NCCL binds the group to the device current at its start
             device = context.device(device_type)

@@ -40,9 +40,11 @@ def numerics(train: TrainConfig) -> Iterator[None]:
     come back afterwards, so runs in one process (tests, the ``inprocess`` launcher) do not
     inherit each other's. None of these flags changes arithmetic on the CPU.
     """
-    wanted = ((torch.backends.cuda.matmul, "allow_tf32", train.tf32),
-              (torch.backends.cudnn, "allow_tf32", train.tf32),
-              (torch.backends.cudnn, "deterministic", train.deterministic))
+    wanted = (
+        (torch.backends.cuda.matmul, "allow_tf32", train.tf32),
+        (torch.backends.cudnn, "allow_tf32", train.tf32),
+        (torch.backends.cudnn, "deterministic", train.deterministic),
+    )
     previous = [(owner, name, getattr(owner, name)) for owner, name, _ in wanted]
     try:
         for owner, name, value in wanted:
@@ -89,8 +91,9 @@ class Engine:
     default) before the weights are drawn; ``dist`` makes the step data-parallel. Use it
     inside :func:`numerics` of the run's config, as training and the benchmark do."""
 
-    def __init__(self, config: RunConfig, device: torch.device, dist: DistContext | None = None,
-                 *, seed: int | None = None):
+    def __init__(
+        self, config: RunConfig, device: torch.device, dist: DistContext | None = None, *, seed: int | None = None
+    ):
         retain_freed_memory()
         torch.manual_seed(config.seed if seed is None else seed)
         self.config, self.device = config, device
@@ -102,8 +105,9 @@ class Engine:
         self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
         decay = config.train.ema_decay
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-                    if decay else None)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+        )
 
     @property
     def eval_model(self) -> Glow:
@@ -128,14 +132,14 @@ class Engine:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # the buffers (ActNorm flags, LU masks) are constant once initialised: no
             # broadcast of them before every forward
-            self.forward = DistributedDataParallel(self.model, device_ids=device_ids,
-                                                   broadcast_buffers=False)
+            self.forward = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
         mode = self.config.train.compile
         if mode:
             self.forward = torch.compile(self.forward, mode=None if mode is True else mode)
 
-    def step(self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None,
-             y: torch.Tensor | None = None) -> StepResult:
+    def step(
+        self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None, y: torch.Tensor | None = None
+    ) -> StepResult:
         """One optimisation step on the device batch ``x`` (labels ``y`` for a class-conditional
         model, whose objective adds ``model.class_weight`` times the classifier's bits) at
         learning rate ``lr``.
@@ -154,7 +158,8 @@ class Engine:
             loss = objective = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
         else:
             objective, loss, bits_y = conditional_training_loss(
-                self.forward, x, y, cfg.data.n_bits, cfg.model.class_weight, cfg.train.precision)
+                self.forward, x, y, cfg.data.n_bits, cfg.model.class_weight, cfg.train.precision
+            )
         objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, cfg.train.grad_clip or math.inf, foreach=True)
         # the one read of the step: the bpd (and a conditional model's classifier bits) summed
@@ -178,8 +183,11 @@ class Engine:
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and optimiser state a checkpoint holds."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict() if self.ema else None}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint, also one written on another kind of device: the optimiser

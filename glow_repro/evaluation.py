@@ -16,8 +16,9 @@ from glow_repro.objective import bits_per_dim, preprocess
 EVAL_NOISE_SEED = 20180709
 
 
-def _batches(images: torch.Tensor, n_bits: int, batch_size: int, rank: int,
-             world_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _batches(
+    images: torch.Tensor, n_bits: int, batch_size: int, rank: int, world_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, preprocessed batch) of this rank's batches: batch i is its when i % world_size ==
     rank, and every rank draws the noise of every batch, so the noise does not depend on the
     number of ranks."""
@@ -29,8 +30,16 @@ def _batches(images: torch.Tensor, n_bits: int, batch_size: int, rank: int,
 
 
 @torch.inference_mode()
-def bpd_sum(model: Glow, images: torch.Tensor, n_bits: int, batch_size: int, device: torch.device,
-            *, rank: int = 0, world_size: int = 1) -> float:
+def bpd_sum(
+    model: Glow,
+    images: torch.Tensor,
+    n_bits: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> float:
     """Sum of per-image bpd over ``images`` (uint8 [N, C, H, W]) with fixed dequantisation
     noise; with ``world_size`` ranks the ranks' sums add up to the one-process sum."""
     was_training = model.training
@@ -44,8 +53,17 @@ def bpd_sum(model: Glow, images: torch.Tensor, n_bits: int, batch_size: int, dev
 
 
 @torch.inference_mode()
-def class_sums(model: Glow, images: torch.Tensor, labels: torch.Tensor, n_bits: int, batch_size: int,
-               device: torch.device, *, rank: int = 0, world_size: int = 1) -> list[float]:
+def class_sums(
+    model: Glow,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n_bits: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[float]:
     """A class-conditional model's sums over ``images`` with the noise of :func:`bpd_sum`:
     bpd of x given its label, marginal bpd (log p(x) over the uniform class prior), and the
     number of images whose classifier argmax is their label."""

@@ -34,14 +34,14 @@ DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 _VS = "-vs-"
 
 
-def attribute_masks(attribute: str, labels: torch.Tensor, names: tuple[str, ...],
-                    dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+def attribute_masks(
+    attribute: str, labels: torch.Tensor, names: tuple[str, ...], dataset: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of the positive and negative images of ``attribute`` given ``labels``:
     class indices ``[N]`` or binary attributes ``[N, A]`` named by ``names``."""
     if labels.ndim == 2:
         if attribute not in names:
-            raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of "
-                                  f"{', '.join(names)}")
+            raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of {', '.join(names)}")
         column = labels[:, names.index(attribute)]
         return column == 1, column == 0
     positive, vs, negative = attribute.partition(_VS)
@@ -59,7 +59,8 @@ def _class_index(text: str, names: tuple[str, ...], attribute: str, dataset: str
         return int(text)
     raise UserFacingError(
         f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
-        f"two classes as A{_VS}B; its classes are {', '.join(f'{i} {n}' for i, n in enumerate(names))}")
+        f"two classes as A{_VS}B; its classes are {', '.join(f'{i} {n}' for i, n in enumerate(names))}"
+    )
 
 
 def flat_latents(model: Glow, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -77,18 +78,25 @@ def latent_direction(latents: torch.Tensor, positive: torch.Tensor, negative: to
     return latents[positive].mean(0) - latents[negative].mean(0)
 
 
-def separation(latents: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-               direction: torch.Tensor) -> dict[str, float]:
+def separation(
+    latents: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, direction: torch.Tensor
+) -> dict[str, float]:
     """Projections onto the unit direction: each group's mean, their gap, and the gap in pooled
     standard deviations (Cohen's d)."""
     projected = latents @ (direction / direction.norm())
     pos, neg = projected[positive].double(), projected[negative].double()
-    pooled = math.sqrt(((len(pos) - 1) * pos.var().item() + (len(neg) - 1) * neg.var().item())
-                       / max(len(pos) + len(neg) - 2, 1))
+    pooled = math.sqrt(
+        ((len(pos) - 1) * pos.var().item() + (len(neg) - 1) * neg.var().item()) / max(len(pos) + len(neg) - 2, 1)
+    )
     gap = (pos.mean() - neg.mean()).item()
-    return {"mean_positive": pos.mean().item(), "mean_negative": neg.mean().item(), "gap": gap,
-            "gap_in_sd": gap / pooled if pooled else math.inf,
-            "n_positive": len(pos), "n_negative": len(neg)}
+    return {
+        "mean_positive": pos.mean().item(),
+        "mean_negative": neg.mean().item(),
+        "gap": gap,
+        "gap_in_sd": gap / pooled if pooled else math.inf,
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+    }
 
 
 @torch.no_grad()
@@ -110,15 +118,27 @@ def _model_space(images: torch.Tensor, n_bits: int) -> torch.Tensor:
 def _masks_with_both(attribute: str, data: ImageData, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     positive, negative = attribute_masks(attribute, data.labels, data.label_names, dataset)
     if not positive.any() or not negative.any():
-        raise UserFacingError(f"attribute {attribute!r}: {data.name} has {int(positive.sum())} positive and "
-                              f"{int(negative.sum())} negative images; a direction needs both")
+        raise UserFacingError(
+            f"attribute {attribute!r}: {data.name} has {int(positive.sum())} positive and "
+            f"{int(negative.sum())} negative images; a direction needs both"
+        )
     return positive, negative
 
 
 @torch.no_grad()
-def write_manipulation(model: Glow, config: RunConfig, out_dir: str | Path, train: ImageData, test: ImageData,
-                       attribute: str, *, alphas: tuple[float, ...] = DEFAULT_ALPHAS, rows: int = 4,
-                       encode: int | None = None, batch_size: int = 256) -> dict:
+def write_manipulation(
+    model: Glow,
+    config: RunConfig,
+    out_dir: str | Path,
+    train: ImageData,
+    test: ImageData,
+    attribute: str,
+    *,
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+    rows: int = 4,
+    encode: int | None = None,
+    batch_size: int = 256,
+) -> dict:
     """The direction of ``attribute`` from the first ``encode`` training images (all by
     default), its separation on as many test images, and ``manipulate_<attribute>.png`` of the
     first ``rows`` test images (one per row, one column per alpha) with its JSON record."""
@@ -128,8 +148,9 @@ def write_manipulation(model: Glow, config: RunConfig, out_dir: str | Path, trai
     dataset = config.data.dataset
     train, test = _limited(train, encode), _limited(test, encode)
     positive, negative = _masks_with_both(attribute, train, dataset)
-    direction = latent_direction(flat_latents(model, _model_space(train.images, n_bits), batch_size),
-                                 positive.to(device), negative.to(device))
+    direction = latent_direction(
+        flat_latents(model, _model_space(train.images, n_bits), batch_size), positive.to(device), negative.to(device)
+    )
     held_out = _masks_with_both(attribute, test, dataset)
     test_latents = flat_latents(model, _model_space(test.images, n_bits), batch_size)
     grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)

@@ -36,11 +36,8 @@ class _Level(nn.Module):
     def __init__(self, channels: int, config: ModelConfig, split: bool, split_classes: int):
         super().__init__()
         self.squeeze = Squeeze()
-        self.steps = nn.ModuleList(
-            FlowStep(channels * 4, config) for _ in range(config.depth)
-        )
-        self.split = (Split(channels * 4, config.zero_conv_logscale_factor, split_classes)
-                      if split else None)
+        self.steps = nn.ModuleList(FlowStep(channels * 4, config) for _ in range(config.depth))
+        self.split = Split(channels * 4, config.zero_conv_logscale_factor, split_classes) if split else None
 
 
 class Glow(nn.Module):
@@ -66,11 +63,9 @@ class Glow(nn.Module):
             levels.append(_Level(c, config, split=not last, split_classes=split_classes))
             c, h, w = (c * 4 if last else c * 2), h // 2, w // 2
         self.levels = nn.ModuleList(levels)
-        self.top_prior = TopPrior((c, h, w), config.learn_top, config.zero_conv_logscale_factor,
-                                  self.n_classes)
+        self.top_prior = TopPrior((c, h, w), config.learn_top, config.zero_conv_logscale_factor, self.n_classes)
         #: Logits of the class from the spatial mean of the top latent (official ``--ycond``).
-        self.classifier = (LinearZeros(c, self.n_classes, config.zero_conv_logscale_factor)
-                           if conditional else None)
+        self.classifier = LinearZeros(c, self.n_classes, config.zero_conv_logscale_factor) if conditional else None
         #: Recompute each flow step's activations in backward instead of storing them, as the
         #: official code does; saves memory, costs one more forward.
         self.grad_checkpointing = False
@@ -94,8 +89,7 @@ class Glow(nn.Module):
         zs.append(x)
         return zs, kept, logdet
 
-    def _log_prior(self, zs: list[torch.Tensor], kept: list[torch.Tensor],
-                   y: torch.Tensor | None) -> torch.Tensor:
+    def _log_prior(self, zs: list[torch.Tensor], kept: list[torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
         """Every latent's prior log-density, given the labels ``y`` where the priors read them."""
         log_prior = zs[-1].new_zeros(zs[-1].shape[0])
         splits = [level.split for level in self.levels if level.split is not None]
@@ -106,8 +100,7 @@ class Glow(nn.Module):
     def _log_prior_per_class(self, zs: list[torch.Tensor], kept: list[torch.Tensor]) -> torch.Tensor:
         """``[batch, n_classes]``: the priors' log-density under every class."""
         labels = torch.arange(self.n_classes, device=zs[-1].device)
-        return torch.stack([self._log_prior(zs, kept, label.expand(zs[-1].shape[0]))
-                            for label in labels], 1)
+        return torch.stack([self._log_prior(zs, kept, label.expand(zs[-1].shape[0])) for label in labels], 1)
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Latents ``[z_1, ..., z_L]`` (factored-out ones first, the top one last) and log-det.
@@ -133,8 +126,9 @@ class Glow(nn.Module):
         zs, kept, logdet = self._flow(x)
         return logdet[:, None] + self._log_prior_per_class(zs, kept), self._class_logits(zs[-1])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The objective's terms: log p(x); given labels (a class-conditional model),
         ``(log p(x | y), class logits)`` from one pass of the flow."""
         if y is None:
@@ -151,8 +145,14 @@ class Glow(nn.Module):
         if y is not None and not self.n_classes:
             raise ValueError("this model is unconditional (model.conditioning=none): it takes no labels")
 
-    def _decode(self, top: torch.Tensor, factored: list[torch.Tensor | None],
-                temperature: float, *, y: torch.Tensor | None = None) -> torch.Tensor:
+    def _decode(
+        self,
+        top: torch.Tensor,
+        factored: list[torch.Tensor | None],
+        temperature: float,
+        *,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = top
         for level, z in zip(reversed(self.levels), reversed([*factored, None]), strict=True):
             if level.split is not None:
@@ -186,8 +186,10 @@ class Glow(nn.Module):
         labels = torch.as_tensor(y, device=device).long().expand(n)
         outside = labels[(labels < 0) | (labels >= self.n_classes)]
         if len(outside):
-            raise ValueError(f"class {outside[0].item()} is out of range: this model has "
-                             f"{self.n_classes} classes, 0..{self.n_classes - 1}")
+            raise ValueError(
+                f"class {outside[0].item()} is out of range: this model has "
+                f"{self.n_classes} classes, 0..{self.n_classes - 1}"
+            )
         return labels
 
     def n_params(self) -> int:

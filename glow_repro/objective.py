@@ -20,8 +20,14 @@ def quantize(images: torch.Tensor, n_bits: int) -> torch.Tensor:
     return torch.div(images.long(), 2 ** (8 - n_bits), rounding_mode="floor")
 
 
-def preprocess(images: torch.Tensor, n_bits: int, *, noise: bool = True,
-               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor,
+    n_bits: int,
+    *,
+    noise: bool = True,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Quantise, scale to [-0.5, 0.5) and add uniform dequantisation noise of one bin."""
     bins = 2**n_bits
     x = quantize(images, n_bits).to(dtype) / bins - 0.5
@@ -56,8 +62,9 @@ def class_bits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), y, reduction="none") / math.log(2.0)
 
 
-def conditional_training_loss(forward, x: torch.Tensor, y: torch.Tensor, n_bits: int, class_weight: float,
-                              precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def conditional_training_loss(
+    forward, x: torch.Tensor, y: torch.Tensor, n_bits: int, class_weight: float, precision: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The official ``--ycond`` objective, mean bpd of x given y plus ``class_weight`` times the
     classifier's mean bits; returns (objective, bpd, class bits), each a batch mean."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

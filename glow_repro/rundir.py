@@ -51,8 +51,9 @@ LOCK_NAME = ".lock"
 LOCK_OWNER = ".lock.owner"
 
 #: What to do about a damaged record of a run (a log, its status or summary).
-RUN_REMEDY = ("restore it from a backup, or move the run directory away and `glow-repro run` "
-              "(or `train`) trains the run again")
+RUN_REMEDY = (
+    "restore it from a backup, or move the run directory away and `glow-repro run` (or `train`) trains the run again"
+)
 
 
 class UnreadableFileError(UserFacingError):
@@ -181,8 +182,9 @@ def _shape_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
-def read_json(path: str | Path, default: Any = None, *, expect: type | tuple[type, ...] = object,
-              remedy: str = RUN_REMEDY) -> Any:
+def read_json(
+    path: str | Path, default: Any = None, *, expect: type | tuple[type, ...] = object, remedy: str = RUN_REMEDY
+) -> Any:
     """The JSON value in ``path``, or ``default`` when there is no such file. Bytes that are
     not UTF-8 JSON, or a value that is not an ``expect`` (e.g. ``dict``), are an
     :class:`UnreadableFileError` naming the file and ``remedy``."""
@@ -195,13 +197,15 @@ def read_json(path: str | Path, default: Any = None, *, expect: type | tuple[typ
     except json.JSONDecodeError as err:
         raise UnreadableFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); {remedy}") from None
     if not isinstance(value, expect):
-        raise UnreadableFileError(f"{path}: holds {_shape_name(type(value))} where {_shape_name(expect)} "
-                                  f"belongs; {remedy}")
+        raise UnreadableFileError(
+            f"{path}: holds {_shape_name(type(value))} where {_shape_name(expect)} belongs; {remedy}"
+        )
     return value
 
 
-def read_torch_file(path: str | Path, load: Callable[[Path], Any], *, what: str, keys: Iterable[str],
-                    remedy: str) -> dict[str, Any]:
+def read_torch_file(
+    path: str | Path, load: Callable[[Path], Any], *, what: str, keys: Iterable[str], remedy: str
+) -> dict[str, Any]:
     """``load(path)`` (``torch.load``: this layer never imports torch) of a file that must be
     a mapping holding ``keys``. A truncated, damaged or foreign file (``what`` names what it
     should be) is an :class:`UnreadableFileError` naming the file and ``remedy``."""
@@ -272,8 +276,9 @@ class JsonlLog:
             raise UnreadableFileError(f"{self.path}: line {number} is not JSON ({err}); {RUN_REMEDY}") from None
         step = row.get("step", 0) if isinstance(row, dict) else None
         if not isinstance(step, int) or isinstance(step, bool):
-            raise UnreadableFileError(f"{self.path}: line {number} is not a row of this log (an object "
-                                      f"with an integer step); {RUN_REMEDY}")
+            raise UnreadableFileError(
+                f"{self.path}: line {number} is not a row of this log (an object with an integer step); {RUN_REMEDY}"
+            )
         return row
 
     def truncate_after(self, step: int) -> bool:
@@ -310,8 +315,7 @@ class RunDir:
         """The last written status: ``{"state": "pending"}`` for a run never started, and
         ``{"state": "unreadable", "error": why}`` when status.json cannot be read or does not
         hold a recorded state (training it could overwrite a finished run)."""
-        remedy = ("delete it and run the study again: the run resumes from its checkpoint "
-                  "and writes a new one")
+        remedy = "delete it and run the study again: the run resumes from its checkpoint and writes a new one"
         try:
             status = read_json(self.status_file, default=None, expect=dict, remedy=remedy)
         except UnreadableFileError as err:
@@ -321,8 +325,10 @@ class RunDir:
         recorded = [s.value for s in RunState if s.recorded]
         step = status.get("step", 0)
         if status.get("state") not in recorded or not isinstance(step, int) or isinstance(step, bool):
-            return {"state": RunState.UNREADABLE,
-                    "error": f"{self.status_file}: no recorded state and step in it; {remedy}"}
+            return {
+                "state": RunState.UNREADABLE,
+                "error": f"{self.status_file}: no recorded state and step in it; {remedy}",
+            }
         return status
 
     def state(self) -> RunState:

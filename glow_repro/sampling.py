@@ -54,8 +54,7 @@ def _checkpoint_weights(state: object, config: RunConfig, path: Path) -> dict[st
         raise RunNotReadyError(f"{path}: not a glow-repro checkpoint (no {key!r} weights)")
     if key == "model":
         return state["model"]
-    return {name.removeprefix("module."): value for name, value in state["ema"].items()
-            if name.startswith("module.")}
+    return {name.removeprefix("module."): value for name, value in state["ema"].items() if name.startswith("module.")}
 
 
 def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Glow]:
@@ -63,22 +62,33 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     eval mode on ``device``."""
     run = RunDir(run_dir)
     if not run.config.is_file():
-        hint = (f"; it looks like a results directory, pass one of its runs: {run.path / 'runs'}/<run id>"
-                if (run.path / "runs").is_dir() else "")
+        hint = (
+            f"; it looks like a results directory, pass one of its runs: {run.path / 'runs'}/<run id>"
+            if (run.path / "runs").is_dir()
+            else ""
+        )
         raise RunNotReadyError(f"{run.path}: not a run directory (no config.yaml){hint}")
     config = load_run_config(run.config)
     if not run.checkpoint.is_file():
-        raise RunNotReadyError(f"{run.path}: no checkpoint yet (run state: {run.status()['state']}); "
-                               "sample again once training has saved one")
+        raise RunNotReadyError(
+            f"{run.path}: no checkpoint yet (run state: {run.status()['state']}); "
+            "sample again once training has saved one"
+        )
     load = functools.partial(torch.load, map_location=device, weights_only=True)
-    state = read_torch_file(run.checkpoint, load, what="checkpoint", keys=(),
-                            remedy="restore it from a backup, or train the run again to write a new one")
+    state = read_torch_file(
+        run.checkpoint,
+        load,
+        what="checkpoint",
+        keys=(),
+        remedy="restore it from a backup, or train the run again to write a new one",
+    )
     model = build_model(config, device)
     try:
         model.load_state_dict(_checkpoint_weights(state, config, run.checkpoint))
     except RuntimeError as err:
-        raise RunNotReadyError(f"{run.checkpoint}: its weights do not fit the model of "
-                               f"{run.config} ({str(err).splitlines()[0]})") from None
+        raise RunNotReadyError(
+            f"{run.checkpoint}: its weights do not fit the model of {run.config} ({str(err).splitlines()[0]})"
+        ) from None
     return config, model.eval()
 
 
@@ -109,8 +119,10 @@ def interpolate(model: Glow, a: torch.Tensor, b: torch.Tensor, steps: int) -> to
     alphas = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1, 1, 1)
     za, _ = model.encode(a)
     zb, _ = model.encode(b)
-    lines = [torch.lerp(start.unsqueeze(1), end.unsqueeze(1), alphas).flatten(0, 1)
-             for start, end in zip(za, zb, strict=True)]
+    lines = [
+        torch.lerp(start.unsqueeze(1), end.unsqueeze(1), alphas).flatten(0, 1)
+        for start, end in zip(za, zb, strict=True)
+    ]
     return model.decode(lines).unflatten(0, (len(a), steps))
 
 
@@ -127,10 +139,20 @@ def _name(temperature: float) -> str:
 
 
 @torch.no_grad()
-def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_images: torch.Tensor, *,
-                  temperatures: tuple[float, ...] | None = None, n: int | None = None,
-                  seed: int | None = None, pairs: int = 4, steps: int = 8, about: dict | None = None,
-                  record: str = SAMPLE_RECORD) -> dict:
+def write_samples(
+    model: Glow,
+    config: RunConfig,
+    out_dir: str | Path,
+    test_images: torch.Tensor,
+    *,
+    temperatures: tuple[float, ...] | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+    pairs: int = 4,
+    steps: int = 8,
+    about: dict | None = None,
+    record: str = SAMPLE_RECORD,
+) -> dict:
     """Write sample grids, ``reconstructions.png``, ``interpolation.png`` (unless ``pairs`` is
     0) and the JSON record named ``record`` under ``out_dir``; returns that record.
 
@@ -148,8 +170,10 @@ def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_imag
     seed = config.seed if seed is None else seed
     n_bits = config.data.n_bits
     if 2 * pairs > len(test_images):
-        raise UserFacingError(f"{pairs} interpolation pairs (--interpolations) need {2 * pairs} test "
-                              f"images; the test split of {config.data.dataset} has {len(test_images)}")
+        raise UserFacingError(
+            f"{pairs} interpolation pairs (--interpolations) need {2 * pairs} test "
+            f"images; the test split of {config.data.dataset} has {len(test_images)}"
+        )
     model.eval()
     files = []
     for temperature in temperatures or ():
@@ -164,8 +188,7 @@ def write_samples(model: Glow, config: RunConfig, out_dir: str | Path, test_imag
     # centred in their bins, so reconstruction errors of 1e-7 cannot move a pixel a level
     x = (preprocess(test_images[:n], n_bits, noise=False) + 0.5 / 2**n_bits).to(device)
     reconstructed = reconstruct(model, x)
-    atomic_write_bytes(out / "reconstructions.png",
-                       png_bytes(torch.cat([x, reconstructed]).cpu(), n_bits, len(x)))
+    atomic_write_bytes(out / "reconstructions.png", png_bytes(torch.cat([x, reconstructed]).cpu(), n_bits, len(x)))
     files += ["temperatures.png", "reconstructions.png"]
     if model.n_classes:
         torch.manual_seed(seed)

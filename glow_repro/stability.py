@@ -102,8 +102,9 @@ def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int, precision: str =
     return Finding("none", None)
 
 
-def save_capsule(path: Path, *, config: RunConfig, model: Glow, batch: torch.Tensor, step: int,
-                 lr: float, finding: Finding) -> None:
+def save_capsule(
+    path: Path, *, config: RunConfig, model: Glow, batch: torch.Tensor, step: int, lr: float, finding: Finding
+) -> None:
     """The model state before the bad step, its batch and RNG state, for ``glow-repro replay``."""
     state = {
         "config": config.to_dict(),
@@ -126,8 +127,9 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
     """
     remedy = "replay takes a capsule a run wrote: <run>/capsules/step_*.pt"
     load = functools.partial(torch.load, map_location="cpu", weights_only=False)
-    state = read_torch_file(path, load, what="capsule", remedy=remedy,
-                            keys=("config", "model", "batch", "step", "finding", "torch_rng"))
+    state = read_torch_file(
+        path, load, what="capsule", remedy=remedy, keys=("config", "model", "batch", "step", "finding", "torch_rng")
+    )
     config = validate_model(RunConfig, state["config"], f"{path} (its config)")
     model = build_model(config, "cpu")
     try:
@@ -135,8 +137,7 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
         torch.set_rng_state(state["torch_rng"])
         recorded = Finding(**state["finding"])
     except (RuntimeError, TypeError, ValueError) as err:
-        raise UnreadableFileError(f"{path}: a damaged capsule ({str(err).splitlines()[0][:160]}); "
-                                  f"{remedy}") from None
+        raise UnreadableFileError(f"{path}: a damaged capsule ({str(err).splitlines()[0][:160]}); {remedy}") from None
     model.train()
     finding = locate_nonfinite(model, state["batch"], config.data.n_bits, config.train.precision)
     return state["step"], recorded, finding
@@ -208,10 +209,25 @@ class StabilityMonitor:
                 layer.record_health(enabled)
             self.recording = enabled
 
-    def event(self, step: int, kind: str, value: float, threshold: float | None = None,
-              layer: str | None = None, lr: float | None = None) -> dict:
-        return {"run": self.run, "step": step, "kind": kind, "value": value, "threshold": threshold,
-                "layer": layer, "lr": lr, "time": time.time()}
+    def event(
+        self,
+        step: int,
+        kind: str,
+        value: float,
+        threshold: float | None = None,
+        layer: str | None = None,
+        lr: float | None = None,
+    ) -> dict:
+        return {
+            "run": self.run,
+            "step": step,
+            "kind": kind,
+            "value": value,
+            "threshold": threshold,
+            "layer": layer,
+            "lr": lr,
+            "time": time.time(),
+        }
 
     def _spike(self, history: deque[float], value: float, mads: float, relative: float) -> float | None:
         """The threshold ``value`` exceeded, or None: median + mads * 1.4826 MAD and (1 + relative) * median."""
@@ -271,8 +287,12 @@ class RecoveryPolicy:
         self.first_nonfinite: int | None = None
 
     def counters(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale,
-                "first_nonfinite": self.first_nonfinite}
+        return {
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks,
+            "lr_scale": self.lr_scale,
+            "first_nonfinite": self.first_nonfinite,
+        }
 
     def load_counters(self, counters: dict[str, Any]) -> None:
         self.skipped, self.rollbacks = counters["skipped"], counters["rollbacks"]

@@ -55,8 +55,9 @@ class TensorBoardMirror:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer: Any = None
-        self._guard("open its event file", lambda: setattr(self, "writer", SummaryWriter(log_dir=str(directory))),
-                    opening=True)
+        self._guard(
+            "open its event file", lambda: setattr(self, "writer", SummaryWriter(log_dir=str(directory))), opening=True
+        )
 
     def _guard(self, action: str, write: Any, opening: bool = False) -> None:
         if self.writer is None and not opening:
@@ -64,8 +65,12 @@ class TensorBoardMirror:
         try:
             write()
         except Exception as err:  # a view of the logs must never stop the run
-            warnings.warn(f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
-                          "the run goes on without TensorBoard logging", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
+                "the run goes on without TensorBoard logging",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self.close()
 
     def rows(self, log: str, rows: Iterable[dict[str, Any]]) -> None:

@@ -152,8 +152,15 @@ class _Run:
     """One run in progress, which ``_train`` below drives: the engine, the data order and
     budgets, the checkpoint, evaluations, and forensics and recovery after a bad step."""
 
-    def __init__(self, config: RunConfig, run: RunDir, device: torch.device,
-                 train_data: ImageData, test_data: ImageData, dist: DistContext):
+    def __init__(
+        self,
+        config: RunConfig,
+        run: RunDir,
+        device: torch.device,
+        train_data: ImageData,
+        test_data: ImageData,
+        dist: DistContext,
+    ):
         self.config, self.run, self.device, self.dist = config, run, device, dist
         self.train_data, self.test_data = train_data, test_data
         self.conditional = config.model.conditioning == "class"
@@ -162,8 +169,9 @@ class _Run:
         cfg = config.train
         # budgets given in epochs become steps of this training set (drop-last batches)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.per_epoch)
-        self.warmup_steps = (cfg.warmup_steps if cfg.warmup_epochs is None
-                             else round(cfg.warmup_epochs * self.batches.per_epoch))
+        self.warmup_steps = (
+            cfg.warmup_steps if cfg.warmup_epochs is None else round(cfg.warmup_epochs * self.batches.per_epoch)
+        )
         self.monitor = StabilityMonitor(config.monitor, self.engine.model, run.path.name)
         self.mirror = TensorBoardMirror(run.tensorboard) if cfg.tensorboard and dist.is_main else None
         self.recovery = RecoveryPolicy(cfg)  # its counters survive a rollback, saved in checkpoints
@@ -206,8 +214,10 @@ class _Run:
         try:
             self.engine.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as err:
-            raise UnreadableFileError(f"{self.run.checkpoint}: does not fit this run's model "
-                                      f"({str(err).splitlines()[0][:160]}); {CHECKPOINT_REMEDY}") from None
+            raise UnreadableFileError(
+                f"{self.run.checkpoint}: does not fit this run's model "
+                f"({str(err).splitlines()[0][:160]}); {CHECKPOINT_REMEDY}"
+            ) from None
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         logs = (self.run.metrics, self.run.evals) if rollback else (self.run.metrics, self.run.evals, self.run.events)
@@ -221,16 +231,22 @@ class _Run:
 
     def record_repairs(self, repairs: list[str]) -> None:
         """One ``repair`` event per repair made on resume, at the step training goes on from."""
-        self.write(self.run.events, [{**self.monitor.event(self.step, "repair", None), "detail": detail}
-                                     for detail in repairs])
+        self.write(
+            self.run.events, [{**self.monitor.event(self.step, "repair", None), "detail": detail} for detail in repairs]
+        )
 
     # -- pieces of the loop ---------------------------------------------------------------------
     def initialise_actnorm(self) -> None:
         """Data-dependent init of every ActNorm from ``init_images`` training images (3.1)."""
         count = min(self.config.train.init_images, len(self.train_data.images))
         order = _epoch_order(len(self.train_data.images), self.config.seed, epoch=-1)
-        self.engine.initialise(preprocess(self.train_data.images[order[:count]], self.config.data.n_bits,
-                                          generator=_step_generator(self.config.seed, 0, stream=2)))
+        self.engine.initialise(
+            preprocess(
+                self.train_data.images[order[:count]],
+                self.config.data.n_bits,
+                generator=_step_generator(self.config.seed, 0, stream=2),
+            )
+        )
 
     def write(self, log: JsonlLog, rows: list[dict]) -> None:
         if self.dist.is_main and rows:
@@ -242,17 +258,40 @@ class _Run:
         images = self.test_data.images[: self.config.train.eval_limit]
         where = {"rank": self.dist.rank, "world_size": self.dist.world_size}
         if self.conditional:  # bpd given the label (the official test bits_x), marginal bpd, accuracy
-            sums = class_sums(self.engine.eval_model, images, self.test_data.labels, self.config.data.n_bits,
-                              self.config.train.eval_batch_size, self.device, **where)
+            sums = class_sums(
+                self.engine.eval_model,
+                images,
+                self.test_data.labels,
+                self.config.data.n_bits,
+                self.config.train.eval_batch_size,
+                self.device,
+                **where,
+            )
             bpd, marginal, accuracy = (value / len(images) for value in self.dist.sum(sums, self.device))
             extra = {"test_bpd_marginal": marginal, "test_accuracy": accuracy}
         else:
-            total = bpd_sum(self.engine.eval_model, images, self.config.data.n_bits,
-                            self.config.train.eval_batch_size, self.device, **where)
+            total = bpd_sum(
+                self.engine.eval_model,
+                images,
+                self.config.data.n_bits,
+                self.config.train.eval_batch_size,
+                self.device,
+                **where,
+            )
             bpd, extra = self.dist.sum([total], self.device)[0] / len(images), {}
-        self.write(self.run.evals, [{"step": self.step, "test_bpd": bpd, "n_images": len(images),
-                                     "wall_time": self.elapsed, "epoch": self.batches.epoch(self.step),
-                                     **extra}])
+        self.write(
+            self.run.evals,
+            [
+                {
+                    "step": self.step,
+                    "test_bpd": bpd,
+                    "n_images": len(images),
+                    "wall_time": self.elapsed,
+                    "epoch": self.batches.epoch(self.step),
+                    **extra,
+                }
+            ],
+        )
         return bpd
 
     def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
@@ -271,8 +310,13 @@ class _Run:
         self.monitor.record_scales(self.monitor.health_due(step))
         result = self.engine.step(x, lr, self.monitor, y)
         self.step = step
-        row = {"step": step, "epoch": self.batches.epoch(step), "train_bpd": result.loss,
-               "lr": lr, "grad_norm": result.grad_norm}
+        row = {
+            "step": step,
+            "epoch": self.batches.epoch(step),
+            "train_bpd": result.loss,
+            "lr": lr,
+            "grad_norm": result.grad_norm,
+        }
         if result.class_bits is not None:
             row["train_class_bits"] = result.class_bits
         return row, x, result.fault
@@ -284,8 +328,15 @@ class _Run:
         model = self.engine.model
         finding = locate_nonfinite(model, batch, self.config.data.n_bits, self.config.train.precision)
         if self.recovery.first_nonfinite is None and self.dist.is_main:
-            save_capsule(self.run.capsules / f"step_{step:07d}.pt", config=self.config, model=model,
-                         batch=batch, step=step, lr=lr, finding=finding)
+            save_capsule(
+                self.run.capsules / f"step_{step:07d}.pt",
+                config=self.config,
+                model=model,
+                batch=batch,
+                step=step,
+                lr=lr,
+                finding=finding,
+            )
         response = self.recovery.respond(kind, step)
         value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]
         events = [{**self.monitor.event(step, kind, value, layer=finding.layer, lr=lr), "phase": finding.phase}]
@@ -300,8 +351,9 @@ class _Run:
 
 
 #: What to do about a checkpoint that cannot be used.
-CHECKPOINT_REMEDY = ("restore it from a backup, or train into another --out directory "
-                     "(the run's logs stay here as they are)")
+CHECKPOINT_REMEDY = (
+    "restore it from a backup, or train into another --out directory (the run's logs stay here as they are)"
+)
 
 
 def read_checkpoint(run: RunDir) -> dict:
@@ -309,9 +361,13 @@ def read_checkpoint(run: RunDir) -> dict:
     the engine moves weights and optimiser state to the run's device), or a one-line
     :class:`UnreadableFileError` when it is damaged."""
     load = functools.partial(torch.load, map_location="cpu", weights_only=False)
-    return read_torch_file(run.checkpoint, load, what="checkpoint",
-                           keys=("step", "elapsed", "counters", "model", "optimizer", "torch_rng"),
-                           remedy=CHECKPOINT_REMEDY)
+    return read_torch_file(
+        run.checkpoint,
+        load,
+        what="checkpoint",
+        keys=("step", "elapsed", "counters", "model", "optimizer", "torch_rng"),
+        remedy=CHECKPOINT_REMEDY,
+    )
 
 
 def _check_history(run: RunDir) -> None:
@@ -324,15 +380,18 @@ def _check_history(run: RunDir) -> None:
     if state is RunState.UNREADABLE:
         raise UnreadableFileError(status["error"])
     if state is RunState.DIVERGED:
-        raise UserFacingError(f"{run.path}: this run diverged at step {status.get('step')}; its records "
-                              "are kept as the evidence: train into another --out directory to try again")
-    logged = max((row.get("step", 0) for log in (run.metrics, run.evals, run.events) for row in log.read()),
-                 default=0)
+        raise UserFacingError(
+            f"{run.path}: this run diverged at step {status.get('step')}; its records "
+            "are kept as the evidence: train into another --out directory to try again"
+        )
+    logged = max((row.get("step", 0) for log in (run.metrics, run.evals, run.events) for row in log.read()), default=0)
     if not run.checkpoint.exists() and (state is RunState.DONE or logged > 0):
         what = "this finished run" if state is RunState.DONE else f"this run (logged to step {logged})"
-        raise UserFacingError(f"{run.path}: {what} has no checkpoint.pt, and training would start over "
-                              "on its logs; restore checkpoint.pt to go on, or train into another --out "
-                              "directory")
+        raise UserFacingError(
+            f"{run.path}: {what} has no checkpoint.pt, and training would start over "
+            "on its logs; restore checkpoint.pt to go on, or train into another --out "
+            "directory"
+        )
 
 
 @contextlib.contextmanager
@@ -343,8 +402,10 @@ def _hold_lock(run: RunDir, dist: DistContext, device: torch.device) -> Iterator
     take = dist.is_main and not lock.held_here()
     refused = take and not lock.acquire()
     if dist.any(refused, device):
-        raise RunLockedError(f"{run.path}: {lock.holder() if dist.is_main else 'another process'} is "
-                             "training this run; wait for it to end (or stop it) and run this again")
+        raise RunLockedError(
+            f"{run.path}: {lock.holder() if dist.is_main else 'another process'} is "
+            "training this run; wait for it to end (or stop it) and run this again"
+        )
     try:
         yield
     finally:
@@ -358,8 +419,8 @@ def _check_same_run(run: RunDir, config: RunConfig) -> None:
     existing = validate_model(RunConfig, read_yaml(run.config), str(run.config))
     if run_identity(existing) != run_identity(config):
         raise UserFacingError(
-            f"{run.path} already holds a run with a different config; "
-            "choose another --out directory or delete that one")
+            f"{run.path} already holds a run with a different config; choose another --out directory or delete that one"
+        )
 
 
 def _summary(work: _Run, state: RunState, reconstruction: dict | None) -> dict:
@@ -382,13 +443,15 @@ def _summary(work: _Run, state: RunState, reconstruction: dict | None) -> dict:
         "rollbacks": work.recovery.rollbacks,
         "events_by_kind": dict(kinds),
         "reconstruction_error": reconstruction["reconstruction_max_abs_error"] if reconstruction else None,
-        **({f"final_{key}": evals[-1][key] for key in ("test_bpd_marginal", "test_accuracy")}
-           if evals and "test_accuracy" in evals[-1] else {}),
+        **(
+            {f"final_{key}": evals[-1][key] for key in ("test_bpd_marginal", "test_accuracy")}
+            if evals and "test_accuracy" in evals[-1]
+            else {}
+        ),
     }
 
 
-def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
-          progress: bool | None = None) -> dict:
+def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None, progress: bool | None = None) -> dict:
     """Run, or resume, one run in ``run_dir``; returns its summary (also in summary.json).
 
     Status goes ``running`` -> ``done`` | ``diverged`` | ``failed`` (error recorded, exception
@@ -409,8 +472,10 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     dist = from_environment(device.type)
     device = dist.device(device.type)
     if config.train.batch_size % dist.world_size:
-        raise UserFacingError(f"train.batch_size={config.train.batch_size} is not divisible by "
-                              f"the {dist.world_size} data-parallel processes")
+        raise UserFacingError(
+            f"train.batch_size={config.train.batch_size} is not divisible by "
+            f"the {dist.world_size} data-parallel processes"
+        )
     try:
         with _hold_lock(run, dist, device):
             _check_history(run)
@@ -432,32 +497,51 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
             except Exception as err:
                 if dist.is_main:
                     run.error_file.write_text(traceback.format_exc())
-                    run.write_status(RunState.FAILED, step=run.status().get("step", 0),
-                                     error=f"{type(err).__name__}: {err}")
+                    run.write_status(
+                        RunState.FAILED, step=run.status().get("step", 0), error=f"{type(err).__name__}: {err}"
+                    )
                 raise
     finally:
         shutdown(dist)
 
 
-def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: ImageData,
-           test_data: ImageData, progress: bool | None, dist: DistContext, checkpoint: dict | None,
-           removed: list[str]) -> dict:
+def _train(
+    config: RunConfig,
+    run: RunDir,
+    device: torch.device,
+    train_data: ImageData,
+    test_data: ImageData,
+    progress: bool | None,
+    dist: DistContext,
+    checkpoint: dict | None,
+    removed: list[str],
+) -> dict:
     work = _Run(config, run, device, train_data, test_data, dist)
     cfg = config.train
     if checkpoint is not None:
         torn = work.load_checkpoint(state=checkpoint)
     else:  # a new run, or one killed before its first checkpoint: only step-0 rows go
-        torn = [log.path.name for log in (run.metrics, run.evals, run.events) if dist.is_main
-                and log.truncate_after(-1)]
+        torn = [
+            log.path.name for log in (run.metrics, run.evals, run.events) if dist.is_main and log.truncate_after(-1)
+        ]
         work.initialise_actnorm()
         work.evaluate()
         work.save_checkpoint()
-    work.record_repairs([f"dropped the torn last line of {name}" for name in torn]
-                        + [f"removed {path}, left by a kill during an atomic write" for path in removed])
+    work.record_repairs(
+        [f"dropped the torn last line of {name}" for name in torn]
+        + [f"removed {path}, left by a kill during an atomic write" for path in removed]
+    )
     work.engine.wrap()
     show = (cfg.progress if progress is None else progress) and sys.stderr.isatty() and dist.is_main
-    bar = tqdm(total=work.total_steps, initial=work.step, disable=not show, desc=run.path.name,
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=work.total_steps,
+        initial=work.step,
+        disable=not show,
+        desc=run.path.name,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
     state = RunState.DONE
     with _stop_on_signals() as signals, bar:
         while work.step < work.total_steps:
@@ -467,8 +551,17 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
             if bad is None:
                 work.write(run.events, work.monitor.observe(work.step, row["train_bpd"], row["grad_norm"], row["lr"]))
             if work.step % cfg.log_every == 0 or bad:
-                work.write(run.metrics, [{**row, "step_time": seconds, "wall_time": work.elapsed,
-                                          "images_per_s": work.batches.batch_size / seconds}])
+                work.write(
+                    run.metrics,
+                    [
+                        {
+                            **row,
+                            "step_time": seconds,
+                            "wall_time": work.elapsed,
+                            "images_per_s": work.batches.batch_size / seconds,
+                        }
+                    ],
+                )
             if bad:
                 if work.recover(bad, row, batch):
                     state = RunState.DIVERGED
@@ -494,8 +587,9 @@ def _train(config: RunConfig, run: RunDir, device: torch.device, train_data: Ima
     if dist.is_main:
         reconstruction = None
         if state is RunState.DONE:  # a diverged run keeps its last good checkpoint
-            reconstruction = write_samples(work.engine.eval_model, config, run.samples, test_data.images,
-                                           pairs=0, record=SAMPLES_RECORD)
+            reconstruction = write_samples(
+                work.engine.eval_model, config, run.samples, test_data.images, pairs=0, record=SAMPLES_RECORD
+            )
             work.save_checkpoint()
         if work.mirror is not None:
             work.mirror.images(sorted(run.samples.glob("*.png")), work.step)

@@ -35,8 +35,19 @@ Z_975 = 1.959963984540054
 
 def finals_frame(rows: list[tuple[str, int, str, float]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"run_id": f"{v}-{s}", "variant": v, "seed": s, "state": st, "final_test_bpd": b,
-          "best_test_bpd": b - 0.05, "n_params": 10, "wall_time": 60.0} for v, s, st, b in rows]
+        [
+            {
+                "run_id": f"{v}-{s}",
+                "variant": v,
+                "seed": s,
+                "state": st,
+                "final_test_bpd": b,
+                "best_test_bpd": b - 0.05,
+                "n_params": 10,
+                "wall_time": 60.0,
+            }
+            for v, s, st, b in rows
+        ]
     )
 
 

@@ -34,15 +34,27 @@ import pytest
 import glow_repro
 
 LAYERS = [
-    ("base", ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed",
-              "glow_repro.runinfo"]),
+    (
+        "base",
+        ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed", "glow_repro.runinfo"],
+    ),
     ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets"]),
     ("flows", ["glow_repro.flows"]),
     ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
     ("rundir", ["glow_repro.rundir"]),
-    ("engine", ["glow_repro.engine", "glow_repro.train", "glow_repro.evaluation", "glow_repro.sampling",
-                "glow_repro.stability", "glow_repro.benchmark", "glow_repro.tensorboard_log",
-                "glow_repro.manipulation"]),
+    (
+        "engine",
+        [
+            "glow_repro.engine",
+            "glow_repro.train",
+            "glow_repro.evaluation",
+            "glow_repro.sampling",
+            "glow_repro.stability",
+            "glow_repro.benchmark",
+            "glow_repro.tensorboard_log",
+            "glow_repro.manipulation",
+        ],
+    ),
     ("study", ["glow_repro.study"]),
     ("analysis", ["glow_repro.analysis"]),
     ("cli", ["glow_repro.cli", "glow_repro.__main__", "glow_repro.commands"]),

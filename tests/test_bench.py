@@ -26,9 +26,27 @@ def test_measure_reports_rates_memory_and_parameters():
 
 def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
     runner = CliRunner()
-    args = ["bench", "--device", "cpu", "--steps", "1", "--repeats", "1", "--threads", "1",
-            "--set", "model.depth=1", "--set", "model.width=8", "--set", "train.batch_size=2",
-            "--set", "data.image_size=8", "--set", "model.levels=2"]
+    args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "model.width=8",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "data.image_size=8",
+        "--set",
+        "model.levels=2",
+    ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "parameters" in result.output and "evaluate" in result.output

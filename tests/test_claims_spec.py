@@ -16,8 +16,14 @@ GRID = {"model.permutation": ["reverse", "shuffle", "conv1x1"], "model.coupling"
 
 
 def claim(**fields) -> dict:
-    return {"id": "perm", "source": "Glow, Figure 3", "key": "model.permutation",
-            "order": ["conv1x1", "shuffle", "reverse"], "within": ["model.coupling"], **fields}
+    return {
+        "id": "perm",
+        "source": "Glow, Figure 3",
+        "key": "model.permutation",
+        "order": ["conv1x1", "shuffle", "reverse"],
+        "within": ["model.coupling"],
+        **fields,
+    }
 
 
 def test_a_valid_claim_loads_with_its_defaults(tmp_path):
@@ -40,11 +46,15 @@ def test_claim_values_match_the_grid_as_written_numbers(tmp_path):
 
 BAD = {
     "unknown claim key": (claim(wihtin=["model.coupling"]), r"claims.0.wihtin: unknown key"),
-    "key not swept": (claim(key="model.depth"),
-                      r"claims.0.key: model.depth is not swept; swept keys: model.permutation, model.coupling"),
+    "key not swept": (
+        claim(key="model.depth"),
+        r"claims.0.key: model.depth is not swept; swept keys: model.permutation, model.coupling",
+    ),
     "within not swept": (claim(within=["train.lr"]), r"claims.0.within: train.lr is not swept"),
-    "value not in grid": (claim(order=["conv1x1", "lu"]),
-                          r"claims.0.order: lu is not a value of model.permutation; allowed: reverse, shuffle, conv1x1"),
+    "value not in grid": (
+        claim(order=["conv1x1", "lu"]),
+        r"claims.0.order: lu is not a value of model.permutation; allowed: reverse, shuffle, conv1x1",
+    ),
     "value twice": (claim(order=["conv1x1", "reverse", "conv1x1"]), r"claims.0: order names conv1x1 more than once"),
     "one value": (claim(order=["conv1x1"]), r"claims.0.order: .*at least 2"),
     "within repeats key": (claim(within=["model.permutation"]), r"claims.0: within must list distinct keys"),
@@ -66,8 +76,10 @@ def test_bad_claims_are_one_line_errors_naming_file_and_key(tmp_path, case):
 
 
 def test_claim_ids_are_distinct(tmp_path):
-    path = write(tmp_path, study(grid=GRID, claims=[claim(), claim(order=["affine", "additive"],
-                                                                  key="model.coupling", within=[])]))
+    path = write(
+        tmp_path,
+        study(grid=GRID, claims=[claim(), claim(order=["affine", "additive"], key="model.coupling", within=[])]),
+    )
     with pytest.raises(ConfigError, match=r"claims.1.id: perm is used by an earlier claim"):
         load_study(path)
 

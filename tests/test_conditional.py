@@ -32,8 +32,7 @@ CLASSES = 3
 
 def tiny_conditional(conditional_splits: bool = False, amount: float = 0.1) -> Glow:
     torch.manual_seed(0)
-    config = ModelConfig(depth=2, levels=2, width=8, conditioning="class",
-                         conditional_splits=conditional_splits)
+    config = ModelConfig(depth=2, levels=2, width=8, conditioning="class", conditional_splits=conditional_splits)
     return randomise(Glow(config, TINY, n_classes=CLASSES), amount=amount).double()
 
 
@@ -49,12 +48,17 @@ def shifted(base: torch.Tensor, linear, k: int) -> torch.Tensor:
 
 def brute_force_logdet(model: Glow, x: torch.Tensor) -> torch.Tensor:
     """log|det J| of x -> all latents at each example, from the full autograd Jacobian."""
+
     def latents(example):
         zs, _ = model.encode(example.unsqueeze(0))
         return torch.cat([z.flatten() for z in zs])
 
-    return torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(latents, example)
-                                             .reshape(example.numel(), -1))[1] for example in x])
+    return torch.stack(
+        [
+            torch.linalg.slogdet(torch.autograd.functional.jacobian(latents, example).reshape(example.numel(), -1))[1]
+            for example in x
+        ]
+    )
 
 
 def log_prior_by_hand(model: Glow, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,8 +89,9 @@ def test_log_prob_given_a_class_is_the_change_of_variables_density(conditional_s
     _, logdet = model.encode(x)
     torch.testing.assert_close(logdet, brute_force_logdet(model, x), rtol=1e-8, atol=1e-8)
     for k in range(CLASSES):
-        torch.testing.assert_close(model.log_prob(x, labels(k, 2)), logdet + log_prior_by_hand(model, x, k),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            model.log_prob(x, labels(k, 2)), logdet + log_prior_by_hand(model, x, k), rtol=1e-10, atol=1e-10
+        )
     # the classes' densities differ: the labels do reach the priors
     assert not torch.allclose(model.log_prob(x, labels(0, 2)), model.log_prob(x, labels(1, 2)))
 
@@ -134,8 +139,9 @@ def test_a_new_conditional_model_is_its_unconditional_twin():
     torch.manual_seed(0)
     plain = Glow(config, TINY).double()
     torch.manual_seed(0)
-    conditional = Glow(config.model_copy(update={"conditioning": "class", "conditional_splits": True}),
-                       TINY, n_classes=CLASSES).double()
+    conditional = Glow(
+        config.model_copy(update={"conditioning": "class", "conditional_splits": True}), TINY, n_classes=CLASSES
+    ).double()
     shared = plain.state_dict()
     assert not any("class" in key for key in shared)  # conditioning none: the keys it always had
     extra = {key for key in conditional.state_dict() if key not in shared}
@@ -192,10 +198,20 @@ def test_new_keys_at_their_defaults_keep_run_identities():
 
 
 def test_conditional_run_logs_accuracy_and_draws_a_row_per_class(tmp_path):
-    raw = {"data": {"dataset": "synthetic", "synthetic_size": 32},
-           "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": "class", "class_weight": 1.0},
-           "train": {"steps": 3, "batch_size": 8, "eval_every": 3, "n_samples": 3, "init_images": 16,
-                     "device": "cpu", "progress": False, "sample_temperatures": [0.5]}}
+    raw = {
+        "data": {"dataset": "synthetic", "synthetic_size": 32},
+        "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": "class", "class_weight": 1.0},
+        "train": {
+            "steps": 3,
+            "batch_size": 8,
+            "eval_every": 3,
+            "n_samples": 3,
+            "init_images": 16,
+            "device": "cpu",
+            "progress": False,
+            "sample_temperatures": [0.5],
+        },
+    }
     config = RunConfig.model_validate(raw)
     train(config, tmp_path)
     evals = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
@@ -226,10 +242,21 @@ def test_a_conditional_run_resumes_exactly(tmp_path):
     from glow_repro.config import dump_run_config
     from glow_repro.rundir import RunDir
 
-    raw = {"data": {"dataset": "synthetic", "synthetic_size": 32},
-           "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": "class", "class_weight": 1.0},
-           "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 1, "n_samples": 2,
-                     "init_images": 16, "device": "cpu", "progress": False, "sample_temperatures": [0.5]}}
+    raw = {
+        "data": {"dataset": "synthetic", "synthetic_size": 32},
+        "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": "class", "class_weight": 1.0},
+        "train": {
+            "steps": 4,
+            "batch_size": 8,
+            "eval_every": 2,
+            "checkpoint_every": 1,
+            "n_samples": 2,
+            "init_images": 16,
+            "device": "cpu",
+            "progress": False,
+            "sample_temperatures": [0.5],
+        },
+    }
     whole = RunConfig.model_validate(raw)
     half = RunConfig.model_validate({**raw, "train": {**raw["train"], "steps": 2}})
     train(half, tmp_path / "split", threads=1)
@@ -239,7 +266,9 @@ def test_a_conditional_run_resumes_exactly(tmp_path):
     timing = ("step_time", "images_per_s", "wall_time")
 
     def rows(name: str, log: str) -> list[dict]:
-        return [{k: v for k, v in row.items() if k not in timing} for row in getattr(RunDir(tmp_path / name), log).read()]
+        return [
+            {k: v for k, v in row.items() if k not in timing} for row in getattr(RunDir(tmp_path / name), log).read()
+        ]
 
     for log in ("metrics", "evals"):
         assert rows("split", log) == rows("whole", log)

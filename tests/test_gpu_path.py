@@ -21,8 +21,16 @@ from glow_repro.train import _Run, train
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 64, "image_size": 8},
     "model": {"depth": 2, "levels": 2, "width": 8},
-    "train": {"steps": 4, "batch_size": 8, "eval_every": 4, "checkpoint_every": 2, "device": "cpu",
-              "optimizer": "adamax", "progress": False, "n_samples": 2},
+    "train": {
+        "steps": 4,
+        "batch_size": 8,
+        "eval_every": 4,
+        "checkpoint_every": 2,
+        "device": "cpu",
+        "optimizer": "adamax",
+        "progress": False,
+        "n_samples": 2,
+    },
 }
 
 
@@ -38,8 +46,14 @@ def test_a_checkpoint_resumes_on_another_device_with_the_rng_state_on_the_cpu(tm
     its CPU RNG state stays on the CPU (``torch.set_rng_state`` takes no other)."""
     cfg = config()
     train(cfg, tmp_path / "run", threads=1)
-    work = _Run(cfg, RunDir(tmp_path / "run"), torch.device("meta"), load_split(cfg.data, "train"),
-                load_split(cfg.data, "test"), DistContext())
+    work = _Run(
+        cfg,
+        RunDir(tmp_path / "run"),
+        torch.device("meta"),
+        load_split(cfg.data, "train"),
+        load_split(cfg.data, "test"),
+        DistContext(),
+    )
     expected = torch.load(RunDir(tmp_path / "run").checkpoint, weights_only=False)["torch_rng"]
     torch.manual_seed(123)
     work.load_checkpoint()
@@ -67,9 +81,11 @@ def test_an_adamax_checkpoint_from_cuda_resumes_on_the_cpu():
     assert following.fault is None and resumed.step(x, 1e-3) == following
 
 
-FLAGS = {"matmul_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
-         "cudnn_tf32": (torch.backends.cudnn, "allow_tf32"),
-         "cudnn_deterministic": (torch.backends.cudnn, "deterministic")}
+FLAGS = {
+    "matmul_tf32": (torch.backends.cuda.matmul, "allow_tf32"),
+    "cudnn_tf32": (torch.backends.cudnn, "allow_tf32"),
+    "cudnn_deterministic": (torch.backends.cudnn, "deterministic"),
+}
 
 
 def read_flags() -> dict[str, bool]:
@@ -87,8 +103,7 @@ def process_flags():
 
 
 @pytest.mark.parametrize("value", [False, True])
-def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_path, monkeypatch,
-                                                                         process_flags, value):
+def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_path, monkeypatch, process_flags, value):
     """A run sets TF32 for matrix products and cuDNN, and cuDNN determinism, to its config's
     values while it trains (cuDNN's TF32 is on by default: float32 must switch it off) and
     leaves the process's settings as it found them."""
@@ -108,10 +123,12 @@ def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_p
 @pytest.fixture
 def gpus(monkeypatch):
     """A fake CUDA host: ``gpus(n)`` shows ``n`` devices; the current one is 0."""
+
     def show(count: int) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
     return show
 
 
@@ -133,8 +150,9 @@ def test_the_nccl_group_starts_on_the_rank_gpu_after_it_is_made_current(gpus, mo
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group",
-                        lambda **kwargs: calls.append(("init", kwargs["backend"], kwargs.get("device_id"))))
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda **kwargs: calls.append(("init", kwargs["backend"], kwargs.get("device_id")))
+    )
     for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(name, value)
     context = from_environment("cuda")
@@ -180,8 +198,9 @@ def test_ddp_leaves_the_constant_buffers_alone(monkeypatch):
     import glow_repro.engine as engine_module
 
     wrapped = {}
-    monkeypatch.setattr(engine_module, "DistributedDataParallel",
-                        lambda module, **kwargs: wrapped.update(kwargs) or module)
+    monkeypatch.setattr(
+        engine_module, "DistributedDataParallel", lambda module, **kwargs: wrapped.update(kwargs) or module
+    )
     engine = engine_module.Engine(config(), torch.device("cpu"), DistContext(rank=0, world_size=2))
     engine.wrap()
     assert wrapped == {"device_ids": None, "broadcast_buffers": False}
@@ -226,8 +245,10 @@ def test_the_training_forward_compiles_to_one_graph_without_breaks():
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
-@pytest.mark.parametrize("mode, expected", [(True, None), ("default", "default"),
-                                             ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [(True, None), ("default", "default"), ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")],
+)
 def test_train_compile_takes_a_mode_and_leaves_the_run_id_alone(monkeypatch, mode, expected):
     import glow_repro.engine as engine_module
     from glow_repro.config import run_identity
@@ -285,8 +306,10 @@ def test_a_cuda_run_resumes_bit_exactly_with_deterministic_cudnn(tmp_path):
     RunDir(tmp_path / "split").config.write_text(dump_run_config(whole))
     train(whole, tmp_path / "split")
     train(whole, tmp_path / "whole")
-    rows = [[{k: r[k] for k in ("step", "train_bpd", "grad_norm")} for r in RunDir(tmp_path / name).metrics.read()]
-            for name in ("split", "whole")]
+    rows = [
+        [{k: r[k] for k in ("step", "train_bpd", "grad_norm")} for r in RunDir(tmp_path / name).metrics.read()]
+        for name in ("split", "whole")
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 8
 
 
@@ -297,10 +320,15 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
-    done = subprocess.run(["bash", str(script), "--cpu"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET": "800"})
+    done = subprocess.run(
+        ["bash", str(script), "--cpu"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET": "800"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = done.stdout[done.stdout.index("== summary"):].splitlines()[1:]
+    summary = done.stdout[done.stdout.index("== summary") :].splitlines()[1:]
     assert summary and all(": exit 0 after" in line for line in summary), summary
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     options = [r for r in results if r["stage"] == "options"]

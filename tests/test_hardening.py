@@ -37,9 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 32},
     "model": {"depth": 1, "levels": 1, "width": 4},
-    "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2, "progress": False,
-              "n_samples": 2, "init_images": 8, "eval_batch_size": 32, "sample_temperatures": [0.7],
-              "threads": 1},
+    "train": {
+        "steps": 4,
+        "batch_size": 8,
+        "eval_every": 2,
+        "checkpoint_every": 2,
+        "progress": False,
+        "n_samples": 2,
+        "init_images": 8,
+        "eval_batch_size": 32,
+        "sample_temperatures": [0.7],
+        "threads": 1,
+    },
 }
 
 
@@ -72,8 +81,11 @@ def assert_one_line(result, *expected: str, code: int = 2) -> str:
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` (the lock files aside) and its bytes."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and not p.name.startswith(".lock")}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not p.name.startswith(".lock")
+    }
 
 
 def write_yaml(path: Path, data) -> Path:
@@ -110,7 +122,10 @@ def run_config_file(tmp_path: Path, raw: dict) -> Path:
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """Another process that holds the run's lock until killed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(ROOT)!r})
             from glow_repro.rundir import RunLock
@@ -118,7 +133,11 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
             assert lock.acquire()
             print("locked", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -211,8 +230,14 @@ def test_wrong_another_study_with_the_same_name_is_refused_unless_forced(study, 
 
 def test_wrong_stability_events_after_a_resume_equal_an_uninterrupted_runs(tmp_path):
     """Spikes are judged against the running history, which the checkpoint must carry."""
-    sensitive = {"spike_warmup": 5, "loss_spike_mads": 0.01, "loss_spike_relative": 0.0,
-                 "grad_spike_mads": 0.01, "grad_spike_relative": 0.0, "health_every": 0}
+    sensitive = {
+        "spike_warmup": 5,
+        "loss_spike_mads": 0.01,
+        "loss_spike_relative": 0.0,
+        "grad_spike_mads": 0.01,
+        "grad_spike_relative": 0.0,
+        "health_every": 0,
+    }
     raw = {**tiny(steps=12, checkpoint_every=3, eval_every=6), "monitor": sensitive}
     whole, split = RunDir(tmp_path / "whole"), RunDir(tmp_path / "split")
     train(RunConfig.model_validate(raw), whole.path)
@@ -247,8 +272,9 @@ def test_traceback_non_utf8_study_file(tmp_path):
     assert_one_line(cli("run", path, "--dry-run"), str(path), "UTF-8")
 
 
-@pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl",
-                                  "environment.json", "../../manifest.json"])
+@pytest.mark.parametrize(
+    "name", ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl", "environment.json", "../../manifest.json"]
+)
 def test_traceback_non_utf8_run_records_for_status(study, name):
     _, results, run = study
     path = run.path / name
@@ -256,8 +282,9 @@ def test_traceback_non_utf8_run_records_for_status(study, name):
     assert_no_traceback(cli("status", results))
 
 
-@pytest.mark.parametrize("name", ["status.json", "summary.json", "metrics.jsonl", "environment.json",
-                                  "config.yaml", "../../study.yaml"])
+@pytest.mark.parametrize(
+    "name", ["status.json", "summary.json", "metrics.jsonl", "environment.json", "config.yaml", "../../study.yaml"]
+)
 def test_traceback_non_utf8_run_records_for_report(study, tmp_path, name):
     _, results, run = study
     path = run.path / name
@@ -287,11 +314,18 @@ def test_traceback_damaged_or_foreign_capsule_for_replay(study, tmp_path, conten
     assert_one_line(cli("replay", capsule), str(capsule))
 
 
-@pytest.mark.parametrize("name, text", [
-    ("status.json", "[1, 2]"), ("summary.json", '"done"'), ("../../manifest.json", "[]"),
-    ("../../manifest.json", '{"runs": [1]}'), ("metrics.jsonl", "[1, 2]\n"), ("evals.jsonl", '{"step": "x"}\n'),
-    ("environment.json", "3"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("status.json", "[1, 2]"),
+        ("summary.json", '"done"'),
+        ("../../manifest.json", "[]"),
+        ("../../manifest.json", '{"runs": [1]}'),
+        ("metrics.jsonl", "[1, 2]\n"),
+        ("evals.jsonl", '{"step": "x"}\n'),
+        ("environment.json", "3"),
+    ],
+)
 def test_traceback_json_of_the_wrong_shape(study, tmp_path, name, text):
     study_file, results, run = study
     (run.path / name).write_text(text)
@@ -315,8 +349,7 @@ def test_traceback_a_report_out_path_under_a_file(study, tmp_path):
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
-def test_traceback_disk_full_or_read_only_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch,
-                                                                                code):
+def test_traceback_disk_full_or_read_only_while_writing_leaves_what_was_written(study, tmp_path, monkeypatch, code):
     _, results, _ = study
     before = snapshot(results)
 
@@ -331,10 +364,16 @@ def test_traceback_disk_full_or_read_only_while_writing_leaves_what_was_written(
     assert {k: v for k, v in snapshot(results).items() if k in before} == before
 
 
-@pytest.mark.parametrize("key, value, allowed", [
-    ("seed", 2**40, "seed"), ("model.width", 10**9, "model.width"), ("model.depth", 10**6, "model.depth"),
-    ("train.batch_size", 10**9, "train.batch_size"), ("data.synthetic_size", 10**10, "data.synthetic_size"),
-])
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("seed", 2**40, "seed"),
+        ("model.width", 10**9, "model.width"),
+        ("model.depth", 10**6, "model.depth"),
+        ("train.batch_size", 10**9, "train.batch_size"),
+        ("data.synthetic_size", 10**10, "data.synthetic_size"),
+    ],
+)
 def test_traceback_huge_values_are_refused_at_the_start(tmp_path, key, value, allowed):
     config = run_config_file(tmp_path, tiny())
     result = cli("train", config, "--out", tmp_path / "out", "--set", f"{key}={value}")
@@ -377,8 +416,7 @@ def test_unclear_duplicate_keys_in_a_study_are_refused(tmp_path):
     assert_one_line(cli("run", path, "--dry-run"), str(path), "duplicate key", "name")
 
 
-@pytest.mark.parametrize("key, value", [("data.download", "1"), ("train.progress", "'yes'"),
-                                        ("model.learn_top", "0")])
+@pytest.mark.parametrize("key, value", [("data.download", "1"), ("train.progress", "'yes'"), ("model.learn_top", "0")])
 def test_unclear_booleans_are_strict(tmp_path, key, value):
     config = run_config_file(tmp_path, tiny())
     assert_one_line(cli("train", config, "--out", tmp_path / "out", "--set", f"{key}={value}"), key)
@@ -386,8 +424,18 @@ def test_unclear_booleans_are_strict(tmp_path, key, value):
 
 # -- random corruption of every file of a finished run -------------------------------------------
 
-CORRUPTED = ["status.json", "summary.json", "metrics.jsonl", "evals.jsonl", "environment.json",
-             "config.yaml", "checkpoint.pt", "samples/samples.json", "../../manifest.json", "../../study.yaml"]
+CORRUPTED = [
+    "status.json",
+    "summary.json",
+    "metrics.jsonl",
+    "evals.jsonl",
+    "environment.json",
+    "config.yaml",
+    "checkpoint.pt",
+    "samples/samples.json",
+    "../../manifest.json",
+    "../../study.yaml",
+]
 
 
 def _corrupt(data: bytes, rng: random.Random) -> bytes:
@@ -412,9 +460,12 @@ def test_corruption_of_any_file_gives_no_traceback(study, tmp_path, case):
     rng = random.Random(case)
     path = run.path / CORRUPTED[case % len(CORRUPTED)]
     path.write_bytes(_corrupt(path.read_bytes(), rng))
-    for args in (["status", results], ["report", results, "--out", tmp_path / "report"],
-                 ["run", results / "study.yaml", "--results", results, "--dry-run"],
-                 ["sample", run.path, "--out", tmp_path / "samples", "-n", "2", "--interpolations", "1"]):
+    for args in (
+        ["status", results],
+        ["report", results, "--out", tmp_path / "report"],
+        ["run", results / "study.yaml", "--results", results, "--dry-run"],
+        ["sample", run.path, "--out", tmp_path / "samples", "-n", "2", "--interpolations", "1"],
+    ):
         assert_no_traceback(cli(*args))
 
 
@@ -454,8 +505,13 @@ def _runner(study: Path, results: Path, train_fn: str, workers: int) -> subproce
         print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
         sys.exit(130 if report.interrupted else 0)
     """)
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait(predicate, timeout: float = 90.0) -> None:
@@ -473,9 +529,14 @@ def test_wrong_ctrl_c_while_a_worker_imports_torch_trains_nothing(tmp_path):
     train() has imported torch; the run is left untouched and the next run trains it."""
     study = write_yaml(tmp_path / "tiny.yaml", {"name": "tiny", "base": tiny(), "seeds": [0]})
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     _wait(lambda: any((results / "runs").glob("*/.lock")))
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -517,10 +578,13 @@ def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path)
         assert [row["step"] for row in RunDir(run).metrics.read()] == list(range(1, 201))
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("name: t\nseeds: [2147483648]\n", "seeds must be non-negative and at most"),
-    ("name: t\nseeds: [0]\nlauncher:\n  mem_gb: .inf\n", "launcher.mem_gb"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("name: t\nseeds: [2147483648]\n", "seeds must be non-negative and at most"),
+        ("name: t\nseeds: [0]\nlauncher:\n  mem_gb: .inf\n", "launcher.mem_gb"),
+    ],
+)
 def test_traceback_study_values_out_of_range_are_refused(tmp_path, text, expected):
     path = tmp_path / "study.yaml"
     path.write_text(text)

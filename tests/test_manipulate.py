@@ -78,11 +78,14 @@ def test_attributes_of_class_and_attribute_datasets():
     assert pos.tolist() == [False, True, False] and neg.tolist() == [True, False, True]
 
 
-@pytest.mark.parametrize("attribute, names, dataset, listed", [
-    ("Smiley", CELEBA_ATTRIBUTES, "celeba", "Blond_Hair, Blurry"),
-    ("12", DIGIT_NAMES, "mnist", "0 0, 1 1"),
-    ("Boot-vs-Bag", FASHION_MNIST_NAMES, "fashion-mnist", "9 Ankle boot"),
-])
+@pytest.mark.parametrize(
+    "attribute, names, dataset, listed",
+    [
+        ("Smiley", CELEBA_ATTRIBUTES, "celeba", "Blond_Hair, Blurry"),
+        ("12", DIGIT_NAMES, "mnist", "0 0, 1 1"),
+        ("Boot-vs-Bag", FASHION_MNIST_NAMES, "fashion-mnist", "9 Ankle boot"),
+    ],
+)
 def test_an_unknown_attribute_names_the_ones_that_exist(attribute, names, dataset, listed):
     labels = torch.zeros(2, 40, dtype=torch.long) if dataset == "celeba" else torch.tensor([0, 1])
     with pytest.raises(UserFacingError, match=f"unknown attribute {attribute!r} of {dataset}") as err:
@@ -92,18 +95,41 @@ def test_an_unknown_attribute_names_the_ones_that_exist(attribute, names, datase
 
 @pytest.fixture(scope="module", params=["none", "class"])
 def run_dir(request, tmp_path_factory):
-    raw = {"data": {"dataset": "synthetic", "synthetic_size": 32},
-           "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": request.param},
-           "train": {"steps": 2, "batch_size": 8, "eval_every": 2, "n_samples": 2, "init_images": 16,
-                     "device": "cpu", "progress": False, "sample_temperatures": [0.5]}}
+    raw = {
+        "data": {"dataset": "synthetic", "synthetic_size": 32},
+        "model": {"depth": 1, "levels": 2, "width": 8, "conditioning": request.param},
+        "train": {
+            "steps": 2,
+            "batch_size": 8,
+            "eval_every": 2,
+            "n_samples": 2,
+            "init_images": 16,
+            "device": "cpu",
+            "progress": False,
+            "sample_temperatures": [0.5],
+        },
+    }
     path = tmp_path_factory.mktemp(f"run-{request.param}")
     train(RunConfig.model_validate(raw), path)
     return path
 
 
 def test_command_writes_the_figure_and_its_record(run_dir, tmp_path):
-    result = CliRunner().invoke(main, ["manipulate", str(run_dir), "--attribute", "stripes",
-                                       "--alphas", "-1,0,1,2", "--images", "3", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "manipulate",
+            str(run_dir),
+            "--attribute",
+            "stripes",
+            "--alphas",
+            "-1,0,1,2",
+            "--images",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "manipulate_stripes.json").read_text())
     assert record["alphas"] == [-1, 0, 1, 2] and record["direction_norm"] > 0
@@ -113,10 +139,13 @@ def test_command_writes_the_figure_and_its_record(run_dir, tmp_path):
     assert "held-out projection" in result.output
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--attribute", "zigzag"], "unknown attribute 'zigzag' of synthetic"),
-    (["--attribute", "blob", "--alphas", "1,x"], "--alphas: expected numbers"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--attribute", "zigzag"], "unknown attribute 'zigzag' of synthetic"),
+        (["--attribute", "blob", "--alphas", "1,x"], "--alphas: expected numbers"),
+    ],
+)
 def test_command_mistakes_are_one_line(run_dir, tmp_path, args, expected):
     result = CliRunner().invoke(main, ["manipulate", str(run_dir), "--out", str(tmp_path), *args])
     assert result.exit_code == 2 and expected in result.output

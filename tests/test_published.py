@@ -22,7 +22,9 @@ from glow_repro.study.tables import flatten
 REPO = Path(__file__).resolve().parents[1]
 
 
-def study(data: dict, bpd: list[float], epoch: float = 4.0, model: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def study(
+    data: dict, bpd: list[float], epoch: float = 4.0, model: dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """finals and configs of one variant with one run per bpd value."""
     configs, finals = [], []
     for seed, value in enumerate(bpd):

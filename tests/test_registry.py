@@ -79,10 +79,14 @@ def test_a_new_coupling_and_permutation_are_one_registration_each(scratch_regist
     COUPLINGS.register("tanh-affine", lambda model: TanhAffine())
     PERMUTATIONS.register("roll", lambda channels, model: Roll())
 
-    config = validate_model(ModelConfig, {"coupling": "tanh-affine", "permutation": "roll",
-                                          "depth": 2, "levels": 1, "width": 8}, "toy.yaml")
-    with pytest.raises(ConfigError, match="model.permutation: must be one of 'conv1x1', 'shuffle', "
-                                          r"'reverse' or 'roll' \(got 'conv2x2'\)"):
+    config = validate_model(
+        ModelConfig, {"coupling": "tanh-affine", "permutation": "roll", "depth": 2, "levels": 1, "width": 8}, "toy.yaml"
+    )
+    with pytest.raises(
+        ConfigError,
+        match="model.permutation: must be one of 'conv1x1', 'shuffle', "
+        r"'reverse' or 'roll' \(got 'conv2x2'\)",
+    ):
         validate_model(RunConfig, {"model": {"permutation": "conv2x2"}}, "toy.yaml")
 
     model = Glow(config, (1, 4, 4))
@@ -126,8 +130,7 @@ def test_a_new_file_dataset_gets_the_common_file_handling(scratch_registries, tm
         images = np.load(paths[0])
         return images, np.zeros(len(images), dtype=np.int64)
 
-    files = FileSource(layouts=("npy",), names=lambda split: (f"{split}.npy",), read=read_npy,
-                       fetch=None, url=None)
+    files = FileSource(layouts=("npy",), names=lambda split: (f"{split}.npy",), read=read_npy, fetch=None, url=None)
     DATASETS.register("npy", Dataset((1, 2, 2), "npy", files=lambda: files))
     cfg = DataConfig(dataset="npy", root=tmp_path)
     with pytest.raises(DataUnavailableError, match=r"npy/test: data files not found: test.npy; looked in"):

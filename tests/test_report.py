@@ -78,13 +78,20 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     assert "The claimed order (affine < additive) holds in these means" in markdown
     # verdicts open the report, from the claims in study.yaml
     assert markdown.index("Verdicts on the paper's claims") < markdown.index("## 2. Summary")
-    assert ("Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in `final_test_bpd`: **reproduced**, "
-            "2 of 2 pairs significant") in markdown
+    assert (
+        "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in `final_test_bpd`: **reproduced**, "
+        "2 of 2 pairs significant"
+    ) in markdown
     # reverse/affine has one finished seed: no spread, so the claim cannot be resolved there
-    assert "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in `final_test_bpd`: **inconclusive**" in markdown
+    assert (
+        "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in `final_test_bpd`: **inconclusive**"
+        in markdown
+    )
     assert "the least resolved pair, affine < additive (permutation=reverse)" in markdown
     claims = pd.read_csv(out / "tables" / "verdict_claims.csv").set_index("claim")
-    assert claims.loc["permutation-order", "verdict"] == "reproduced" and claims.loc["permutation-order", "resolved"] == 2
+    assert (
+        claims.loc["permutation-order", "verdict"] == "reproduced" and claims.loc["permutation-order", "resolved"] == 2
+    )
     assert "\\begin{tabular}" in (out / "tables" / "verdicts.tex").read_text()
     assert "no verified published bpd for Fashion-MNIST" in markdown
     assert "RuntimeError: boom" in text

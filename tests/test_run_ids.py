@@ -16,21 +16,39 @@ REPO = Path(__file__).resolve().parents[1]
 # (study, runs, first run id, last run id, sha256 of all run ids joined by spaces)
 PINNED = [
     ("studies/smoke.yaml", 4, "additive-s0-28daf19f", "affine-s1-48859d19", "b603cdf916cf"),
-    ("studies/depth_ablation.yaml", 24, "depth2-levels1-s0-35af0530", "depth16-levels2-s2-a758f25f",
-     "8d8948c547aa"),
-    ("studies/permutation_ablation.yaml", 18, "additive-reverse-s0-e39a026c", "affine-conv1x1-s2-9dc42d4b",
-     "f90671ed8869"),
-    ("studies/scale_ablation.yaml", 18, "sigmoid-lr0.001-s0-f8eb5303", "exp-lr0.01-s2-915d5b47",
-     "b7e3bb0cc39e"),
+    ("studies/depth_ablation.yaml", 24, "depth2-levels1-s0-35af0530", "depth16-levels2-s2-a758f25f", "8d8948c547aa"),
+    (
+        "studies/permutation_ablation.yaml",
+        18,
+        "additive-reverse-s0-e39a026c",
+        "affine-conv1x1-s2-9dc42d4b",
+        "f90671ed8869",
+    ),
+    ("studies/scale_ablation.yaml", 18, "sigmoid-lr0.001-s0-f8eb5303", "exp-lr0.01-s2-915d5b47", "b7e3bb0cc39e"),
     # The paper studies' budgets moved from steps to the paper's epochs (configs/paper_cifar10.yaml),
     # which moved these ids on purpose: 1406250 steps were 1800.6 epochs of 781 batches, past
     # Figure 3's last epoch, so `compare` had no paper value to set beside the final bpd.
-    ("studies/paper/depth_ablation.yaml", 27, "depth8-levels2-s0-928f0366", "depth32-levels4-s2-9dfb1382",
-     "b252ca8bb02d"),
-    ("studies/paper/permutation_ablation.yaml", 18, "additive-reverse-s0-5e857af0",
-     "affine-conv1x1-s2-615b43ed", "3393a9833772"),
-    ("studies/paper/scale_ablation.yaml", 18, "sigmoid-lr0.0005-s0-006a6a2f", "exp-lr0.002-s2-2e730484",
-     "ffec93520e9c"),
+    (
+        "studies/paper/depth_ablation.yaml",
+        27,
+        "depth8-levels2-s0-928f0366",
+        "depth32-levels4-s2-9dfb1382",
+        "b252ca8bb02d",
+    ),
+    (
+        "studies/paper/permutation_ablation.yaml",
+        18,
+        "additive-reverse-s0-5e857af0",
+        "affine-conv1x1-s2-615b43ed",
+        "3393a9833772",
+    ),
+    (
+        "studies/paper/scale_ablation.yaml",
+        18,
+        "sigmoid-lr0.0005-s0-006a6a2f",
+        "exp-lr0.002-s2-2e730484",
+        "ffec93520e9c",
+    ),
 ]
 
 

@@ -50,8 +50,7 @@ def fake_train(config, run_dir, *, threads=None, progress=None):
         run.metrics.append({"step": step, "train_bpd": 8.0 - step / 100})
         run.write_status("running", step=step)
     run.evals.append({"step": steps, "test_bpd": 7.0 + config.seed / 10})
-    summary = {"state": "done", "step": steps, "final_test_bpd": 7.0 + config.seed / 10,
-               "wall_time": 0.5}
+    summary = {"state": "done", "step": steps, "final_test_bpd": 7.0 + config.seed / 10, "wall_time": 0.5}
     atomic_write_json(run.summary_file, summary)
     run.write_status("done", step=steps)
     return summary
@@ -61,8 +60,7 @@ def make_study(tmp_path: Path, widths=(12, 16), seeds=(0, 1), steps=3, name="fak
     spec = {
         "name": name,
         "reference": "none",
-        "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1},
-                 "train": {"steps": steps}},
+        "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1}, "train": {"steps": steps}},
         "grid": {"model.width": list(widths)},
         "seeds": list(seeds),
     }
@@ -73,10 +71,7 @@ def make_study(tmp_path: Path, widths=(12, 16), seeds=(0, 1), steps=3, name="fak
 
 def calls(results: Path) -> dict[str, int]:
     """How many times train was called per run."""
-    return {
-        p.parent.name: len(p.read_text().splitlines())
-        for p in sorted((results / "runs").glob("*/calls.txt"))
-    }
+    return {p.parent.name: len(p.read_text().splitlines()) for p in sorted((results / "runs").glob("*/calls.txt"))}
 
 
 def test_study_trains_every_run_then_a_rerun_trains_nothing(tmp_path):
@@ -103,8 +98,9 @@ def test_study_trains_every_run_then_a_rerun_trains_nothing(tmp_path):
 
 def test_the_long_tables_are_written_at_the_end_failed_runs_included(tmp_path):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path, widths=(12, FAIL_WIDTH)), results, launcher="inprocess",
-                       train_fn=fake_train)
+    report = run_study(
+        make_study(tmp_path, widths=(12, FAIL_WIDTH)), results, launcher="inprocess", train_fn=fake_train
+    )
     assert report.tables_dir == results / "tables" == tables_dir(results)
     for name in ("steps", "evals", "finals", "events"):
         assert (results / "tables" / f"{name}.csv").is_file(), name
@@ -169,8 +165,9 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
 @pytest.mark.slow  # worker processes, each importing torch
 def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path, widths=(12, CRASH_WIDTH), seeds=(0,)), results,
-                       workers=2, train_fn=fake_train)
+    report = run_study(
+        make_study(tmp_path, widths=(12, CRASH_WIDTH), seeds=(0,)), results, workers=2, train_fn=fake_train
+    )
     assert report.counts["done"] == 1 and report.counts["failed"] == 1
     crashed = report.runs_in("failed")[0]
     assert "worker process died" in RunDir(crashed.run_dir).status()["error"]
@@ -183,15 +180,20 @@ def test_a_run_locked_by_another_process_is_skipped(tmp_path):
     plan = run_study(study, results, dry_run=True).plan
     held = plan[0].run_dir
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from glow_repro.rundir import RunLock
             lock = RunLock({str(held)!r})
             assert lock.acquire()
             print("locked", flush=True)
             time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -237,8 +239,12 @@ def test_only_filters_runs(tmp_path):
 
 def test_submitit_debug_executor_runs_the_study(tmp_path):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), results,
-                       launcher="submitit-debug", train_fn=fake_train)
+    report = run_study(
+        make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)),
+        results,
+        launcher="submitit-debug",
+        train_fn=fake_train,
+    )
     assert report.counts["done"] == 1 and report.counts["failed"] == 1
 
 
@@ -246,16 +252,22 @@ def test_submitit_debug_executor_runs_the_study(tmp_path):
 def test_submitit_local_executor_runs_the_study(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path, seeds=(0,)), results, launcher="submitit-local",
-                       train_fn=fake_train, slurm={"time": "0:10:00"})
+    report = run_study(
+        make_study(tmp_path, seeds=(0,)),
+        results,
+        launcher="submitit-local",
+        train_fn=fake_train,
+        slurm={"time": "0:10:00"},
+    )
     assert report.counts["done"] == 2, report.outcomes
     assert any((results / "submitit").iterdir())
 
 
 def test_status_reads_every_run(tmp_path):
     results = tmp_path / "results"
-    run_study(make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), results,
-              launcher="inprocess", train_fn=fake_train)
+    run_study(
+        make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), results, launcher="inprocess", train_fn=fake_train
+    )
     rows = {row.variant: row for row in collect_status(results)}
     assert rows["width=12"].state == "done" and rows["width=12"].test_bpd == 7.0
     assert rows["width=12"].step == 3 and rows["width=12"].wall_time == 0.5
@@ -289,8 +301,13 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
         print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
         sys.exit(130 if report.interrupted else 0)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
     def statuses():
         return [RunDir(p).status() for p in (results / "runs").glob("*")]

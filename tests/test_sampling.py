@@ -102,8 +102,13 @@ def test_samples_are_reproducible_and_grids_have_the_expected_size(runs, tmp_pat
     assert same("samples_T0.png", "a", "c"), "temperature 0 is the prior's mean: no noise at all"
     assert not same("samples_T0.7.png", "a", "c")
     # 8x8 images, 1 pixel of padding around each: a grid of r rows and c columns is (9c+1)x(9r+1)
-    expected = {"samples_T0.png": (2, 2), "samples_T0.7.png": (2, 2), "temperatures.png": (2, 4),
-                "reconstructions.png": (2, 4), "interpolation.png": (2, 3)}
+    expected = {
+        "samples_T0.png": (2, 2),
+        "samples_T0.7.png": (2, 2),
+        "temperatures.png": (2, 4),
+        "reconstructions.png": (2, 4),
+        "interpolation.png": (2, 3),
+    }
     for name, (rows, columns) in expected.items():
         assert png_size(tmp_path / "a" / name) == (9 * columns + 1, 9 * rows + 1), name
     record = json.loads((tmp_path / "a" / "sample.json").read_text())
@@ -119,12 +124,15 @@ def test_default_output_folder_is_the_runs_samples_folder(runs, tmp_path):
     assert (run / "samples" / "samples_T0.5.png").is_file() and (run / "samples" / "interpolation.png").is_file()
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("empty", "not a run directory (no config.yaml)"),
-    ("results", "looks like a results directory, pass one of its runs"),
-    ("no_checkpoint", "no checkpoint yet (run state: pending)"),
-    ("corrupt", "unreadable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("empty", "not a run directory (no config.yaml)"),
+        ("results", "looks like a results directory, pass one of its runs"),
+        ("no_checkpoint", "no checkpoint yet (run state: pending)"),
+        ("corrupt", "unreadable checkpoint"),
+    ],
+)
 def test_cli_errors_are_one_line(runs, tmp_path, case, expected):
     path = tmp_path / "run"
     path.mkdir()

@@ -23,8 +23,15 @@ from tests.conftest import tiny_config
 
 RUNS = {
     "data": {"synthetic_size": 256},
-    "train": {"steps": 40, "batch_size": 32, "eval_every": 20, "checkpoint_every": 10,
-              "n_samples": 2, "channels_last": False, "device": "cpu"},
+    "train": {
+        "steps": 40,
+        "batch_size": 32,
+        "eval_every": 20,
+        "checkpoint_every": 10,
+        "n_samples": 2,
+        "channels_last": False,
+        "device": "cpu",
+    },
 }
 
 # Largest per-step train-bpd difference from the float32 baseline we accept, per option.
@@ -56,9 +63,14 @@ def assert_close_to(baseline, run_dir: Path, tolerance: float) -> None:
     assert max(abs(a - b) for a, b in zip(test_a, test_b)) <= tolerance
 
 
-@pytest.mark.parametrize("option", [
-    {"channels_last": True}, {"grad_checkpointing": True}, {"precision": "bf16"},
-])
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"channels_last": True},
+        {"grad_checkpointing": True},
+        {"precision": "bf16"},
+    ],
+)
 def test_speed_option_leaves_bpd_within_tolerance(baseline, tmp_path, option):
     train(config(**option), tmp_path / "run", threads=1)
     assert_close_to(baseline, tmp_path / "run", TOLERANCE[next(iter(option))])
@@ -89,8 +101,23 @@ def test_grad_checkpointing_keeps_gradients_exact():
 
 
 def torchrun(config_path: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "glow_repro", "train", str(config_path), "--out", str(out), "--threads", "1", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "glow_repro",
+        "train",
+        str(config_path),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -115,8 +142,17 @@ def test_a_slurm_job_of_two_tasks_trains_one_run_with_two_gloo_processes(baselin
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     study = tmp_path / "study.yaml"
-    study.write_text(json.dumps({"name": "ddp", "reference": "none", "base": config().to_dict(),
-                                 "seeds": [0], "launcher": {"processes_per_run": 2, "cpus_per_task": 1}}))
+    study.write_text(
+        json.dumps(
+            {
+                "name": "ddp",
+                "reference": "none",
+                "base": config().to_dict(),
+                "seeds": [0],
+                "launcher": {"processes_per_run": 2, "cpus_per_task": 1},
+            }
+        )
+    )
     report = run_study(study, tmp_path / "results", launcher="submitit-local", slurm={"time": "0:10:00"})
     assert report.counts["done"] == 1, report.outcomes
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()

@@ -38,8 +38,9 @@ def study(**fields) -> dict:
 
 
 def test_grid_expands_to_product_times_seeds_with_labels_and_ids(tmp_path):
-    path = write(tmp_path, study(grid={"model.permutation": ["reverse", "conv1x1"],
-                                       "model.coupling": ["additive", "affine"]}))
+    path = write(
+        tmp_path, study(grid={"model.permutation": ["reverse", "conv1x1"], "model.coupling": ["additive", "affine"]})
+    )
     runs = expand(load_study(path))
     assert len(runs) == 2 * 2 * 2
     assert [(r.variant, r.seed) for r in runs[:3]] == [
@@ -57,13 +58,22 @@ def test_grid_expands_to_product_times_seeds_with_labels_and_ids(tmp_path):
 
 
 def test_reordering_yaml_keys_keeps_run_ids(tmp_path):
-    one = write(tmp_path, study(grid={"model.permutation": ["reverse", "conv1x1"],
-                                      "model.coupling": ["additive", "affine"]}), "one.yaml")
-    base = {"train": {"batch_size": 8, "steps": 5}, "model": {"width": 16, "levels": 2, "depth": 2},
-            "data": {"dataset": "synthetic"}}
-    other = {"seeds": [1, 0], "grid": {"model.coupling": ["affine", "additive"],
-                                       "model.permutation": ["conv1x1", "reverse"]},
-             "base": base, "name": "t"}
+    one = write(
+        tmp_path,
+        study(grid={"model.permutation": ["reverse", "conv1x1"], "model.coupling": ["additive", "affine"]}),
+        "one.yaml",
+    )
+    base = {
+        "train": {"batch_size": 8, "steps": 5},
+        "model": {"width": 16, "levels": 2, "depth": 2},
+        "data": {"dataset": "synthetic"},
+    }
+    other = {
+        "seeds": [1, 0],
+        "grid": {"model.coupling": ["affine", "additive"], "model.permutation": ["conv1x1", "reverse"]},
+        "base": base,
+        "name": "t",
+    }
     two = write(tmp_path, other, "two.yaml")
 
     def ids(path):
@@ -83,13 +93,18 @@ def test_execution_settings_do_not_change_ids_but_real_settings_do(tmp_path):
 
 
 def test_explicit_variants_combine_with_grid(tmp_path):
-    variants = [{"label": "paper", "model.scale": "exp", "train.lr": 1e-3},
-                {"model.scale": "sigmoid", "train.lr": "3e-3"}]
+    variants = [
+        {"label": "paper", "model.scale": "exp", "train.lr": 1e-3},
+        {"model.scale": "sigmoid", "train.lr": "3e-3"},
+    ]
     path = write(tmp_path, study(variants=variants, grid={"model.depth": [2, 4]}, seeds=[0]))
     runs = expand(load_study(path))
-    assert [r.variant for r in runs] == ["paper, depth=2", "paper, depth=4",
-                                         "scale=sigmoid, lr=0.003, depth=2",
-                                         "scale=sigmoid, lr=0.003, depth=4"]
+    assert [r.variant for r in runs] == [
+        "paper, depth=2",
+        "paper, depth=4",
+        "scale=sigmoid, lr=0.003, depth=2",
+        "scale=sigmoid, lr=0.003, depth=4",
+    ]
     assert runs[0].overrides == {"model.scale": "exp", "train.lr": 0.001, "model.depth": 2}
     assert runs[2].overrides == {"model.scale": "sigmoid", "train.lr": 0.003, "model.depth": 2}
     assert runs[0].run_id.startswith("paper-depth2-s0-")
@@ -108,8 +123,11 @@ def test_base_path_is_relative_to_the_study_file(tmp_path):
 def test_set_changes_the_base_as_if_the_base_said_so(tmp_path):
     """A study as a delta: ``base:`` file + ``set:`` gives the runs (and ids) of the inline whole."""
     write(tmp_path, BASE, "base.yaml")
-    delta = write(tmp_path, study(base="base.yaml", set={"train.steps": 7, "model.width": 8},
-                                  grid={"model.depth": [2, 3]}), "delta.yaml")
+    delta = write(
+        tmp_path,
+        study(base="base.yaml", set={"train.steps": 7, "model.width": 8}, grid={"model.depth": [2, 3]}),
+        "delta.yaml",
+    )
     whole = {**BASE, "model": {**BASE["model"], "width": 8}, "train": {**BASE["train"], "steps": 7}}
     inline = write(tmp_path, study(base=whole, grid={"model.depth": [2, 3]}), "inline.yaml")
     runs = expand(load_study(delta))
@@ -143,8 +161,10 @@ def test_set_may_not_touch_a_swept_key(tmp_path):
 BAD = {
     "unknown top-level key": (study(gird={"model.depth": [2]}), r"gird: unknown key"),
     "unknown axis key": (study(grid={"model.depht": [2, 3]}), r"\(model.depht=2\): model.depht: unknown key"),
-    "bad axis value": (study(grid={"model.permutation": ["conv1x1", "lu"]}),
-                       r"model.permutation='lu'\): model.permutation: must be one of"),
+    "bad axis value": (
+        study(grid={"model.permutation": ["conv1x1", "lu"]}),
+        r"model.permutation='lu'\): model.permutation: must be one of",
+    ),
     "empty axis": (study(grid={"model.depth": []}), r"grid: .*axis model.depth is empty"),
     "axis not a list": (study(grid={"model.depth": 4}), r"grid.model.depth: .*list"),
     "no seeds": (study(seeds=[]), r"seeds: .*at least 1"),
@@ -154,8 +174,10 @@ BAD = {
     "seed as axis": (study(grid={"seed": [0, 1]}), r"grid: .*seeds:"),
     "bad name": (study(name="a/b"), r"name: .*directory-safe"),
     "missing base file": (study(base="nowhere.yaml"), r"base: no such file"),
-    "set of a swept key": (study(set={"model.depth": 3}, grid={"model.depth": [2, 4]}),
-                           r"set.model.depth: model.depth is swept"),
+    "set of a swept key": (
+        study(set={"model.depth": 3}, grid={"model.depth": [2, 4]}),
+        r"set.model.depth: model.depth is swept",
+    ),
     "set of the seed": (study(set={"seed": 3}), r"set: .*seeds:"),
     "set of an unknown key": (study(set={"train.stepz": 3}), r"train.stepz: unknown key"),
     "same config twice": (study(variants=[{"model.depth": 2}, {"model.depth": 2.0}]), r"give the same config"),
@@ -182,7 +204,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 
 def test_slurm_time_formats():
     assert [parse_time_minutes(t) for t in (90, "90", "30:00", "2:00:00", "1-00:00:00", "0:30")] == [
-        90, 90, 30, 120, 1440, 1]
+        90,
+        90,
+        30,
+        120,
+        1440,
+        1,
+    ]
     with pytest.raises(ValueError, match="HH:MM:SS"):
         parse_time_minutes("two hours")
 

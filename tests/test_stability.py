@@ -38,20 +38,23 @@ def config(**sections) -> RunConfig:
     return tiny_config(RUNS, sections)
 
 
-def inject(monkeypatch, layer: str, calls: set[int] | None = None, *, gradient: bool = False,
-           from_call: int | None = None) -> None:
+def inject(
+    monkeypatch, layer: str, calls: set[int] | None = None, *, gradient: bool = False, from_call: int | None = None
+) -> None:
     """Make ``train`` build a Glow whose ``layer`` emits NaN on chosen training-mode forwards.
 
     Training-mode forward number 1 is the ActNorm init, number s + 1 is step s; the forensic
     re-run of a bad step is the forward right after it.
     """
+
     def build(model_config, shape):
         model = Glow(model_config, shape)
         counter = {"n": 0}
 
         def fires() -> bool:
             return (calls is not None and counter["n"] in calls) or (
-                from_call is not None and counter["n"] >= from_call)
+                from_call is not None and counter["n"] >= from_call
+            )
 
         def count(module, inputs):
             if module.training:

@@ -52,13 +52,28 @@ def test_status_of_a_run_never_started_is_pending(tmp_path):
 
 
 def test_run_states_keep_their_strings_and_say_what_the_runner_does():
-    assert [s.value for s in RunState if s.recorded] == ["done", "diverged", "running", "interrupted", "failed",
-                                                        "pending"]
+    assert [s.value for s in RunState if s.recorded] == [
+        "done",
+        "diverged",
+        "running",
+        "interrupted",
+        "failed",
+        "pending",
+    ]
     assert {s for s in RunState if s.finished} == {RunState.DONE, RunState.DIVERGED}
     actions = {state.value: state.action(retry_failed=False) for state in RunState}
-    assert actions == {"done": "skip", "diverged": "skip", "running": "elsewhere", "elsewhere": "elsewhere",
-                       "killed": "resume", "interrupted": "resume", "failed": "keep-failed",
-                       "pending": "train", "cancelled": "resume", "unreadable": "unreadable"}
+    assert actions == {
+        "done": "skip",
+        "diverged": "skip",
+        "running": "elsewhere",
+        "elsewhere": "elsewhere",
+        "killed": "resume",
+        "interrupted": "resume",
+        "failed": "keep-failed",
+        "pending": "train",
+        "cancelled": "resume",
+        "unreadable": "unreadable",
+    }
     assert RunState.FAILED.action(retry_failed=True) == "retry"
     assert RunState.display_order(["pending", "failed", "done", "pending"]) == ["done", "failed", "pending"]
     assert json.loads(json.dumps({"state": RunState.DONE})) == {"state": "done"}
@@ -76,8 +91,11 @@ def test_only_recorded_states_are_written(tmp_path):
 def test_reading_layer_names_the_file_for_damage_and_wrong_shapes(tmp_path):
     path = tmp_path / "x.json"
     assert read_json(path, default="none") == "none"
-    for data, expected in [(b'{"a": \xff}', "not UTF-8 text (byte 0xff at offset 6)"),
-                           (b'{"a": ', "not valid JSON"), (b"[1]", "holds a list where an object belongs")]:
+    for data, expected in [
+        (b'{"a": \xff}', "not UTF-8 text (byte 0xff at offset 6)"),
+        (b'{"a": ', "not valid JSON"),
+        (b"[1]", "holds a list where an object belongs"),
+    ]:
         path.write_bytes(data)
         with pytest.raises(UnreadableFileError, match=re.escape(expected)) as caught:
             read_json(path, expect=dict)

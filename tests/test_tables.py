@@ -56,10 +56,20 @@ def make_fake_study(root: Path, dataset: str = "fashion-mnist", image_size: int 
         "grid": {"model.permutation": list(PERMUTATIONS), "model.coupling": list(COUPLINGS)},
         "seeds": list(SEEDS),
         "claims": [
-            {"id": "permutation-order", "source": "Glow, Figure 3", "key": "model.permutation",
-             "order": ["conv1x1", "reverse"], "within": ["model.coupling"]},
-            {"id": "affine-beats-additive", "source": "Glow, Figure 3", "key": "model.coupling",
-             "order": ["affine", "additive"], "within": ["model.permutation"]},
+            {
+                "id": "permutation-order",
+                "source": "Glow, Figure 3",
+                "key": "model.permutation",
+                "order": ["conv1x1", "reverse"],
+                "within": ["model.coupling"],
+            },
+            {
+                "id": "affine-beats-additive",
+                "source": "Glow, Figure 3",
+                "key": "model.coupling",
+                "order": ["affine", "additive"],
+                "within": ["model.permutation"],
+            },
         ],
     }
     results.mkdir(parents=True)

@@ -54,7 +54,8 @@ def test_event_files_hold_the_logged_curves_and_samples(run_dir: Path) -> None:
     assert logged == {(row["step"], round(row["train_bpd"], 5)) for row in metrics}
     evals = read_jsonl(run_dir / "evals.jsonl")
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("test/bpd")] == [
-        (row["step"], round(row["test_bpd"], 5)) for row in evals]
+        (row["step"], round(row["test_bpd"], 5)) for row in evals
+    ]
     pngs = sorted(p.stem for p in (run_dir / "samples").glob("*.png"))
     assert pngs and sorted(tag.removeprefix("samples/") for tag in tags["images"]) == pngs
 

@@ -27,8 +27,14 @@ from tests.conftest import tiny_config
 
 RUNS = {
     "data": {"synthetic_size": 256},
-    "train": {"steps": 40, "batch_size": 16, "eval_every": 20, "checkpoint_every": 10,
-              "warmup_steps": 5, "n_samples": 4},
+    "train": {
+        "steps": 40,
+        "batch_size": 16,
+        "eval_every": 20,
+        "checkpoint_every": 10,
+        "warmup_steps": 5,
+        "n_samples": 4,
+    },
 }
 TIMING = ("step_time", "images_per_s", "wall_time")
 
@@ -96,8 +102,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     cfg = config(train={"steps": 300, "checkpoint_every": 25, "eval_every": 100})
     path = write_config(tmp_path / "cfg.yaml", cfg)
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "glow_repro", "train", str(path), "--out", str(out),
-               "--threads", "1", "--quiet"]
+    command = [sys.executable, "-m", "glow_repro", "train", str(path), "--out", str(out), "--threads", "1", "--quiet"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -251,13 +256,19 @@ def test_engine_builds_the_same_weights_from_a_seed_and_keeps_no_bad_update():
     assert any(not torch.equal(before[name], value) for name, value in engine.model.state_dict().items())
 
 
-@pytest.mark.parametrize("policy, kind, responses", [
-    ("stop", "nonfinite_loss", [("stop", True, False)]),
-    ("skip", "nonfinite_loss", [("skip", False, False), ("skip", False, False), ("skip", True, True)]),
-    ("skip", "nonfinite_parameters", [("stop", True, False)]),  # an applied update cannot be skipped
-    ("rollback", "nonfinite_parameters", [("rollback", False, False), ("rollback", False, False),
-                                          ("rollback", True, True)]),
-])
+@pytest.mark.parametrize(
+    "policy, kind, responses",
+    [
+        ("stop", "nonfinite_loss", [("stop", True, False)]),
+        ("skip", "nonfinite_loss", [("skip", False, False), ("skip", False, False), ("skip", True, True)]),
+        ("skip", "nonfinite_parameters", [("stop", True, False)]),  # an applied update cannot be skipped
+        (
+            "rollback",
+            "nonfinite_parameters",
+            [("rollback", False, False), ("rollback", False, False), ("rollback", True, True)],
+        ),
+    ],
+)
 def test_recovery_policy_counts_and_gives_up_after_its_budget(policy, kind, responses):
     cfg = config(train={"on_nonfinite": policy, "max_skips": 2, "max_rollbacks": 2, "rollback_lr_factor": 0.5})
     recovery = RecoveryPolicy(cfg.train)

@@ -40,13 +40,19 @@ from tests.test_runner import fake_train
 
 SWEPT = ["model.permutation", "model.coupling"]
 PERMUTATIONS = ["reverse", "shuffle", "conv1x1"]
-ORDER = ClaimSpec(id="permutation-order", source="Glow, Figure 3", key="model.permutation",
-                  order=["conv1x1", "shuffle", "reverse"], within=["model.coupling"])
+ORDER = ClaimSpec(
+    id="permutation-order",
+    source="Glow, Figure 3",
+    key="model.permutation",
+    order=["conv1x1", "shuffle", "reverse"],
+    within=["model.coupling"],
+)
 NO_EVALS = pd.DataFrame(columns=["run_id", "seed", "step", "test_bpd"])
 
 
-def finals_table(means: dict[str, float], seeds: int = 6, noise: float = 0.1, seed: int = 0,
-                 state: str = "done") -> pd.DataFrame:
+def finals_table(
+    means: dict[str, float], seeds: int = 6, noise: float = 0.1, seed: int = 0, state: str = "done"
+) -> pd.DataFrame:
     """Permutation x coupling finals: bpd = 5 + a per-seed offset shared by every variant (so
     pairing removes it) + the permutation's mean + independent noise."""
     rng = np.random.default_rng(seed)
@@ -55,10 +61,18 @@ def finals_table(means: dict[str, float], seeds: int = 6, noise: float = 0.1, se
         offset = rng.normal(0, 1.0)
         for coupling in ("additive", "affine"):
             for permutation in PERMUTATIONS:
-                rows.append({"run_id": f"{permutation}-{coupling}-{s}", "variant": f"{permutation}, {coupling}",
-                             "seed": s, "model.permutation": permutation, "model.coupling": coupling,
-                             "state": state, "best_test_bpd": 4.0,
-                             "final_test_bpd": 5 + offset + means[permutation] + rng.normal(0, noise)})
+                rows.append(
+                    {
+                        "run_id": f"{permutation}-{coupling}-{s}",
+                        "variant": f"{permutation}, {coupling}",
+                        "seed": s,
+                        "model.permutation": permutation,
+                        "model.coupling": coupling,
+                        "state": state,
+                        "best_test_bpd": 4.0,
+                        "final_test_bpd": 5 + offset + means[permutation] + rng.normal(0, noise),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -107,7 +121,9 @@ def test_seeds_needed_agrees_with_statsmodels():
     effects = np.array([0.2, 0.35, 0.5, 0.8, 1.0, 1.5, 3.0])
     for alpha in (0.05, 0.05 / 6):
         ours = seeds_needed_t(effects, alpha)
-        theirs = [math.ceil(TTestPower().solve_power(effect_size=e, nobs=None, alpha=alpha, power=0.8)) for e in effects]
+        theirs = [
+            math.ceil(TTestPower().solve_power(effect_size=e, nobs=None, alpha=alpha, power=0.8)) for e in effects
+        ]
         assert list(ours) == theirs
     assert list(seeds_needed_t(np.array([0.0, 0.01]), 0.05)) == [np.inf, np.inf]
 
@@ -136,16 +152,23 @@ def test_keys_outside_the_claim_are_averaged_within_each_seed():
 
 def test_metrics_last_evaluations_and_runs_that_did_not_finish():
     finals = finals_table({p: 0.0 for p in PERMUTATIONS}, seeds=3)
-    evals = pd.DataFrame([{"run_id": r, "seed": s, "step": step, "test_bpd": 9.0 - step / 100 + (p == "conv1x1") * -1}
-                          for r, s, p in zip(finals["run_id"], finals["seed"], finals["model.permutation"])
-                          for step in (0, 100, 200, 300)])
+    evals = pd.DataFrame(
+        [
+            {"run_id": r, "seed": s, "step": step, "test_bpd": 9.0 - step / 100 + (p == "conv1x1") * -1}
+            for r, s, p in zip(finals["run_id"], finals["seed"], finals["model.permutation"])
+            for step in (0, 100, 200, 300)
+        ]
+    )
     claim = ORDER.model_copy(update={"metric": "mean_last_evals", "last_evals": 2})
     table = verdicts(finals, evals, [claim], SWEPT)
     assert table.loc[table["pair"] == "conv1x1 < shuffle", "effect"].tolist() == pytest.approx([1.0, 1.0])
     assert table.loc[table["pair"] == "shuffle < reverse", "effect"].tolist() == pytest.approx([0.0, 0.0])
     finals.loc[finals["run_id"] == "shuffle-additive-0", "state"] = "diverged"
     table = verdicts(finals, evals, [claim], SWEPT)
-    assert table.loc[(table["pair"] == "conv1x1 < shuffle") & (table["within"] == "coupling=additive"), "seeds"].item() == 2
+    assert (
+        table.loc[(table["pair"] == "conv1x1 < shuffle") & (table["within"] == "coupling=additive"), "seeds"].item()
+        == 2
+    )
 
 
 def test_a_claim_whose_values_were_not_run_is_inconclusive_with_no_seeds():
@@ -159,17 +182,34 @@ def divergence_finals(diverged: dict[tuple[str, float], list[bool]]) -> pd.DataF
     rows = []
     for (scale, lr), flags in diverged.items():
         for seed, flag in enumerate(flags):
-            rows.append({"run_id": f"{scale}-{lr}-{seed}", "variant": f"{scale}, {lr}", "seed": seed,
-                         "model.scale": scale, "train.lr": lr, "state": "diverged" if flag else "done",
-                         "final_test_bpd": np.nan if flag else 5.0, "best_test_bpd": 5.0})
+            rows.append(
+                {
+                    "run_id": f"{scale}-{lr}-{seed}",
+                    "variant": f"{scale}, {lr}",
+                    "seed": seed,
+                    "model.scale": scale,
+                    "train.lr": lr,
+                    "state": "diverged" if flag else "done",
+                    "final_test_bpd": np.nan if flag else 5.0,
+                    "best_test_bpd": 5.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_divergence_claims_use_the_exact_sign_test_on_seeds():
-    claim = ClaimSpec(id="exp-diverges-more", source="s", kind="divergence", key="model.scale", order=["sigmoid", "exp"])
+    claim = ClaimSpec(
+        id="exp-diverges-more", source="s", kind="divergence", key="model.scale", order=["sigmoid", "exp"]
+    )
     n = 10
-    finals = divergence_finals({("sigmoid", 1e-3): [False] * n, ("exp", 1e-3): [True] * 8 + [False] * 2,
-                                ("sigmoid", 1e-2): [True] * n, ("exp", 1e-2): [True] * n})
+    finals = divergence_finals(
+        {
+            ("sigmoid", 1e-3): [False] * n,
+            ("exp", 1e-3): [True] * 8 + [False] * 2,
+            ("sigmoid", 1e-2): [True] * n,
+            ("exp", 1e-2): [True] * n,
+        }
+    )
     row = verdicts(finals, NO_EVALS, [claim], ["model.scale", "train.lr"]).iloc[0]
     # per seed, exp - sigmoid averaged over the two learning rates: 0.5 in 8 seeds, 0 in 2
     assert row["effect"] == pytest.approx(0.4) and row["seeds"] == n
@@ -188,7 +228,9 @@ def test_sign_test_power_matches_enumeration_with_binomtest():
         exact = 0.0
         for k_plus in range(n + 1):
             for k_minus in range(n - k_plus + 1):
-                prob = stats.multinomial.pmf([k_plus, k_minus, n - k_plus - k_minus], n, [plus, minus, 1 - plus - minus])
+                prob = stats.multinomial.pmf(
+                    [k_plus, k_minus, n - k_plus - k_minus], n, [plus, minus, 1 - plus - minus]
+                )
                 k = k_plus + k_minus
                 if k and k_plus > k_minus and stats.binomtest(k_plus, k).pvalue <= alpha:
                     exact += prob
@@ -214,7 +256,8 @@ def simulate(means: list[float], plan: SeedPlan, seed: int) -> tuple[np.ndarray,
     by the variants and unit noise. The same building blocks as :func:`decide`, on arrays."""
     rng = np.random.default_rng(seed)
     values = rng.normal(0, 1, (STUDIES, 1, plan.max_seeds)) + rng.normal(
-        np.asarray(means)[None, :, None], 1.0, (STUDIES, 3, plan.max_seeds))
+        np.asarray(means)[None, :, None], 1.0, (STUDIES, 3, plan.max_seeds)
+    )
     diffs = np.stack([values[:, worse] - values[:, better] for better, worse in PAIRS], axis=1)
     final = np.full(STUDIES, "", dtype=object)
     used = np.zeros(STUDIES, dtype=int)
@@ -243,8 +286,10 @@ PLAN = SeedPlan.extend([0, 1, 2], max_seeds=12)  # looks at 3, 6, 9, 12 seeds
 def test_sequential_rule_keeps_the_false_positive_rate_at_alpha():
     final, used = simulate([0.0, 0.0, 0.0], PLAN, seed=1)
     resolved = np.isin(final, ["reproduced", "contradicted"]).mean()
-    print(f"null: reproduced or contradicted in {resolved:.4f} of {STUDIES} studies (alpha {PLAN.alpha}), "
-          f"mean seeds {used.mean():.1f}")
+    print(
+        f"null: reproduced or contradicted in {resolved:.4f} of {STUDIES} studies (alpha {PLAN.alpha}), "
+        f"mean seeds {used.mean():.1f}"
+    )
     assert (final != "").all()
     assert resolved <= PLAN.alpha + tolerance(PLAN.alpha)
     naive = SeedPlan(PLAN.seeds, PLAN.looks, alpha=PLAN.alpha * len(PLAN.looks))  # every look at alpha
@@ -264,8 +309,10 @@ def test_sequential_rule_resolves_a_true_effect_with_the_planned_power():
     last_look = SeedPlan(PLAN.seeds, (PLAN.max_seeds,), alpha=PLAN.alpha_per_look)
     expected = (simulate([0.0, step, 2 * step], last_look, seed=2)[0] == "reproduced").mean()
     power = (final == "reproduced").mean()
-    print(f"effect dz {dz:.2f}: reproduced in {power:.3f} of {STUDIES} studies (last look alone "
-          f"{expected:.3f}), contradicted {(final == 'contradicted').mean():.4f}, mean seeds {used.mean():.1f}")
+    print(
+        f"effect dz {dz:.2f}: reproduced in {power:.3f} of {STUDIES} studies (last look alone "
+        f"{expected:.3f}), contradicted {(final == 'contradicted').mean():.4f}, mean seeds {used.mean():.1f}"
+    )
     assert power >= max(0.8, expected) - tolerance(0.8)
     assert (final == "contradicted").mean() <= 3 / STUDIES
 
@@ -283,13 +330,16 @@ def test_decide_on_a_table_agrees_with_the_array_rule():
     assert table["p"].to_numpy() == pytest.approx(p[0]) and table["effect"].to_numpy() == pytest.approx(effect[0])
     assert decision.verdicts == {"c": str(claim_verdict(significant, effect)[0])}
     needed = seeds_needed_t(best_case_dz(effect, sd, 3), PLAN.alpha_per_look / 3)
-    assert table["seeds_needed_best_case"].to_numpy() == pytest.approx(np.where(significant, np.nan, needed)[0], nan_ok=True)
+    assert table["seeds_needed_best_case"].to_numpy() == pytest.approx(
+        np.where(significant, np.nan, needed)[0], nan_ok=True
+    )
     more = worth_more_seeds(claim_verdict(significant, effect), significant, effect, needed, PLAN.max_seeds)[0]
     assert decision.action == ("continue" if more else "stop")
     assert decision.seeds == 3 and decision.alpha == PLAN.alpha_per_look
 
 
 # --- end to end: glow-repro run --until-resolved with a fake training --------------------
+
 
 def effect_train(config, run_dir, **kwargs):
     """fake_train, with a final bpd of 5 - effect * (width == 16) + seeded noise, where the
@@ -303,10 +353,13 @@ def effect_train(config, run_dir, **kwargs):
 
 
 def claim_study(tmp_path: Path, lr: float, claims: bool = True) -> Path:
-    spec = {"name": "claims", "reference": "none",
-            "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1},
-                     "train": {"steps": 2, "lr": lr}},
-            "grid": {"model.width": [12, 16]}, "seeds": [0, 1, 2]}
+    spec = {
+        "name": "claims",
+        "reference": "none",
+        "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1}, "train": {"steps": 2, "lr": lr}},
+        "grid": {"model.width": [12, 16]},
+        "seeds": [0, 1, 2],
+    }
     if claims:
         spec["claims"] = [{"id": "wider-is-better", "source": "test", "key": "model.width", "order": [16, 12]}]
     path = tmp_path / "claims.yaml"
@@ -320,8 +373,13 @@ def decisions(results: Path) -> list[dict]:
 
 def test_until_resolved_stops_at_the_first_look_when_the_claim_is_clear(tmp_path):
     results = tmp_path / "results"
-    report = run_study(claim_study(tmp_path, lr=2e-3), results, launcher="inprocess",
-                       train_fn=effect_train, judge=SeedJudge(max_seeds=9))
+    report = run_study(
+        claim_study(tmp_path, lr=2e-3),
+        results,
+        launcher="inprocess",
+        train_fn=effect_train,
+        judge=SeedJudge(max_seeds=9),
+    )
     (row,) = decisions(results)
     assert row["action"] == "stop" and row["reason"] == "every claim is resolved"
     assert row["verdicts"] == {"wider-is-better": "reproduced"} and row["alpha"] == pytest.approx(0.05 / 3)
@@ -334,8 +392,20 @@ def test_until_resolved_stops_at_the_first_look_when_the_claim_is_clear(tmp_path
 def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: effect_train)
     results = tmp_path / "results"
-    result = CliRunner().invoke(main, ["run", str(claim_study(tmp_path, lr=1e-3)), "--results", str(results),
-                                       "--launcher", "inprocess", "--until-resolved", "--max-seeds", "9"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(claim_study(tmp_path, lr=1e-3)),
+            "--results",
+            str(results),
+            "--launcher",
+            "inprocess",
+            "--until-resolved",
+            "--max-seeds",
+            "9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = decisions(results)
     assert [row["seeds"] for row in rows] == [3, 6, 9][: len(rows)]
@@ -348,7 +418,9 @@ def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp
     assert f"look {len(rows) - 1} ({rows[-1]['seeds']} seeds, alpha 0.0167): stop: " in result.output
     assert "wider-is-better: INCONCLUSIVE" in result.output
     verdict_table = pd.read_csv(results / "tables" / "verdicts.csv")
-    assert verdict_table["seeds"].tolist() == [rows[-1]["seeds"]] and verdict_table["alpha"].tolist() == [pytest.approx(0.05 / 3)]
+    assert verdict_table["seeds"].tolist() == [rows[-1]["seeds"]] and verdict_table["alpha"].tolist() == [
+        pytest.approx(0.05 / 3)
+    ]
 
 
 def test_verdict_command_without_claims_and_outside_a_results_dir(tmp_path):
@@ -364,6 +436,11 @@ def test_verdict_command_without_claims_and_outside_a_results_dir(tmp_path):
 
 def test_until_resolved_needs_claims(tmp_path):
     with pytest.raises(ConfigError, match=r"claims.yaml: --until-resolved needs the claims"):
-        run_study(claim_study(tmp_path, lr=1e-3, claims=False), tmp_path / "r", launcher="inprocess",
-                  train_fn=effect_train, judge=SeedJudge(max_seeds=9))
+        run_study(
+            claim_study(tmp_path, lr=1e-3, claims=False),
+            tmp_path / "r",
+            launcher="inprocess",
+            train_fn=effect_train,
+            judge=SeedJudge(max_seeds=9),
+        )
     assert not (tmp_path / "r").exists()

@@ -183,7 +183,9 @@ class Fold:
 
     def to_html(self) -> str:
         body = "\n".join(block.to_html() for block in self.blocks)
-        return f"<details{' open' if self.open else ''}><summary>{inline_html(self.summary)}</summary>\n{body}\n</details>"
+        return (
+            f"<details{' open' if self.open else ''}><summary>{inline_html(self.summary)}</summary>\n{body}\n</details>"
+        )
 
     def to_markdown(self) -> str:
         return "\n\n".join([f"{self.summary}:", *(block.to_markdown() for block in self.blocks)])

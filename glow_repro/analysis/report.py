@@ -66,6 +66,7 @@ LATEX_TABLES = {
                    "data pipeline."),
 }  # fmt: skip
 
+
 def claimed_order_clause(claims: list, key: str, order: list) -> str:
     """``. The claimed order (a < b) holds in these means`` for the study's first ordering
     claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first)."""
@@ -211,18 +212,26 @@ def verdict_sentences(a: Analysis) -> list[str]:
     for row in claim_summary(a.verdicts).itertuples():
         claim = claims[row.claim]
         what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
-        text = (f"Claim `{row.claim}` ({row.source}), {' < '.join(map(format_value, claim.order))} in {what}: "
-                f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
-                f"direction with {_plural(row.seeds, 'seed')} or more per pair")
+        text = (
+            f"Claim `{row.claim}` ({row.source}), {' < '.join(map(format_value, claim.order))} in {what}: "
+            f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
+            f"direction with {_plural(row.seeds, 'seed')} or more per pair"
+        )
         if row.verdict == "contradicted":
-            against = a.verdicts[(a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (a.verdicts["effect"] < 0)]
+            against = a.verdicts[
+                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (a.verdicts["effect"] < 0)
+            ]
             text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
         elif row.verdict == "inconclusive":
-            needed = (f"seeds needed to resolve every pair at its observed effect: {seeds_text(row.seeds_needed)}"
-                      if pd.notna(row.seeds_needed) else
-                      "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated")
-            text += (f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
-                     f"[95% CI {number(row.ci_low)}, {number(row.ci_high)}], Holm p {p_text(row.p_holm)}; {needed}")
+            needed = (
+                f"seeds needed to resolve every pair at its observed effect: {seeds_text(row.seeds_needed)}"
+                if pd.notna(row.seeds_needed)
+                else "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated"
+            )
+            text += (
+                f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
+                f"[95% CI {number(row.ci_low)}, {number(row.ci_high)}], Holm p {p_text(row.p_holm)}; {needed}"
+            )
         out.append(text + ".")
     return out
 
@@ -239,7 +248,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         *verdict_sentences(a),
         f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
-        f"{_budget(config)} each. Outcome: {_states(finals)}."
+        f"{_budget(config)} each. Outcome: {_states(finals)}.",
     ]
     ranked = a.ranking
     if len(ranked) >= 2:
@@ -462,8 +471,10 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
     done = a.tables.finals[a.tables.finals["state"] == RunState.DONE]
     for _, run in done.drop_duplicates("variant").iterrows():
         temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
-        pngs = sorted((results_dir / "runs" / run["run_id"] / "samples").glob("*.png"),
-                      key=lambda png: (order.get(png.stem, len(order)), png.name))
+        pngs = sorted(
+            (results_dir / "runs" / run["run_id"] / "samples").glob("*.png"),
+            key=lambda png: (order.get(png.stem, len(order)), png.name),
+        )
         group = []
         for png in pngs:
             target = out / "figures" / "samples" / f"{run['run_id']}_{png.name}"
@@ -514,8 +525,9 @@ def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
     ]  # fmt: skip
 
 
-def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]],
-                    commands: list[str], study_yaml: str) -> list[Section]:
+def report_sections(
+    a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]], commands: list[str], study_yaml: str
+) -> list[Section]:
     """The report's sections, each sentence written once for both HTML and Markdown;
     figures are placed afterwards by their records (:func:`place_figures`)."""
     events, problems, comparable = tables["events"].frame, tables["problem_runs"].frame, tables["comparable"].frame
@@ -537,55 +549,115 @@ def report_sections(a: Analysis, tables: dict[str, Table], samples: list[list[Fi
     return [
         Section("verdicts", "Verdicts on the paper's claims", verdict_blocks),
         Section("summary", "Summary", [Paragraphs(summary_paragraphs(a), "abstract")]),
-        Section("setup", "Setup", [
-            Facts(_setup_facts(a.tables)),
-            Heading("What differs between runs"),
-            Paragraphs(["Config keys whose resolved values differ across runs; *swept* keys define the variants, "
-                        "the others (seed, thread count) do not."], "note"),
-            tables["differences"],
-            Fold(f"Settings shared by all runs ({len(tables['shared_settings'].frame)} keys)", [tables["shared_settings"]]),
-            Heading("Hardware and versions"),
-            tables["hardware"],
-        ]),
-        Section("results", "Results", [
-            Heading("Final test bpd"),
-            Paragraphs(["Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
-                        "are excluded here and counted under Stability.", left_out_sentence(a.tables.finals)], "note"),
-            tables["final_bpd"],
-            Heading("Ranking and pairwise comparisons"),
-            *_comparison_blocks(a, tables),
-            Heading(f"Time to reach {threshold:.2f} bpd" if is_number(threshold) else "Time to reach a threshold"),
-            Paragraphs(["First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
-                        "the runs that reached it."], "note"),
-            tables["threshold"],
-            *samples_blocks,
-        ]),
-        Section("stability", "Stability", [
-            tables["divergence"],
-            Heading("Stability events per variant"),
-            *([tables["event_counts"], Fold(f"First {len(events)} events", [tables["events"]])] if len(events)
-              else [Paragraphs(["The stability monitor recorded no events."])]),
-            Heading("Runs that did not finish normally"),
-            tables["problem_runs"] if len(problems) else Paragraphs(["None: every run finished."]),
-        ]),
-        Section("published", "Comparison with published numbers", [
-            Paragraphs(["Our mean final test bpd per variant beside each published number for the same dataset. "
+        Section(
+            "setup",
+            "Setup",
+            [
+                Facts(_setup_facts(a.tables)),
+                Heading("What differs between runs"),
+                Paragraphs(
+                    [
+                        "Config keys whose resolved values differ across runs; *swept* keys define the variants, "
+                        "the others (seed, thread count) do not."
+                    ],
+                    "note",
+                ),
+                tables["differences"],
+                Fold(
+                    f"Settings shared by all runs ({len(tables['shared_settings'].frame)} keys)",
+                    [tables["shared_settings"]],
+                ),
+                Heading("Hardware and versions"),
+                tables["hardware"],
+            ],
+        ),
+        Section(
+            "results",
+            "Results",
+            [
+                Heading("Final test bpd"),
+                Paragraphs(
+                    [
+                        "Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
+                        "are excluded here and counted under Stability.",
+                        left_out_sentence(a.tables.finals),
+                    ],
+                    "note",
+                ),
+                tables["final_bpd"],
+                Heading("Ranking and pairwise comparisons"),
+                *_comparison_blocks(a, tables),
+                Heading(f"Time to reach {threshold:.2f} bpd" if is_number(threshold) else "Time to reach a threshold"),
+                Paragraphs(
+                    [
+                        "First evaluation at or below the worst variant's mean final bpd (rounded up); mean over "
+                        "the runs that reached it."
+                    ],
+                    "note",
+                ),
+                tables["threshold"],
+                *samples_blocks,
+            ],
+        ),
+        Section(
+            "stability",
+            "Stability",
+            [
+                tables["divergence"],
+                Heading("Stability events per variant"),
+                *(
+                    [tables["event_counts"], Fold(f"First {len(events)} events", [tables["events"]])]
+                    if len(events)
+                    else [Paragraphs(["The stability monitor recorded no events."])]
+                ),
+                Heading("Runs that did not finish normally"),
+                tables["problem_runs"] if len(problems) else Paragraphs(["None: every run finished."]),
+            ],
+        ),
+        Section(
+            "published",
+            "Comparison with published numbers",
+            [
+                Paragraphs(
+                    [
+                        "Our mean final test bpd per variant beside each published number for the same dataset. "
                         "A pair is comparable only when the data pipelines match: dataset, image size, channels, "
-                        "n_bits and the full test split."], "note"),
-            tables["comparable"] if len(comparable) else Paragraphs(["No published number matches this study's pipeline."]),
-            Fold(f"Published numbers that are not comparable, and why ({len(tables['incomparable'].frame)})",
-                 [tables["incomparable"]]),
-        ]),
-        Section("fidelity", "Fidelity to the paper and the official code", [
-            Paragraphs(["Where the paper and github.com/openai/glow differ, what glow-repro does by default and the "
-                        "config key that switches it (also in docs/fidelity.md)."], "note"),
-            tables["fidelity"],
-        ]),
-        Section("reproduce", "How to reproduce", [
-            Code("\n".join(commands)),
-            Fold("The study spec as run (`study.yaml`)", [Code(study_yaml, "yaml")]),
-            Fold(f"Run ids ({len(tables['runs'].frame)} runs)", [tables["runs"]]),
-        ]),
+                        "n_bits and the full test split."
+                    ],
+                    "note",
+                ),
+                tables["comparable"]
+                if len(comparable)
+                else Paragraphs(["No published number matches this study's pipeline."]),
+                Fold(
+                    f"Published numbers that are not comparable, and why ({len(tables['incomparable'].frame)})",
+                    [tables["incomparable"]],
+                ),
+            ],
+        ),
+        Section(
+            "fidelity",
+            "Fidelity to the paper and the official code",
+            [
+                Paragraphs(
+                    [
+                        "Where the paper and github.com/openai/glow differ, what glow-repro does by default and the "
+                        "config key that switches it (also in docs/fidelity.md)."
+                    ],
+                    "note",
+                ),
+                tables["fidelity"],
+            ],
+        ),
+        Section(
+            "reproduce",
+            "How to reproduce",
+            [
+                Code("\n".join(commands)),
+                Fold("The study spec as run (`study.yaml`)", [Code(study_yaml, "yaml")]),
+                Fold(f"Run ids ({len(tables['runs'].frame)} runs)", [tables["runs"]]),
+            ],
+        ),
     ]
 
 

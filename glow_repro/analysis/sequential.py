@@ -79,8 +79,9 @@ class Decision:
         return asdict(self)
 
 
-def worth_more_seeds(verdict: np.ndarray, significant: np.ndarray, effect: np.ndarray,
-                     needed: np.ndarray, max_seeds: int) -> np.ndarray:
+def worth_more_seeds(
+    verdict: np.ndarray, significant: np.ndarray, effect: np.ndarray, needed: np.ndarray, max_seeds: int
+) -> np.ndarray:
     """Per claim (pairs on the last axis): inconclusive, and ``max_seeds`` could still resolve
     it: every unresolved pair ``needed`` at most ``max_seeds`` (reproduced), or one unresolved
     pair against the claim does (contradicted). ``needed`` is the seeds needed at the largest
@@ -94,8 +95,14 @@ def worth_more_seeds(verdict: np.ndarray, significant: np.ndarray, effect: np.nd
     return (np.asarray(verdict) == "inconclusive") & (every | against)
 
 
-def decide(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec],
-           swept: Sequence[str], plan: SeedPlan, look: int) -> tuple[Decision, pd.DataFrame]:
+def decide(
+    finals: pd.DataFrame,
+    evals: pd.DataFrame,
+    claims: Sequence[ClaimSpec],
+    swept: Sequence[str],
+    plan: SeedPlan,
+    look: int,
+) -> tuple[Decision, pd.DataFrame]:
     """The decision at ``look`` and the verdict table it rests on (at the per-look alpha),
     from the runs of the look's seeds."""
     seeds = plan.seeds_at(look)
@@ -114,18 +121,30 @@ def decide(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec
     if not inconclusive:
         return Decision(action="stop", reason="every claim is resolved", **common), table
     if look + 1 >= len(plan.looks):
-        return Decision(action="stop", reason=(
-            f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"),
-            **common), table
+        return Decision(
+            action="stop",
+            reason=(f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"),
+            **common,
+        ), table
     if not open_claims:
-        return Decision(action="stop", reason=(
-            f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
-            "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"), **common), table
-    added = plan.seeds_at(look + 1)[len(seeds):]
-    return Decision(action="continue", reason=(
-        f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at "
-        f"effects inside the 95 % CIs; adding seeds {', '.join(map(str, added))}"),
-        add_seeds=added, **common), table
+        return Decision(
+            action="stop",
+            reason=(
+                f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
+                "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"
+            ),
+            **common,
+        ), table
+    added = plan.seeds_at(look + 1)[len(seeds) :]
+    return Decision(
+        action="continue",
+        reason=(
+            f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at "
+            f"effects inside the 95 % CIs; adding seeds {', '.join(map(str, added))}"
+        ),
+        add_seeds=added,
+        **common,
+    ), table
 
 
 @dataclass(frozen=True)
@@ -138,11 +157,14 @@ class SeedJudge:
 
     def check(self, spec: StudySpec) -> None:
         if not spec.claims:
-            raise ConfigError(f"{spec.source}: --until-resolved needs the claims the study tests "
-                              "(claims: in the study file; docs/verdicts.md)")
+            raise ConfigError(
+                f"{spec.source}: --until-resolved needs the claims the study tests "
+                "(claims: in the study file; docs/verdicts.md)"
+            )
         if self.max_seeds < len(spec.seeds):
-            raise ConfigError(f"--max-seeds {self.max_seeds}: must be at least the {len(spec.seeds)} "
-                              f"seeds of {spec.source}")
+            raise ConfigError(
+                f"--max-seeds {self.max_seeds}: must be at least the {len(spec.seeds)} seeds of {spec.source}"
+            )
 
     def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> Decision:
         tables = load_tables(results_dir)

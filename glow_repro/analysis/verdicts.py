@@ -55,9 +55,27 @@ POWER = 0.8
 CONFIDENCE = 0.95
 #: Seeds-needed estimates stop here: "more than 1000 seeds" is the answer beyond it.
 MAX_SEEDS_NEEDED = 1000
-COLUMNS = ["claim", "source", "kind", "metric", "verdict", "within", "pair", "effect", "sd",
-           "ci_low", "ci_high", "p", "p_holm", "significant", "seeds", "mde", "seeds_needed",
-           "seeds_needed_best_case", "alpha"]
+COLUMNS = [
+    "claim",
+    "source",
+    "kind",
+    "metric",
+    "verdict",
+    "within",
+    "pair",
+    "effect",
+    "sd",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_holm",
+    "significant",
+    "seeds",
+    "mde",
+    "seeds_needed",
+    "seeds_needed_best_case",
+    "alpha",
+]
 
 
 def claims_of(study: dict[str, Any]) -> list[ClaimSpec]:
@@ -100,16 +118,16 @@ def run_metric(finals: pd.DataFrame, evals: pd.DataFrame, claim: ClaimSpec) -> p
     return value.astype(float).where((state == RunState.DONE) & np.isfinite(value.astype(float)))
 
 
-def seed_differences(finals: pd.DataFrame, value: pd.Series, key: str, better: Any, worse: Any,
-                     pooled: Sequence[str]) -> pd.Series:
+def seed_differences(
+    finals: pd.DataFrame, value: pd.Series, key: str, better: Any, worse: Any, pooled: Sequence[str]
+) -> pd.Series:
     """value(worse) - value(better) per seed, matched on the ``pooled`` keys and averaged
     over them; seeds missing either side are left out (all of them when the tables hold
     one value of ``key`` only, e.g. after ``--only``)."""
     if key not in finals:
         return pd.Series(dtype=float)
     label = finals[key].map(format_value)
-    frame = finals.assign(_value=value, _side=label.map({format_value(better): "better",
-                                                         format_value(worse): "worse"}))
+    frame = finals.assign(_value=value, _side=label.map({format_value(better): "better", format_value(worse): "worse"}))
     frame = frame.dropna(subset=["_side"])
     index = ["seed", *pooled]
     wide = frame.pivot_table(index=index, columns="_side", values="_value", aggfunc="mean", dropna=False)
@@ -169,8 +187,9 @@ def claim_verdict(significant: np.ndarray, effect: np.ndarray) -> np.ndarray:
     pairs and their effects (positive = claimed direction)."""
     positive = significant & (effect > 0)
     negative = significant & (effect < 0)
-    return np.where(negative.any(axis=-1), "contradicted",
-                    np.where(positive.all(axis=-1), "reproduced", "inconclusive"))
+    return np.where(
+        negative.any(axis=-1), "contradicted", np.where(positive.all(axis=-1), "reproduced", "inconclusive")
+    )
 
 
 def paired_t_power(dz: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
@@ -223,8 +242,9 @@ def sign_test_power(n: np.ndarray, plus: float, minus: float, alpha: float) -> n
     return pmf @ reject
 
 
-def seeds_needed_sign(plus: float, minus: float, alpha: float, power: float = POWER,
-                      cap: int = MAX_SEEDS_NEEDED) -> float:
+def seeds_needed_sign(
+    plus: float, minus: float, alpha: float, power: float = POWER, cap: int = MAX_SEEDS_NEEDED
+) -> float:
     """Fewest seeds at which :func:`sign_test_power` reaches ``power`` in the more frequent
     direction (the test is symmetric); ``inf`` beyond ``cap`` or when neither is."""
     plus, minus = max(plus, minus), min(plus, minus)
@@ -257,8 +277,9 @@ def best_case_dz(effect: np.ndarray, sd: np.ndarray, n: np.ndarray) -> np.ndarra
     return (np.abs(effect) + half) / sd
 
 
-def _power_columns(claim: ClaimSpec, d: np.ndarray, effect: float, sd: float, alpha: float,
-                   resolved: bool) -> tuple[float, float, float]:
+def _power_columns(
+    claim: ClaimSpec, d: np.ndarray, effect: float, sd: float, alpha: float, resolved: bool
+) -> tuple[float, float, float]:
     """(mde, seeds_needed, seeds_needed_best_case) of one pair at the pair's level ``alpha``;
     the seeds are NaN for a resolved pair (and while there are fewer than 2 seeds)."""
     n = len(d)
@@ -290,8 +311,9 @@ def claim_pairs(finals: pd.DataFrame, claim: ClaimSpec):
             yield describe(dict(zip(within, point))) if within else "all", better, worse, mask
 
 
-def verdicts(finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec],
-             swept: Sequence[str], alpha: float = ALPHA) -> pd.DataFrame:
+def verdicts(
+    finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec], swept: Sequence[str], alpha: float = ALPHA
+) -> pd.DataFrame:
     """One row per pair of every claim (columns :data:`COLUMNS`), the claim's verdict on each
     of its rows; see the module docstring."""
     rows: list[dict[str, Any]] = []
@@ -359,8 +381,24 @@ def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
             "p_holm": weakest["p_holm"], "seeds": int(pairs["seeds"].min()),
             "seeds_needed": unresolved["seeds_needed"].max() if len(unresolved) else np.nan,
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=["claim", "source", "verdict", "metric", "resolved", "pairs", "weakest",
-                                       "effect", "ci_low", "ci_high", "p_holm", "seeds", "seeds_needed"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "claim",
+            "source",
+            "verdict",
+            "metric",
+            "resolved",
+            "pairs",
+            "weakest",
+            "effect",
+            "ci_low",
+            "ci_high",
+            "p_holm",
+            "seeds",
+            "seeds_needed",
+        ],
+    )
 
 
 def format_verdicts(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,5 +9,15 @@ from glow_repro.commands.study import run_command, status_command
 from glow_repro.commands.train import train_command
 from glow_repro.commands.verdict import verdict_command
 
-ALL_COMMANDS: list = [train_command, run_command, status_command, report_command, compare_command,
-                      replay_command, bench_command, sample_command, verdict_command, manipulate_command]
+ALL_COMMANDS: list = [
+    train_command,
+    run_command,
+    status_command,
+    report_command,
+    compare_command,
+    replay_command,
+    bench_command,
+    sample_command,
+    verdict_command,
+    manipulate_command,
+]

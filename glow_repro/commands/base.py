@@ -28,8 +28,10 @@ def describe_os_error(err: OSError) -> str:
     if err.filename2 is not None:
         where = f"{where} -> {err.filename2}"
     reason = err.strerror or str(err) or type(err).__name__
-    return (f"{where}: {reason}; nothing written before is changed (files are replaced atomically): "
-            "fix this (space, permissions, the path) and run the same command again")
+    return (
+        f"{where}: {reason}; nothing written before is changed (files are replaced atomically): "
+        "fix this (space, permissions, the path) and run the same command again"
+    )
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,8 +48,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as err:
             raise UserError(describe_os_error(err)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; every run keeps its last checkpoint: run the same command again "
-                       "to resume", err=True)
+            click.echo(
+                "interrupted; every run keeps its last checkpoint: run the same command again to resume", err=True
+            )
             sys.exit(130)
 
     return wrapper

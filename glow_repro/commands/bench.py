@@ -14,21 +14,42 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @click.command("bench")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Run config to measure (default: the --preset).")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default="reference",
-              show_default=True, help="reference (benchmarks/reference.yaml): 1x32x32 K=8 L=3 width 128 "
-                                      "batch 32; paper-cifar10 (configs/paper_cifar10.yaml): 3x32x32 "
-                                      "K=32 L=3 width 512 batch 64.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a config key, e.g. --set train.precision=bf16.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run config to measure (default: the --preset).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(PRESETS)),
+    default="reference",
+    show_default=True,
+    help="reference (benchmarks/reference.yaml): 1x32x32 K=8 L=3 width 128 "
+    "batch 32; paper-cifar10 (configs/paper_cifar10.yaml): 3x32x32 "
+    "K=32 L=3 width 512 batch 64.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config key, e.g. --set train.precision=bf16.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per timed block.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
 @user_errors
-def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, ...], device: str,
-                  steps: int, repeats: int, threads: int | None) -> None:
+def bench_command(
+    config_path: Path | None,
+    preset: str,
+    overrides: tuple[str, ...],
+    device: str,
+    steps: int,
+    repeats: int,
+    threads: int | None,
+) -> None:
     """Print training and sampling images/s, peak memory and, on a GPU, achieved TFLOP/s
     against the device's peak, for a run config. Data is random: no dataset is loaded."""
     import torch
@@ -43,14 +64,17 @@ def bench_command(config_path: Path | None, preset: str, overrides: tuple[str, .
     result = measure(config, resolve_device(device, "--device"), steps=steps, repeats=repeats)
     c, h, w = config.data.shape
     m = config.model
-    click.echo(f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
-               f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
-               f"{result.n_params:,} parameters")
+    click.echo(
+        f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
+        f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
+        f"{result.n_params:,} parameters"
+    )
     click.echo(f"device     {result.device} ({result.threads} threads), {result.arithmetic} arithmetic")
     click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
     click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
-    click.echo(f"evaluate   {result.eval_images_per_s:,.1f} images/s "
-               f"(test bpd, batches of {config.train.eval_batch_size})")
+    click.echo(
+        f"evaluate   {result.eval_images_per_s:,.1f} images/s (test bpd, batches of {config.train.eval_batch_size})"
+    )
     click.echo(f"memory     {result.peak_memory_mb:,.0f} MB peak")
     click.echo(f"host reads {result.host_reads_per_step} per training step (on a GPU, each waits for it)")
     if result.train_tflops is not None:

@@ -16,29 +16,61 @@ def _alphas(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     try:
         return tuple(float(part) for part in value.split(","))
     except ValueError:
-        raise UserError(f"--alphas: expected numbers separated by commas, e.g. -1,-0.5,0,0.5,1 "
-                        f"(got {value!r})") from None
+        raise UserError(
+            f"--alphas: expected numbers separated by commas, e.g. -1,-0.5,0,0.5,1 (got {value!r})"
+        ) from None
 
 
 @click.command("manipulate")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--attribute", required=True,
-              help="a CelebA attribute (Smiling), or for a class dataset a class (7, Sneaker) against the "
-              "rest, or two classes as A-vs-B (7-vs-1)")
-@click.option("--alphas", callback=_alphas, help="steps along the direction, comma-separated; 0 is the "
-              "reconstruction [default: -1,-0.5,0,0.5,1]")
-@click.option("--images", "rows", type=click.IntRange(min=1), default=4, show_default=True,
-              help="test images to manipulate, one row each")
-@click.option("--encode", type=click.IntRange(min=2),
-              help="training images the direction is the mean difference over, and held-out test images "
-              "its separation is measured on [default: all]")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="output folder [default: RUN_DIR/samples]")
-@click.option("--device", type=click.Choice(["cpu", "auto", "cuda"]), default="cpu", show_default=True,
-              help="where the model runs; auto picks CUDA when present")
+@click.option(
+    "--attribute",
+    required=True,
+    help="a CelebA attribute (Smiling), or for a class dataset a class (7, Sneaker) against the "
+    "rest, or two classes as A-vs-B (7-vs-1)",
+)
+@click.option(
+    "--alphas",
+    callback=_alphas,
+    help="steps along the direction, comma-separated; 0 is the reconstruction [default: -1,-0.5,0,0.5,1]",
+)
+@click.option(
+    "--images",
+    "rows",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="test images to manipulate, one row each",
+)
+@click.option(
+    "--encode",
+    type=click.IntRange(min=2),
+    help="training images the direction is the mean difference over, and held-out test images "
+    "its separation is measured on [default: all]",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output folder [default: RUN_DIR/samples]",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "auto", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="where the model runs; auto picks CUDA when present",
+)
 @user_errors
-def manipulate_command(run_dir: Path, attribute: str, alphas: tuple[float, ...] | None, rows: int,
-                       encode: int | None, out_dir: Path | None, device: str) -> None:
+def manipulate_command(
+    run_dir: Path,
+    attribute: str,
+    alphas: tuple[float, ...] | None,
+    rows: int,
+    encode: int | None,
+    out_dir: Path | None,
+    device: str,
+) -> None:
     """Write manipulate_<attribute>.png (rows: test images; columns: alphas) and its record:
     the direction's norm and how well it separates held-out images with and without the attribute.
     Works on unconditional and class-conditional runs alike."""
@@ -50,12 +82,24 @@ def manipulate_command(run_dir: Path, attribute: str, alphas: tuple[float, ...] 
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples
-    record = write_manipulation(model, config, out, load_split(config.data, "train"),
-                                load_split(config.data, "test"), attribute, alphas=alphas or DEFAULT_ALPHAS,
-                                rows=rows, encode=encode)
+    record = write_manipulation(
+        model,
+        config,
+        out,
+        load_split(config.data, "train"),
+        load_split(config.data, "test"),
+        attribute,
+        alphas=alphas or DEFAULT_ALPHAS,
+        rows=rows,
+        encode=encode,
+    )
     held = record["held_out"]
     click.echo(f"wrote {', '.join(record['files'])} to {out}")
-    click.echo(f"direction norm {record['direction_norm']:.4g} from {record['train_images']['positive']} "
-               f"positive and {record['train_images']['negative']} negative training images")
-    click.echo(f"held-out projection: positives {held['mean_positive']:.4g}, negatives "
-               f"{held['mean_negative']:.4g} (gap {held['gap_in_sd']:.2f} pooled sd)")
+    click.echo(
+        f"direction norm {record['direction_norm']:.4g} from {record['train_images']['positive']} "
+        f"positive and {record['train_images']['negative']} negative training images"
+    )
+    click.echo(
+        f"held-out projection: positives {held['mean_positive']:.4g}, negatives "
+        f"{held['mean_negative']:.4g} (gap {held['gap_in_sd']:.2f} pooled sd)"
+    )

@@ -12,23 +12,61 @@ from glow_repro.commands.base import user_errors
 
 @click.command("sample")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("-t", "--temperature", "temperatures", multiple=True, type=click.FloatRange(min=0),
-              help="sampling temperature, repeatable; each gets samples_T<t>.png "
-              "[default: the run's train.sample_temperatures, as temperatures.png]")
-@click.option("-n", "n", type=click.IntRange(min=1),
-              help="samples per temperature and images reconstructed [default: train.n_samples]")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="output folder [default: RUN_DIR/samples]")
+@click.option(
+    "-t",
+    "--temperature",
+    "temperatures",
+    multiple=True,
+    type=click.FloatRange(min=0),
+    help="sampling temperature, repeatable; each gets samples_T<t>.png "
+    "[default: the run's train.sample_temperatures, as temperatures.png]",
+)
+@click.option(
+    "-n",
+    "n",
+    type=click.IntRange(min=1),
+    help="samples per temperature and images reconstructed [default: train.n_samples]",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output folder [default: RUN_DIR/samples]",
+)
 @click.option("--seed", type=click.IntRange(min=0), help="sampling and pair-drawing seed [default: the run's seed]")
-@click.option("--interpolations", "pairs", type=click.IntRange(min=1), default=4, show_default=True,
-              help="pairs of test images to interpolate between, one row each")
-@click.option("--steps", type=click.IntRange(min=2), default=8, show_default=True,
-              help="images per interpolation row, both ends included")
-@click.option("--device", type=click.Choice(["cpu", "auto", "cuda"]), default="cpu", show_default=True,
-              help="where the model runs; auto picks CUDA when present")
+@click.option(
+    "--interpolations",
+    "pairs",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="pairs of test images to interpolate between, one row each",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="images per interpolation row, both ends included",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "auto", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="where the model runs; auto picks CUDA when present",
+)
 @user_errors
-def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None, out_dir: Path | None,
-                   seed: int | None, pairs: int, steps: int, device: str) -> None:
+def sample_command(
+    run_dir: Path,
+    temperatures: tuple[float, ...],
+    n: int | None,
+    out_dir: Path | None,
+    seed: int | None,
+    pairs: int,
+    steps: int,
+    device: str,
+) -> None:
     """Write samples, reconstructions and latent interpolations of the run in RUN_DIR.
 
     RUN_DIR is one run, e.g. results/permutation_ablation/runs/<run id>; the model uses the
@@ -42,9 +80,18 @@ def sample_command(run_dir: Path, temperatures: tuple[float, ...], n: int | None
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples
     about = {"run_dir": str(run_dir), "run_status": RunDir(run_dir).status()}
-    record = write_samples(model, config, out, load_split(config.data, "test").images,
-                           temperatures=temperatures or None, n=n, seed=seed, pairs=pairs,
-                           steps=steps, about=about)
+    record = write_samples(
+        model,
+        config,
+        out,
+        load_split(config.data, "test").images,
+        temperatures=temperatures or None,
+        n=n,
+        seed=seed,
+        pairs=pairs,
+        steps=steps,
+        about=about,
+    )
     click.echo(f"wrote {', '.join(record['files'])} to {out}")
     click.echo(f"reconstruction max abs error: {record['reconstruction_max_abs_error']:.3g} (model space)")
     if record["nonfinite_samples"]:

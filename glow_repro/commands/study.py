@@ -49,40 +49,91 @@ WORKERS = _Workers()
 
 @click.command("run")
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="results directory [default: results/<study name>]")
-@click.option("--workers", type=WORKERS, default="auto", show_default=True,
-              help="runs trained at once by the local launcher (CPU threads are split among them); "
-                   "auto: one per core (or per train.threads), capped by memory; one per GPU on CUDA")
-@click.option("--launcher", type=click.Choice(["local", "slurm", "inprocess"]), default="local",
-              show_default=True, help="local process pool, SLURM array job (submitit), or "
-              "sequentially in this process (debugging)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a base config value for every run, e.g. --set train.steps=50")
-@click.option("--only", multiple=True, metavar="KEY=VALUE",
-              help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0")
-@click.option("--tensorboard", is_flag=True,
-              help="also write TensorBoard event files in every run (tensorboard --logdir RESULTS; "
-                   "needs the tensorboard extra; does not change run ids)")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="results directory [default: results/<study name>]",
+)
+@click.option(
+    "--workers",
+    type=WORKERS,
+    default="auto",
+    show_default=True,
+    help="runs trained at once by the local launcher (CPU threads are split among them); "
+    "auto: one per core (or per train.threads), capped by memory; one per GPU on CUDA",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["local", "slurm", "inprocess"]),
+    default="local",
+    show_default=True,
+    help="local process pool, SLURM array job (submitit), or sequentially in this process (debugging)",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a base config value for every run, e.g. --set train.steps=50",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="run only matching runs, e.g. --only permutation=conv1x1 --only seed=0",
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="also write TensorBoard event files in every run (tensorboard --logdir RESULTS; "
+    "needs the tensorboard extra; does not change run ids)",
+)
 @click.option("--dry-run", is_flag=True, help="print the runs and what would happen, then exit")
 @click.option("--retry-failed", is_flag=True, help="train failed runs again (resuming if possible)")
-@click.option("--force-spec", is_flag=True,
-              help="write into a results directory that another spec of the study wrote to")
-@click.option("--until-resolved", is_flag=True,
-              help="add seeds to every variant while a claim of the study is inconclusive and "
-              "--max-seeds could still resolve it (docs/verdicts.md)")
-@click.option("--max-seeds", type=click.IntRange(min=1), default=12, show_default=True,
-              help="most seeds per variant --until-resolved trains")
+@click.option(
+    "--force-spec", is_flag=True, help="write into a results directory that another spec of the study wrote to"
+)
+@click.option(
+    "--until-resolved",
+    is_flag=True,
+    help="add seeds to every variant while a claim of the study is inconclusive and "
+    "--max-seeds could still resolve it (docs/verdicts.md)",
+)
+@click.option(
+    "--max-seeds",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="most seeds per variant --until-resolved trains",
+)
 @click.option("--partition", help="SLURM partition")
 @click.option("--time", "time_", metavar="TIME", help="SLURM time limit: minutes or HH:MM:SS")
 @click.option("--gpus", type=click.IntRange(min=0), help="SLURM GPUs per node")
-@click.option("--processes-per-run", type=click.IntRange(min=1),
-              help="SLURM: data-parallel processes (tasks) per run, one per GPU")
+@click.option(
+    "--processes-per-run",
+    type=click.IntRange(min=1),
+    help="SLURM: data-parallel processes (tasks) per run, one per GPU",
+)
 @user_errors
-def run_command(study: Path, results_dir: Path | None, workers: int | None, launcher: str,
-                overrides: tuple[str, ...], only: tuple[str, ...], tensorboard: bool, dry_run: bool,
-                retry_failed: bool, force_spec: bool, until_resolved: bool, max_seeds: int, partition: str | None,
-                time_: str | None, gpus: int | None, processes_per_run: int | None) -> None:
+def run_command(
+    study: Path,
+    results_dir: Path | None,
+    workers: int | None,
+    launcher: str,
+    overrides: tuple[str, ...],
+    only: tuple[str, ...],
+    tensorboard: bool,
+    dry_run: bool,
+    retry_failed: bool,
+    force_spec: bool,
+    until_resolved: bool,
+    max_seeds: int,
+    partition: str | None,
+    time_: str | None,
+    gpus: int | None,
+    processes_per_run: int | None,
+) -> None:
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
     Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
@@ -99,33 +150,44 @@ def run_command(study: Path, results_dir: Path | None, workers: int | None, laun
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
     report = run_study(
-        study, results_dir=results_dir, workers=workers, launcher=launcher, overrides=overrides,
-        only=only, dry_run=dry_run, retry_failed=retry_failed,
-        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus,
-               "processes_per_run": processes_per_run},
-        judge=SeedJudge(max_seeds) if until_resolved else None, force_spec=force_spec,
+        study,
+        results_dir=results_dir,
+        workers=workers,
+        launcher=launcher,
+        overrides=overrides,
+        only=only,
+        dry_run=dry_run,
+        retry_failed=retry_failed,
+        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus, "processes_per_run": processes_per_run},
+        judge=SeedJudge(max_seeds) if until_resolved else None,
+        force_spec=force_spec,
     )
     plan = report.plan
     if dry_run:
         n_variants = len({p.run.variant for p in plan})
         n_seeds = len({p.run.seed for p in plan})
-        click.echo(f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) "
-                   f"-> {report.results_dir}")
+        click.echo(
+            f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) -> {report.results_dir}"
+        )
         rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
         click.echo(_table(["run id", "variant", "seed", "state", "action"], rows))
         n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
         click.echo(f"would train {n_launch} of {len(plan)} runs")
         return
     states = [report.final_state(p) for p in plan]
-    click.echo(f"{report.spec.name}: {_counts(states)} ({report.counts['trained']} trained now, "
-               f"{report.counts['skipped']} already finished) -> {report.results_dir}")
+    click.echo(
+        f"{report.spec.name}: {_counts(states)} ({report.counts['trained']} trained now, "
+        f"{report.counts['skipped']} already finished) -> {report.results_dir}"
+    )
     for planned in report.runs_in(RunState.ELSEWHERE):
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
     if report.tables_dir is not None:
         click.echo(f"tables: {report.tables_dir}/ (steps, evals, finals, events as .parquet and .csv)")
     for decision in report.decisions:
-        click.echo(f"look {decision.look} ({decision.seeds} seeds, alpha {decision.alpha:.3g}): "
-                   f"{decision.action}: {decision.reason}")
+        click.echo(
+            f"look {decision.look} ({decision.seeds} seeds, alpha {decision.alpha:.3g}): "
+            f"{decision.action}: {decision.reason}"
+        )
     if report.tables_dir is not None and report.spec.claims:
         from glow_repro.analysis.verdicts import write_verdicts
         from glow_repro.commands.verdict import echo_verdicts
@@ -133,8 +195,11 @@ def run_command(study: Path, results_dir: Path | None, workers: int | None, laun
         echo_verdicts(write_verdicts(report.results_dir))
     if report.interrupted:
         stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
-        click.echo(f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
-                   f"Run the same command again to resume.", err=True)
+        click.echo(
+            f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
+            f"Run the same command again to resume.",
+            err=True,
+        )
         click.get_current_context().exit(130)
     failed = report.runs_in(RunState.FAILED)
     if failed:
@@ -142,8 +207,7 @@ def run_command(study: Path, results_dir: Path | None, workers: int | None, laun
             error = report.outcomes.get(planned.run.run_id)
             reason = (error.error if error and error.error else "failed earlier").splitlines()[0]
             click.echo(f"  failed: {planned.run.run_id}: {reason}", err=True)
-        click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again",
-                   err=True)
+        click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again", err=True)
         click.get_current_context().exit(1)
 
 
@@ -157,9 +221,15 @@ def status_command(results_dir: Path) -> None:
 
     runs = collect_status(results_dir)
     rows = [
-        [r.run_id, r.variant, "-" if r.seed is None else str(r.seed), r.state,
-         "-" if r.step is None else str(r.step),
-         "-" if r.test_bpd is None else f"{r.test_bpd:.3f}", _duration(r.wall_time)]
+        [
+            r.run_id,
+            r.variant,
+            "-" if r.seed is None else str(r.seed),
+            r.state,
+            "-" if r.step is None else str(r.step),
+            "-" if r.test_bpd is None else f"{r.test_bpd:.3f}",
+            _duration(r.wall_time),
+        ]
         for r in runs
     ]
     click.echo(_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
@@ -171,5 +241,4 @@ def status_command(results_dir: Path) -> None:
         if r.state in (RunState.FAILED, RunState.UNREADABLE) and r.error:
             click.echo(f"  {r.state} {r.run_id}: {r.error.splitlines()[0][:300]}")
     if any(r.state is RunState.KILLED for r in runs):
-        click.echo("  killed: status says running but no process holds the run; "
-                   "`glow-repro run` resumes it")
+        click.echo("  killed: status says running but no process holds the run; `glow-repro run` resumes it")

@@ -22,17 +22,30 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 @click.command("train")
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory; an existing one with a checkpoint is resumed.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory; an existing one with a checkpoint is resumed.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config key, e.g. --set train.lr=5e-4 (repeatable).",
+)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (does not change the run id).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--tensorboard", is_flag=True,
-              help="Also write TensorBoard event files under DIR/tensorboard (needs the tensorboard extra).")
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write TensorBoard event files under DIR/tensorboard (needs the tensorboard extra).",
+)
 @user_errors
-def train_command(config_path: Path, out: Path, overrides: tuple[str, ...], threads: int | None,
-                  quiet: bool, tensorboard: bool) -> None:
+def train_command(
+    config_path: Path, out: Path, overrides: tuple[str, ...], threads: int | None, quiet: bool, tensorboard: bool
+) -> None:
     """Train one Glow run from CONFIG.yaml into --out (resumes if interrupted)."""
     from glow_repro.config import load_run_config
     from glow_repro.train import RunInterrupted, train

@@ -24,8 +24,10 @@ def echo_verdicts(table: pd.DataFrame) -> None:
         return
     alpha = table["alpha"].iloc[0]
     for (claim, source, verdict), rows in table.groupby(["claim", "source", "verdict"], sort=False):
-        click.echo(f"{claim}: {verdict.upper()} ({source}; {len(rows)} pair{'s' * (len(rows) != 1)}, Holm at alpha "
-                   f"{alpha:.3g}, metric {rows['metric'].iloc[0]})")
+        click.echo(
+            f"{claim}: {verdict.upper()} ({source}; {len(rows)} pair{'s' * (len(rows) != 1)}, Holm at alpha "
+            f"{alpha:.3g}, metric {rows['metric'].iloc[0]})"
+        )
     with pd.option_context("display.width", 200, "display.max_colwidth", 40):
         click.echo(format_verdicts(table).drop(columns=["metric"]).to_string(index=False))
 

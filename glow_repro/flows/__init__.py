@@ -13,7 +13,20 @@ from glow_repro.flows.multiscale import FlowStep, Split, Squeeze, TopPrior
 from glow_repro.flows.permute import InvConv1x1, InvConv1x1LU, Reverse, Shuffle
 
 __all__ = [
-    "ActNorm", "Additive", "Affine", "Coupling", "CouplingNN", "FlowLayer", "FlowSequence",
-    "FlowStep", "InvConv1x1", "InvConv1x1LU", "Reverse", "Shuffle", "Split", "Squeeze",
-    "TopPrior", "ZeroConv2d",
+    "ActNorm",
+    "Additive",
+    "Affine",
+    "Coupling",
+    "CouplingNN",
+    "FlowLayer",
+    "FlowSequence",
+    "FlowStep",
+    "InvConv1x1",
+    "InvConv1x1LU",
+    "Reverse",
+    "Shuffle",
+    "Split",
+    "Squeeze",
+    "TopPrior",
+    "ZeroConv2d",
 ]

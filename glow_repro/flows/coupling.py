@@ -71,13 +71,22 @@ class _NormedConv(nn.Module):
 class CouplingNN(nn.Module):
     """The coupling network of Glow section 3.3: conv3x3 -> ReLU -> conv1x1 -> ReLU -> ZeroConv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, width: int, *,
-                 actnorm: bool = True, zero_logscale_factor: float = 3.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        width: int,
+        *,
+        actnorm: bool = True,
+        zero_logscale_factor: float = 3.0,
+    ):
         super().__init__()
         self.layers = nn.Sequential(
             # in place: a convolution's backward needs its input, not its output
-            _NormedConv(in_channels, width, 3, actnorm), nn.ReLU(inplace=True),
-            _NormedConv(width, width, 1, actnorm), nn.ReLU(inplace=True),
+            _NormedConv(in_channels, width, 3, actnorm),
+            nn.ReLU(inplace=True),
+            _NormedConv(width, width, 1, actnorm),
+            nn.ReLU(inplace=True),
             ZeroConv2d(width, out_channels, zero_logscale_factor),
         )
 
@@ -151,8 +160,7 @@ class Coupling(FlowLayer):
     every coupling's ``state_dict`` holds just the network under ``nn.``.
     """
 
-    def __init__(self, channels: int, width: int, transform: ElementwiseMap,
-                 **nn_options: float | bool):
+    def __init__(self, channels: int, width: int, transform: ElementwiseMap, **nn_options: float | bool):
         super().__init__()
         self.transform = transform
         out_channels = transform.params * (channels - channels // 2)

@@ -46,13 +46,20 @@ class FlowStep(FlowSequence):
         # the coupling is built first: the order in which weights draw from the RNG, so a seed
         # gives the same model as it always has
         transform = COUPLINGS[config.coupling](config)
-        coupling = Coupling(channels, config.width, transform, actnorm=config.coupling_actnorm,
-                            zero_logscale_factor=config.zero_conv_logscale_factor)
-        super().__init__([
-            ActNorm(channels, logscale_factor=config.actnorm_logscale_factor),
-            PERMUTATIONS[config.permutation](channels, config),
-            coupling,
-        ])
+        coupling = Coupling(
+            channels,
+            config.width,
+            transform,
+            actnorm=config.coupling_actnorm,
+            zero_logscale_factor=config.zero_conv_logscale_factor,
+        )
+        super().__init__(
+            [
+                ActNorm(channels, logscale_factor=config.actnorm_logscale_factor),
+                PERMUTATIONS[config.permutation](channels, config),
+                coupling,
+            ]
+        )
 
 
 def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
@@ -111,8 +118,9 @@ class Split(nn.Module):
         super().__init__()
         self.keep = channels // 2
         self.prior = ZeroConv2d(self.keep, 2 * (channels - self.keep), zero_conv_logscale_factor)
-        self.class_shift = (ClassShift(n_classes, 2 * (channels - self.keep), zero_conv_logscale_factor)
-                            if n_classes else None)
+        self.class_shift = (
+            ClassShift(n_classes, 2 * (channels - self.keep), zero_conv_logscale_factor) if n_classes else None
+        )
 
     def prior_params(self, z1: torch.Tensor, *, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.prior(z1).to(z1.dtype)  # priors stay in the flow's dtype under autocast
@@ -128,8 +136,14 @@ class Split(nn.Module):
         """log p(z2 | z1[, y]) per example."""
         return gaussian_log_density(z2, *self.prior_params(z1, y=y))
 
-    def merge(self, z1: torch.Tensor, z2: torch.Tensor | None = None,
-              temperature: float = 1.0, *, y: torch.Tensor | None = None) -> torch.Tensor:
+    def merge(
+        self,
+        z1: torch.Tensor,
+        z2: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        *,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if z2 is None:
             z2 = gaussian_sample(*self.prior_params(z1, y=y), temperature)
         return torch.cat([z1, z2], 1)
@@ -140,8 +154,13 @@ class TopPrior(nn.Module):
     computed as the official code's zero-initialised conv of a zero input, else N(0, I); with
     ``n_classes``, plus the class shift of the label (official ``--ycond``)."""
 
-    def __init__(self, shape: tuple[int, int, int], learn: bool = True,
-                 zero_conv_logscale_factor: float = 3.0, n_classes: int = 0):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        learn: bool = True,
+        zero_conv_logscale_factor: float = 3.0,
+        n_classes: int = 0,
+    ):
         super().__init__()
         self.shape = shape
         channels = shape[0]

@@ -58,8 +58,10 @@ def _matrix_health(weight: torch.Tensor) -> dict[str, float]:
     """Condition number and log|det W| of a 1x1 convolution's matrix, in float64 on a CPU
     copy (a small matrix: one transfer, no device work)."""
     weight = weight.detach().cpu().double()
-    return {"conv1x1_condition": float(torch.linalg.cond(weight)),
-            "conv1x1_logabsdet_min": float(torch.linalg.slogdet(weight)[1])}
+    return {
+        "conv1x1_condition": float(torch.linalg.cond(weight)),
+        "conv1x1_logabsdet_min": float(torch.linalg.slogdet(weight)[1]),
+    }
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -182,7 +182,9 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
             return Outcome(task.run_id, RunState.INTERRUPTED)
         if state is not RunState.FAILED and main:
             _keep_status(
-                run_dir, RunState.FAILED, error=f"{type(err).__name__}: {err}",
+                run_dir,
+                RunState.FAILED,
+                error=f"{type(err).__name__}: {err}",
                 traceback=traceback.format_exc(),
             )
         return Outcome(task.run_id, RunState.FAILED, error=run_dir.status().get("error"))
@@ -316,8 +318,7 @@ def launch_local(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOpti
     """A process pool of ``options.workers``; a dead worker fails its run, not the study."""
     threads = local_threads(options.workers)
     remaining = [
-        task if task.config.train.threads else dataclasses.replace(task, threads=threads)
-        for task in deal_gpus(tasks)
+        task if task.config.train.threads else dataclasses.replace(task, threads=threads) for task in deal_gpus(tasks)
     ]
     while remaining and not tracker.interrupted:
         remaining = _pool_round(remaining, tracker, options.workers)
@@ -417,9 +418,7 @@ def _result(future: Any, task: RunTask) -> Outcome:
         return Outcome(task.run_id, RunState.FAILED, error=f"{type(err).__name__}: {err}")
 
 
-def launch_submitit(
-    tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions, *, cluster: str
-) -> None:
+def launch_submitit(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions, *, cluster: str) -> None:
     """Submit one array job through submitit and wait for it. A job that SLURM kills leaves
     its run resumable (status ``running``); Ctrl-C stops waiting, not the jobs."""
     import submitit
@@ -439,10 +438,7 @@ def launch_submitit(
     }
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     threads = res.cpus_per_task
-    tasks = [
-        task if task.config.train.threads else dataclasses.replace(task, threads=threads)
-        for task in tasks
-    ]
+    tasks = [task if task.config.train.threads else dataclasses.replace(task, threads=threads) for task in tasks]
     jobs = executor.map_array(execute_job_run, tasks)
     if jobs:
         tracker.write(f"submitted {len(jobs)} jobs (first id {jobs[0].job_id}); logs in {options.folder}")

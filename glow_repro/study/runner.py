@@ -135,9 +135,7 @@ class StudyReport:
         """Runs per final state, plus ``trained`` (runs trained by this invocation) and
         ``skipped`` (finished before it)."""
         counts = Counter(self.final_state(p) for p in self.plan)
-        counts["trained"] = sum(
-            o.state not in (RunState.CANCELLED, RunState.ELSEWHERE) for o in self.outcomes.values()
-        )
+        counts["trained"] = sum(o.state not in (RunState.CANCELLED, RunState.ELSEWHERE) for o in self.outcomes.values())
         counts["skipped"] = sum(p.action == "skip" for p in self.plan)
         return dict(counts)
 
@@ -184,8 +182,7 @@ def _resolve_key(key: str, swept: list[str], sample: RunSpec, text: str) -> str:
         _value(sample, key)
     except (KeyError, TypeError):
         raise ConfigError(
-            f"--only {text}: unknown key {key}; swept keys: {', '.join(swept) or 'none'}, seed, "
-            "or any config key.path"
+            f"--only {text}: unknown key {key}; swept keys: {', '.join(swept) or 'none'}, seed, or any config key.path"
         ) from None
     return key
 
@@ -235,9 +232,7 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
         manifest["study"] = spec.name
         manifest["spec_hash"] = spec_hash(spec)
         for run in runs:
-            manifest["runs"][run.run_id] = {
-                "variant": run.variant, "seed": run.seed, "overrides": run.overrides
-            }
+            manifest["runs"][run.run_id] = {"variant": run.variant, "seed": run.seed, "overrides": run.overrides}
         atomic_write_json(results_dir / MANIFEST, manifest)
 
 
@@ -250,7 +245,8 @@ def check_spec(spec: StudySpec, results_dir: Path, force: bool = False) -> None:
         raise ResultsDirError(
             f"{results_dir}: holds the runs of another spec of study {spec.name!r} (spec hash "
             f"{recorded}; {spec.source} has {current}): give this one its own --results directory, "
-            "or pass --force-spec to add its runs to these anyway")
+            "or pass --force-spec to add its runs to these anyway"
+        )
 
 
 def run_study(
@@ -314,8 +310,12 @@ def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn
     _record_study(report.spec, report.results_dir, [p.run for p in report.plan])
     tasks = [
         RunTask(
-            run_id=p.run.run_id, variant=p.run.variant, seed=p.run.seed, config=p.run.config,
-            run_dir=str(p.run_dir), train_fn=train_fn,
+            run_id=p.run.run_id,
+            variant=p.run.variant,
+            seed=p.run.seed,
+            config=p.run.config,
+            run_dir=str(p.run_dir),
+            train_fn=train_fn,
         )
         for p in launch
     ]
@@ -377,8 +377,10 @@ def read_manifest(results_dir: Path) -> dict[str, Any] | None:
     path = results_dir / MANIFEST
     remedy = "delete it: the next `glow-repro run` of the study writes it again"
     manifest = read_json(path, default=None, expect=dict, remedy=remedy)
-    if manifest is not None and not (isinstance(manifest.get("runs", {}), dict)
-                                     and all(isinstance(v, dict) for v in manifest.get("runs", {}).values())):
+    if manifest is not None and not (
+        isinstance(manifest.get("runs", {}), dict)
+        and all(isinstance(v, dict) for v in manifest.get("runs", {}).values())
+    ):
         raise UnreadableFileError(f"{path}: its runs are not a mapping of run ids to runs; {remedy}")
     return manifest
 

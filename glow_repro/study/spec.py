@@ -79,8 +79,11 @@ class LauncherSpec(BaseModel):
     time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
     gpus_per_node: int = Field(0, ge=0)
     processes_per_run: int = Field(
-        1, ge=1, description="data-parallel processes per run on one node (one per GPU); "
-        "more than 1 trains each run with DistributedDataParallel")
+        1,
+        ge=1,
+        description="data-parallel processes per run on one node (one per GPU); "
+        "more than 1 trains each run with DistributedDataParallel",
+    )
     cpus_per_task: int | None = Field(None, ge=1)
     mem_gb: float | None = Field(None, gt=0)
     array_parallelism: int | None = Field(None, ge=1, description="max array tasks at once")
@@ -89,9 +92,11 @@ class LauncherSpec(BaseModel):
     @model_validator(mode="after")
     def _one_gpu_per_process(self) -> LauncherSpec:
         if self.processes_per_run > 1 and self.gpus_per_node not in (0, self.processes_per_run):
-            raise ValueError(f"processes_per_run={self.processes_per_run} needs gpus_per_node "
-                             f"{self.processes_per_run} (one GPU per process) or 0 (CPU), "
-                             f"got {self.gpus_per_node}")
+            raise ValueError(
+                f"processes_per_run={self.processes_per_run} needs gpus_per_node "
+                f"{self.processes_per_run} (one GPU per process) or 0 (CPU), "
+                f"got {self.gpus_per_node}"
+            )
         return self
 
     @field_validator("time")
@@ -288,8 +293,9 @@ def _check_claims(spec: StudySpec) -> None:
         grid = [format_value(value) for value in axes[claim.key]]
         for value in claim.order:
             if format_value(value) not in grid:
-                raise ConfigError(f"{where}.order: {format_value(value)} is not a value of "
-                                  f"{claim.key}; allowed: {', '.join(grid)}")
+                raise ConfigError(
+                    f"{where}.order: {format_value(value)} is not a value of {claim.key}; allowed: {', '.join(grid)}"
+                )
 
 
 def _resolve_base(spec: StudySpec) -> StudySpec:
@@ -308,8 +314,9 @@ def _resolve_base(spec: StudySpec) -> StudySpec:
     swept = _swept_keys(spec)
     for key, value in spec.changes.items():
         if key in swept:
-            raise ConfigError(f"{spec.source}: set.{key}: {key} is swept; set it in the grid or "
-                              "the variants, or drop it from set:")
+            raise ConfigError(
+                f"{spec.source}: set.{key}: {key} is swept; set it in the grid or the variants, or drop it from set:"
+            )
         try:
             raw = set_path(raw, key, value)
         except ConfigError as err:
@@ -333,8 +340,7 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
         key, _ = parse_override(text)
         if key in swept or key == "seed":
             raise ConfigError(
-                f"--set {text}: {key} is swept by {spec.source}; use --only {key}=VALUE to "
-                "select runs instead"
+                f"--set {text}: {key} is swept by {spec.source}; use --only {key}=VALUE to select runs instead"
             )
     updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
     updated._source = spec.source
@@ -369,9 +375,7 @@ def expand(spec: StudySpec) -> list[RunSpec]:
     return runs
 
 
-def _make_run(
-    spec: StudySpec, fixed: dict[str, Any], point: dict[str, Any], seed: int, label: str | None
-) -> RunSpec:
+def _make_run(spec: StudySpec, fixed: dict[str, Any], point: dict[str, Any], seed: int, label: str | None) -> RunSpec:
     """Validate one run; a variant's ``label`` stands for its own settings in names."""
     assert isinstance(spec.base, dict)
     swept = {**fixed, **point}
@@ -410,10 +414,7 @@ def _run_id(resolved: dict[str, Any], named: dict[str, Any], seed: int, label: s
     YAML keeps ids) + the first 8 hex digits of sha256 over the canonical resolved config."""
     digest = hashlib.sha256(_canonical(run_identity(resolved)).encode()).hexdigest()[:8]
     words = [label] if label else []
-    words += [
-        v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{format_value(v)}"
-        for k, v in sorted(named.items())
-    ]
+    words += [v if isinstance(v, str) else f"{k.rsplit('.', 1)[-1]}{format_value(v)}" for k, v in sorted(named.items())]
     prefix = _UNSAFE.sub("_", "-".join(words)).strip("_-.")[:40]
     return "-".join(part for part in (prefix, f"s{seed}", digest) if part)
 
@@ -422,8 +423,12 @@ def spec_hash(spec: StudySpec) -> str:
     """What makes two spec files one study: the resolved configs of its variants (their run
     identities without the seed), as 16 hex digits of sha256. Seeds, labels, claims, texts
     and launcher settings are left out, so adding seeds keeps a study's hash."""
-    variants = sorted({_canonical({key: value for key, value in run_identity(run.config).items() if key != "seed"})
-                       for run in expand(spec)})
+    variants = sorted(
+        {
+            _canonical({key: value for key, value in run_identity(run.config).items() if key != "seed"})
+            for run in expand(spec)
+        }
+    )
     return hashlib.sha256("\n".join(variants).encode()).hexdigest()[:16]
 
 
@@ -437,9 +442,7 @@ def spec_yaml(spec: StudySpec) -> str:
         lines = []
     note = "# Resolved copy of "
     header = [
-        line
-        for line in itertools.takewhile(lambda line: line.startswith("#"), lines)
-        if not line.startswith(note)
+        line for line in itertools.takewhile(lambda line: line.startswith("#"), lines) if not line.startswith(note)
     ]
     header.append(f"{note}{spec.source} written by `glow-repro run`: base inlined.")
     body = yaml.safe_dump(spec.model_dump(mode="json", exclude={"changes"}), sort_keys=False)

@@ -99,9 +99,7 @@ def _require_results_dir(results_dir: Path) -> list[Path]:
         )
     run_dirs = sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file())
     if not run_dirs:
-        raise ResultsDirError(
-            f"{results_dir}: no runs yet (no runs/*/config.yaml); start them with `glow-repro run`"
-        )
+        raise ResultsDirError(f"{results_dir}: no runs yet (no runs/*/config.yaml); start them with `glow-repro run`")
     return run_dirs
 
 
@@ -200,11 +198,7 @@ def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataF
 
 def _long(rows_by_run: dict[str, list[dict[str, Any]]], ids: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
     """Stack per-run rows under their id columns, keeping the runs' order."""
-    frames = [
-        pd.DataFrame(rows).assign(run_id=run_id)
-        for run_id, rows in rows_by_run.items()
-        if rows
-    ]
+    frames = [pd.DataFrame(rows).assign(run_id=run_id) for run_id, rows in rows_by_run.items() if rows]
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
     for column in columns:
         if column not in data:
@@ -223,10 +217,16 @@ def _status(run: RunDir) -> dict[str, Any]:
     return status
 
 
-def _final_row(run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+def _final_row(
+    run: RunDir, evals: list[dict[str, Any]], steps: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> dict[str, Any]:
     status = _status(run)
     summary = run.summary()
-    row: dict[str, Any] = {"state": status.get("state", RunState.PENDING.value), "step": status.get("step"), "error": status.get("error")}
+    row: dict[str, Any] = {
+        "state": status.get("state", RunState.PENDING.value),
+        "step": status.get("step"),
+        "error": status.get("error"),
+    }
     for key in SUMMARY_COLUMNS:
         row[key] = summary.get(key)
     row.update({k: v for k, v in summary.items() if k not in row and k != "state"})
@@ -274,8 +274,11 @@ def load_tables(results_dir: str | Path) -> Tables:
 
 def write_tables(tables: Tables, out_dir: str | Path) -> list[Path]:
     """Write each table as ``<name>.parquet`` and ``<name>.csv`` under ``out_dir``."""
-    return [path for name in ("steps", "evals", "finals", "events", "configs")
-            for path in write_frame(getattr(tables, name), out_dir, name)]
+    return [
+        path
+        for name in ("steps", "evals", "finals", "events", "configs")
+        for path in write_frame(getattr(tables, name), out_dir, name)
+    ]
 
 
 def write_frame(frame: pd.DataFrame, out_dir: str | Path, name: str) -> list[Path]:
@@ -319,4 +322,3 @@ def shared_settings(configs: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in configs.columns if c not in (*ID_COLUMNS, *varying)]
     first = configs.iloc[0]
     return pd.DataFrame({"key": keys, "value": [format_value(first[k]) for k in keys]})
-
