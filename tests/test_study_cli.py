@@ -191,3 +191,26 @@ def test_sigkill_mid_study_then_rerun_completes_without_duplicate_rows(tmp_path)
     manifest = json.loads((results / "manifest.json").read_text())
     assert len(manifest["runs"]) == 4
     assert yaml.safe_load((results / "study.yaml").read_text())["base"]["train"]["steps"] == steps
+
+
+def test_the_run_summary_accounts_for_every_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: fake_train)
+    study, results = make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0, 1)), tmp_path / "results"
+    cli("run", study, "--results", results, "--launcher", "inprocess")
+    again = cli("run", study, "--results", results, "--launcher", "inprocess")
+    assert (
+        "fake: 2 done, 2 failed (0 trained now, 2 already finished, 2 failed before (--retry-failed trains them))"
+        in again.output
+    )
+
+
+def test_status_dates_the_bpd_of_a_run_that_is_not_done(tmp_path):
+    study, results = make_study(tmp_path, widths=(12,), seeds=(0,)), tmp_path / "results"
+    run_study(study, results, launcher="inprocess", train_fn=fake_train)
+    (run,) = (results / "runs").iterdir()
+    # diverged before its first evaluation after step 0: the step-0 bpd is no result of training
+    (run / "summary.json").unlink()
+    (run / "evals.jsonl").write_text('{"step": 0, "test_bpd": 8.5}\n')
+    (run / "status.json").write_text('{"state": "diverged", "step": 2}')
+    row = next(line for line in cli("status", results).output.splitlines() if "width=12" in line).split()
+    assert row[3:7] == ["diverged", "2", "8.500", "@0"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -175,10 +176,7 @@ def run_command(
         click.echo(f"would train {n_launch} of {len(plan)} runs")
         return
     states = [report.final_state(p) for p in plan]
-    click.echo(
-        f"{report.spec.name}: {_counts(states)} ({report.counts['trained']} trained now, "
-        f"{report.counts['skipped']} already finished) -> {report.results_dir}"
-    )
+    click.echo(f"{report.spec.name}: {_counts(states)} ({_accounting(report)}) -> {report.results_dir}")
     for planned in report.runs_in(RunState.ELSEWHERE):
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
     if report.tables_dir is not None:
@@ -211,6 +209,37 @@ def run_command(
         click.get_current_context().exit(1)
 
 
+def _accounting(report) -> str:
+    """What this invocation did with each planned run, in parts that add up to the plan."""
+    not_trained = (RunState.CANCELLED, RunState.ELSEWHERE)
+    reasons = {"keep-failed": "failed before (--retry-failed trains them)", "elsewhere": "training elsewhere",
+               "unreadable": "with an unreadable status", RunState.ELSEWHERE: "training elsewhere"}  # fmt: skip
+    parts = Counter()
+    for planned in report.plan:
+        outcome = report.outcomes.get(planned.run.run_id)
+        if outcome is not None and outcome.state not in not_trained:
+            parts["trained now"] += 1
+        elif planned.action == "skip":
+            parts["already finished"] += 1
+        else:
+            key = outcome.state if outcome is not None else planned.action
+            parts[reasons.get(key, "not started (stopped)")] += 1
+    parts.setdefault("trained now", 0)
+    parts.setdefault("already finished", 0)
+    order = ["trained now", "already finished"]
+    return ", ".join(f"{parts[name]} {name}" for name in order + sorted(set(parts) - set(order)))
+
+
+def _bpd(run) -> str:
+    """The last test bpd; for a run that is not done, with the step it was measured at, so a
+    diverged run's step-0 evaluation is not read as its result."""
+    if run.test_bpd is None:
+        return "-"
+    if run.state is RunState.DONE or run.test_bpd_step is None:
+        return f"{run.test_bpd:.3f}"
+    return f"{run.test_bpd:.3f} @{run.test_bpd_step}"
+
+
 @click.command("status")
 @click.argument("results_dir", type=click.Path(path_type=Path))
 @user_errors
@@ -227,7 +256,7 @@ def status_command(results_dir: Path) -> None:
             "-" if r.seed is None else str(r.seed),
             r.state,
             "-" if r.step is None else str(r.step),
-            "-" if r.test_bpd is None else f"{r.test_bpd:.3f}",
+            _bpd(r),
             _duration(r.wall_time),
         ]
         for r in runs

@@ -367,6 +367,7 @@ class RunStatus:
     state: RunState
     step: int | None
     test_bpd: float | None
+    test_bpd_step: int | None  # the step of that evaluation (0: before any training)
     wall_time: float | None
     error: str | None
 
@@ -415,6 +416,7 @@ def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
         summary, evals, state = {}, [], RunState.UNREADABLE
         status = {**status, "error": str(err)}
     bpd = summary.get("final_test_bpd", evals[-1]["test_bpd"] if evals else None)
+    bpd_step = _number(evals[-1].get("step")) if evals and bpd is not None else None
     wall = summary.get("wall_time", status.get("wall_time"))
     seed = entry.get("seed")
     return RunStatus(
@@ -424,6 +426,7 @@ def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
         state=state,
         step=_number(status.get("step", summary.get("step"))),
         test_bpd=_number(bpd),
+        test_bpd_step=bpd_step,
         wall_time=_number(wall),
         error=status.get("error") if isinstance(status.get("error"), str) else None,
     )
