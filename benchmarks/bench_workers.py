@@ -40,8 +40,8 @@ def study(steps: int, runs: int) -> dict:
 
 def timed_run(spec: Path, results: Path, workers: int) -> float:
     started = time.perf_counter()
-    command = [sys.executable, "-m", "glow_repro", "run", str(spec), "--results", str(results), "--workers", str(workers)]
-    subprocess.run(command, check=True, capture_output=True)
+    command = [sys.executable, "-m", "glow_repro", "run", str(spec), "--results", str(results)]
+    subprocess.run([*command, "--workers", str(workers)], check=True, capture_output=True)
     return time.perf_counter() - started
 
 

@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.rundir import RunDir, RunLock
+from glow_repro.rundir import RunDir, RunLock, RunState
 from glow_repro.study.runner import run_study
 from tests.test_runner import FAIL_WIDTH, fake_train, make_study
 
@@ -214,3 +214,16 @@ def test_status_dates_the_bpd_of_a_run_that_is_not_done(tmp_path):
     (run / "status.json").write_text('{"state": "diverged", "step": 2}')
     row = next(line for line in cli("status", results).output.splitlines() if "width=12" in line).split()
     assert row[3:7] == ["diverged", "2", "8.500", "@0"]
+
+
+def test_a_diverged_run_is_reported_by_its_step_not_its_last_evaluation(capsys):
+    from glow_repro.config import RunConfig
+    from glow_repro.study.launchers import Outcome, RunTask, Tracker
+
+    task = RunTask("r-s0", "width=12", 0, RunConfig(), "runs/r-s0")
+    tracker = Tracker([task], desc="fake", slots=1)
+    summary = {"state": "diverged", "step": 7, "final_test_bpd": 8.5, "first_nonfinite_step": 7}
+    tracker.record(Outcome("r-s0", RunState.DIVERGED, summary=summary))
+    tracker.close()
+    line = next(line for line in capsys.readouterr().out.splitlines() if "r-s0" in line)
+    assert line.endswith(": diverged at step 7") and "8.5" not in line

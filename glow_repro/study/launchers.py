@@ -288,6 +288,8 @@ class Tracker:
         detail = ""
         if outcome.error:
             detail = f": {outcome.error.splitlines()[0][:160]}"
+        elif outcome.state is RunState.DIVERGED:  # its last evaluation may be the untrained step 0
+            detail = f": diverged at step {outcome.summary.get('first_nonfinite_step') or outcome.summary.get('step')}"
         elif outcome.summary.get("final_test_bpd") is not None:
             detail = f": test bpd {outcome.summary['final_test_bpd']:.3f}"
         elif outcome.state is RunState.ELSEWHERE:
