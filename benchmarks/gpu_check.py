@@ -24,12 +24,15 @@ from pathlib import Path
 
 import torch
 
-from glow_repro.benchmark import PAPER_CIFAR10, measure
-from glow_repro.config import RunConfig, dump_run_config, set_path
+from glow_repro.benchmark import measure
+from glow_repro.config import RunConfig, dump_run_config, read_yaml, set_path
 from glow_repro.distributed import DistContext
 from glow_repro.rundir import RunDir
 from glow_repro.train import train
 
+#: The paper studies' model (configs/paper_cifar10.yaml); each stage sets its own budget.
+PAPER_CIFAR10 = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "paper_cifar10.yaml")
+PAPER_CIFAR10["train"] = {**PAPER_CIFAR10["train"], "epochs": None, "steps": 1000}
 SYNTHETIC_RGB = {"dataset": "synthetic", "image_size": 32, "channels": 3, "synthetic_size": 1024}
 TINY = {
     "data": {"dataset": "synthetic", "image_size": 8, "synthetic_size": 128},

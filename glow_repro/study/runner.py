@@ -324,8 +324,6 @@ def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn
     report.workers = options.workers
     slots = options.workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
     tracker = Tracker(tasks, desc=report.spec.name, slots=slots)
-    if tasks and launcher == "local":
-        tracker.write(f"training {len(tasks)} runs, {slots} at a time")
     try:
         LAUNCHERS[launcher](tasks, tracker, options)
     finally:
