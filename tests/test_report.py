@@ -98,6 +98,7 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     assert "glow-repro run" in text and "con-aff-s2" in text
 
 
+@pytest.mark.slow
 def test_cifar10_figure3_study_overlays_the_digitised_paper_curves(tmp_path: Path) -> None:
     out = tmp_path / "report"
     build_report(make_fake_study(tmp_path, dataset="cifar10", steps_per_epoch=1), out)
@@ -105,6 +106,7 @@ def test_cifar10_figure3_study_overlays_the_digitised_paper_curves(tmp_path: Pat
     assert "Dashed: the paper's curves, digitised" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_report_defaults_to_reports_study_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = make_fake_study(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -153,6 +155,7 @@ def _rewrite(path: Path, **changes: object) -> None:
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_report_when_every_run_of_a_variant_diverges(tmp_path: Path) -> None:
     results = make_fake_study(tmp_path)
     for run in (results / "runs").glob("con-aff-*"):
@@ -166,6 +169,7 @@ def test_report_when_every_run_of_a_variant_diverges(tmp_path: Path) -> None:
     assert "Lowest final test bpd: `permutation=conv1x1, coupling=additive`" in markdown
 
 
+@pytest.mark.slow
 def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
     results = make_fake_study(tmp_path)
     for run in (results / "runs").iterdir():
@@ -180,6 +184,7 @@ def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
     assert "`depth`" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: Path) -> None:
     from glow_repro.study.runner import run_study
     from glow_repro.study.tables import load_tables
@@ -262,6 +267,7 @@ def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -
     ((12, 16), (0,), ["a difference of 0.000 bpd, not tested (a t-test needs two finished runs of each variant)",
                       "no pair could be tested (a t-test needs two finished runs of each variant)"]),
 ])  # fmt: skip
+@pytest.mark.slow
 def test_report_of_any_number_of_variants_and_seeds(tmp_path: Path, widths, seeds, expected: list[str]) -> None:
     results = _study_of(tmp_path, widths, seeds)
     out = tmp_path / "report"
@@ -276,6 +282,7 @@ def test_report_of_any_number_of_variants_and_seeds(tmp_path: Path, widths, seed
         assert markdown.count("No comparison: ") == 2  # summary and results
 
 
+@pytest.mark.slow
 def test_report_names_the_runs_it_leaves_out_and_why(tmp_path: Path) -> None:
     results = make_fake_study(tmp_path)
     (results / "runs" / "con-aff-s0" / "status.json").write_text('{"state": "do')  # torn by hand
@@ -294,6 +301,7 @@ def test_report_names_the_runs_it_leaves_out_and_why(tmp_path: Path) -> None:
     assert summary.loc["permutation=conv1x1, coupling=affine", ["n_runs", "n_done"]].tolist() == [3, 0]
 
 
+@pytest.mark.slow
 def test_a_report_with_every_run_finished_says_none_is_left_out(tmp_path: Path) -> None:
     out = tmp_path / "report"
     build_report(_study_of(tmp_path, (12, 16), (0, 1)), out)

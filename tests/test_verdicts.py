@@ -128,6 +128,7 @@ def test_seeds_needed_agrees_with_statsmodels():
     assert list(seeds_needed_t(np.array([0.0, 0.01]), 0.05)) == [np.inf, np.inf]
 
 
+@pytest.mark.slow
 def test_holm_agrees_with_statsmodels():
     rng = np.random.default_rng(5)
     p = np.concatenate([rng.uniform(0, 0.06, (8, 4)), [[0.01, 0.01, 0.04, 1.0], [0.2, 0.01, 0.02, 0.03]]])
@@ -283,6 +284,7 @@ def tolerance(rate: float) -> float:
 PLAN = SeedPlan.extend([0, 1, 2], max_seeds=12)  # looks at 3, 6, 9, 12 seeds
 
 
+@pytest.mark.slow
 def test_sequential_rule_keeps_the_false_positive_rate_at_alpha():
     final, used = simulate([0.0, 0.0, 0.0], PLAN, seed=1)
     resolved = np.isin(final, ["reproduced", "contradicted"]).mean()
@@ -298,6 +300,7 @@ def test_sequential_rule_keeps_the_false_positive_rate_at_alpha():
     assert naive_rate > resolved  # the split is what keeps the rate down
 
 
+@pytest.mark.slow
 def test_sequential_rule_resolves_a_true_effect_with_the_planned_power():
     """Adjacent values differ by the effect the last look alone detects with 80 % power (at
     its Bonferroni pair level): the sequential rule reproduces the claim at least about as
