@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,6 +33,23 @@ def describe_os_error(err: OSError) -> str:
         f"{where}: {reason}; nothing written before is changed (files are replaced atomically): "
         "fix this (space, permissions, the path) and run the same command again"
     )
+
+
+#: ``--out``: where a command that reads one run writes its figures (default: the run's samples/).
+out_dir_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output folder [default: RUN_DIR/samples]",
+)
+#: ``--device``: where a command that loads one run's model runs it.
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "auto", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="where the model runs; auto picks CUDA when present",
+)
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import UserError, user_errors
+from glow_repro.commands.base import UserError, device_option, out_dir_option, user_errors
 
 
 def _alphas(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -48,19 +48,8 @@ def _alphas(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     help="training images the direction is the mean difference over, and held-out test images "
     "its separation is measured on [default: all]",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="output folder [default: RUN_DIR/samples]",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "auto", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="where the model runs; auto picks CUDA when present",
-)
+@out_dir_option
+@device_option
 @user_errors
 def manipulate_command(
     run_dir: Path,

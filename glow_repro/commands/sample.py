@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import device_option, out_dir_option, user_errors
 
 
 @click.command("sample")
@@ -27,12 +27,7 @@ from glow_repro.commands.base import user_errors
     type=click.IntRange(min=1),
     help="samples per temperature and images reconstructed [default: train.n_samples]",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="output folder [default: RUN_DIR/samples]",
-)
+@out_dir_option
 @click.option("--seed", type=click.IntRange(min=0), help="sampling and pair-drawing seed [default: the run's seed]")
 @click.option(
     "--interpolations",
@@ -49,13 +44,7 @@ from glow_repro.commands.base import user_errors
     show_default=True,
     help="images per interpolation row, both ends included",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "auto", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="where the model runs; auto picks CUDA when present",
-)
+@device_option
 @user_errors
 def sample_command(
     run_dir: Path,
