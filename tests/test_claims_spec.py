@@ -75,6 +75,14 @@ def test_bad_claims_are_one_line_errors_naming_file_and_key(tmp_path, case):
     assert re.search(pattern, message), message
 
 
+def test_max_seeds_loads_and_may_not_be_below_the_seeds_listed(tmp_path):
+    assert load_study(write(tmp_path, study(grid=GRID, max_seeds=6), "ok.yaml")).max_seeds == 6
+    path = write(tmp_path, study(grid=GRID, seeds=[0, 1, 2], max_seeds=2), "bad.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"{path}: max_seeds: must be at least the 3 seeds listed (got 2)")
+
+
 def test_claim_ids_are_distinct(tmp_path):
     path = write(
         tmp_path,

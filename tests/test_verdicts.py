@@ -35,7 +35,7 @@ from glow_repro.cli import main
 from glow_repro.config import ConfigError
 from glow_repro.rundir import RunDir, atomic_write_json
 from glow_repro.study.runner import run_study
-from glow_repro.study.spec import ClaimSpec
+from glow_repro.study.spec import ClaimSpec, load_study
 from tests.test_runner import fake_train
 
 SWEPT = ["model.permutation", "model.coupling"]
@@ -355,13 +355,14 @@ def effect_train(config, run_dir, **kwargs):
     return summary
 
 
-def claim_study(tmp_path: Path, lr: float, claims: bool = True) -> Path:
+def claim_study(tmp_path: Path, lr: float, claims: bool = True, **fields) -> Path:
     spec = {
         "name": "claims",
         "reference": "none",
         "base": {"data": {"dataset": "synthetic"}, "model": {"depth": 1, "levels": 1}, "train": {"steps": 2, "lr": lr}},
         "grid": {"model.width": [12, 16]},
         "seeds": [0, 1, 2],
+        **fields,
     }
     if claims:
         spec["claims"] = [{"id": "wider-is-better", "source": "test", "key": "model.width", "order": [16, 12]}]
@@ -424,6 +425,22 @@ def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp
     assert verdict_table["seeds"].tolist() == [rows[-1]["seeds"]] and verdict_table["alpha"].tolist() == [
         pytest.approx(0.05 / 3)
     ]
+
+
+def test_until_resolved_takes_the_studys_max_seeds_unless_the_command_line_gives_one(tmp_path):
+    spec = load_study(claim_study(tmp_path, lr=1e-3, max_seeds=6))
+    assert SeedJudge().limit(spec) == 6 and SeedJudge(max_seeds=9).limit(spec) == 9
+    assert SeedJudge().limit(load_study(claim_study(tmp_path, lr=1e-3))) == 12
+    results = tmp_path / "results"
+    run_study(
+        claim_study(tmp_path, lr=1e-3, max_seeds=6),
+        results,
+        launcher="inprocess",
+        train_fn=effect_train,
+        judge=SeedJudge(),
+    )
+    rows = decisions(results)
+    assert rows[-1]["seeds"] <= 6 and all(row["alpha"] == pytest.approx(0.05 / 2) for row in rows)
 
 
 def test_verdict_command_without_claims_and_outside_a_results_dir(tmp_path):

@@ -147,13 +147,21 @@ def decide(
     ), table
 
 
+#: Most seeds per variant when neither ``--max-seeds`` nor the study's ``max_seeds`` says.
+DEFAULT_MAX_SEEDS = 12
+
+
 @dataclass(frozen=True)
 class SeedJudge:
     """The judge of ``glow-repro run --until-resolved``: :func:`decide` on the results so far,
-    with the looks planned from the study's seeds and ``max_seeds``."""
+    with the looks planned from the study's seeds and ``max_seeds`` (when None: the study's
+    own ``max_seeds``, else :data:`DEFAULT_MAX_SEEDS`)."""
 
-    max_seeds: int
+    max_seeds: int | None = None
     alpha: float = ALPHA
+
+    def limit(self, spec: StudySpec) -> int:
+        return self.max_seeds or spec.max_seeds or DEFAULT_MAX_SEEDS
 
     def check(self, spec: StudySpec) -> None:
         if not spec.claims:
@@ -161,12 +169,12 @@ class SeedJudge:
                 f"{spec.source}: --until-resolved needs the claims the study tests "
                 "(claims: in the study file; docs/verdicts.md)"
             )
-        if self.max_seeds < len(spec.seeds):
+        if self.limit(spec) < len(spec.seeds):
             raise ConfigError(
-                f"--max-seeds {self.max_seeds}: must be at least the {len(spec.seeds)} seeds of {spec.source}"
+                f"--max-seeds {self.limit(spec)}: must be at least the {len(spec.seeds)} seeds of {spec.source}"
             )
 
     def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> Decision:
         tables = load_tables(results_dir)
-        plan = SeedPlan.extend(spec.seeds, self.max_seeds, self.alpha)
+        plan = SeedPlan.extend(spec.seeds, self.limit(spec), self.alpha)
         return decide(tables.finals, tables.evals, spec.claims, tables.swept, plan, look)[0]

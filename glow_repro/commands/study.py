@@ -104,9 +104,7 @@ WORKERS = _Workers()
 @click.option(
     "--max-seeds",
     type=click.IntRange(min=1),
-    default=12,
-    show_default=True,
-    help="most seeds per variant --until-resolved trains",
+    help="most seeds per variant --until-resolved trains [default: the study's max_seeds, else 12]",
 )
 @click.option("--partition", help="SLURM partition")
 @click.option("--time", "time_", metavar="TIME", help="SLURM time limit: minutes or HH:MM:SS")
@@ -129,7 +127,7 @@ def run_command(
     retry_failed: bool,
     force_spec: bool,
     until_resolved: bool,
-    max_seeds: int,
+    max_seeds: int | None,
     partition: str | None,
     time_: str | None,
     gpus: int | None,

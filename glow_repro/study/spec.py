@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -176,6 +177,9 @@ class StudySpec(BaseModel):
     seeds: list[StrictInt] = Field(min_length=1)
     launcher: LauncherSpec = LauncherSpec()
     claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
+    max_seeds: StrictInt | None = Field(
+        None, description="most seeds per variant --until-resolved trains (its --max-seeds overrides)"
+    )
 
     _source: str = PrivateAttr("<study>")
 
@@ -235,6 +239,14 @@ class StudySpec(BaseModel):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
+
+    @field_validator("max_seeds")
+    @classmethod
+    def _max_seeds(cls, value: int | None, info: ValidationInfo) -> int | None:
+        seeds = info.data.get("seeds", [])
+        if value is not None and value < len(seeds):
+            raise ValueError(f"must be at least the {len(seeds)} seeds listed (got {value})")
+        return value
 
 
 def swept_values(spec: StudySpec) -> dict[str, list[Any]]:
