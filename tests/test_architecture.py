@@ -5,7 +5,7 @@ The layers, lowest first; a module may import its own layer and the layers below
     base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
     config    config, registry, datasets (names, shapes and readers of the datasets; no torch)
     flows     glow_repro.flows.*
-    model     model, objective, data
+    model     model, objective, data, batches (the training batch of each step)
     rundir    rundir (the run-directory format; no torch)
     engine    engine, train, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
     study     glow_repro.study.*
@@ -40,7 +40,7 @@ LAYERS = [
     ),
     ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets"]),
     ("flows", ["glow_repro.flows"]),
-    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
+    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data", "glow_repro.batches"]),
     ("rundir", ["glow_repro.rundir"]),
     (
         "engine",
