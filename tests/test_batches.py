@@ -89,7 +89,9 @@ def recorded_run(tmp_path, monkeypatch, name, cfg):
         patch.setattr(batches, "prepare_batch", recording_prepare)
         train(cfg, tmp_path / name, threads=1)
     run = RunDir(tmp_path / name)
-    logs = [[{k: v for k, v in row.items() if k not in TIMING} for row in log.read()] for log in (run.metrics, run.evals)]
+    logs = [
+        [{k: v for k, v in row.items() if k not in TIMING} for row in log.read()] for log in (run.metrics, run.evals)
+    ]
     return stepped, threads, logs
 
 
@@ -144,12 +146,14 @@ def test_the_cuda_path_pins_host_memory_and_copies_without_blocking(monkeypatch)
     with BatchStream(cfg, data, order, cuda, torch.channels_last) as stream:
         for step in (1, 2):
             x, y = stream.take(step, prefetch_next=step == 1)
-            assert torch.equal(x, prepare_batch(cfg, data, order, step)[0])
+            expected_x, expected_y = prepare_batch(cfg, data, order, step)
+            assert torch.equal(x, expected_x) and torch.equal(y, expected_y)
     assert pinned == [torch.float32, torch.int64] * 2
-    assert copies == [
+    one_step = [
         (torch.float32, {"memory_format": torch.channels_last, "non_blocking": True}),
         (torch.int64, {"non_blocking": True}),
-    ] * 2
+    ]
+    assert copies == one_step * 2
     pinned.clear()
     with BatchStream(cfg, data, order, torch.device("cpu"), torch.channels_last) as stream:
         stream.take(1, prefetch_next=False)
