@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from glow_repro.batches import BatchOrder, BatchStream, epoch_order, step_generator
+from glow_repro.cadence import CheckpointTimer, eval_due
 from glow_repro.config import (
     RunConfig,
     dump_run_config,
@@ -139,6 +140,7 @@ class _Run:
         self.monitor = StabilityMonitor(config.monitor, self.engine.model, run.path.name)
         self.mirror = TensorBoardMirror(run.tensorboard) if cfg.tensorboard and dist.is_main else None
         self.recovery = RecoveryPolicy(cfg)  # its counters survive a rollback, saved in checkpoints
+        self.checkpoint_timer = CheckpointTimer(cfg.checkpoint_every_minutes)
         self.step = 0
         self.elapsed_before = 0.0
         self.clock = time.perf_counter()
@@ -150,6 +152,7 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.checkpoint_timer.restart()
         if not self.dist.is_main:
             return
         weights = self.engine.state_dict()
@@ -526,11 +529,11 @@ def _train(
                     break
                 bar.n = work.step
                 continue
-            if work.step % cfg.eval_every == 0 or work.step == work.total_steps:
+            if eval_due(work.step, cfg, work.batches.per_epoch) or work.step == work.total_steps:
                 work.evaluate()
             bar.update(work.step - bar.n)
             bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
-            if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps:
+            if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps or work.checkpoint_timer.due():
                 work.save_checkpoint()
                 if dist.is_main:
                     run.write_status(RunState.RUNNING, step=work.step)

@@ -7,7 +7,7 @@ The layers, lowest first; a module may import its own layer and the layers below
     flows     glow_repro.flows.*
     model     model, objective, data, batches (the training batch of each step)
     rundir    rundir (the run-directory format; no torch)
-    engine    engine, train, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
+    engine    engine, train, cadence, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
     study     glow_repro.study.*
     analysis  glow_repro.analysis.*
     cli       cli, __main__, glow_repro.commands.*
@@ -47,6 +47,7 @@ LAYERS = [
         [
             "glow_repro.engine",
             "glow_repro.train",
+            "glow_repro.cadence",
             "glow_repro.evaluation",
             "glow_repro.sampling",
             "glow_repro.stability",
