@@ -1,5 +1,5 @@
 """Training batches as a pure function of ``(seed, step)``, and a stream that prepares the next
-one while the current step runs (docs/architecture.md, "Exact resume").
+one while the current step runs (README, "Interrupting and resuming" and "Bigger machines").
 
 Batch ``step`` (1-based) is a slice of the seeded, drop-last epoch order; its images get the
 shift augmentation (when enabled) and the dequantisation noise of that step (Glow, section 5).

@@ -1,4 +1,4 @@
-"""When a run evaluates and checkpoints (README, "Speed and scale options").
+"""When a run evaluates and checkpoints (README, "One run" and "Interrupting and resuming").
 
 Evaluations come every ``train.eval_every`` steps or, with ``train.eval_every_epochs``, at the
 first step that reaches each multiple of that many epochs. Checkpoints come every
