@@ -1,8 +1,9 @@
 """One training run: ``train(config, run_dir)`` — importable, no CLI.
 
-The model, optimiser and step come from :mod:`glow_repro.engine`, the handling of a bad step
-from :class:`glow_repro.stability.RecoveryPolicy`; this module owns the data order, the
-budgets, the checkpoint, the evaluations and the run directory's records.
+The model, optimiser and step come from :mod:`glow_repro.engine`, each step's batch from
+:mod:`glow_repro.batches`, when to evaluate and checkpoint from :mod:`glow_repro.cadence`,
+the handling of a bad step from :class:`glow_repro.stability.RecoveryPolicy`; this module
+owns the budgets, the checkpoint, the evaluations and the run directory's records.
 
 Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
 (the data order of each epoch, the dequantisation noise and the shift augmentation of each
