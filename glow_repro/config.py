@@ -128,11 +128,15 @@ class TrainConfig(_Section):
     ema_decay: float | None = Field(None, gt=0, lt=1, description="Polyak/EMA weights for eval")
     augment_shift: Flag = Field(False, description="random translation by up to 10% of the size, per image")
     init_images: int = Field(256, ge=1, le=MAX_IMAGES, description="images for ActNorm data-dependent init")
-    eval_every: int = Field(200, ge=1)
+    eval_every: int | None = Field(200, ge=1, description="steps between evaluations")
+    eval_every_epochs: float | None = Field(None, gt=0, description="evaluation cadence in epochs; replaces eval_every")
     eval_limit: int | None = Field(None, ge=1, description="cap on test images per evaluation")
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(100, ge=1)
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0, description="also checkpoint once this many wall minutes passed since the last one"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, le=4096)
     precision: Literal["float32", "bf16"] = Field(
@@ -161,9 +165,12 @@ class TrainConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _epochs_replace_steps(cls, raw: Any) -> Any:
-        """A budget in epochs leaves ``steps`` unset (null) unless both were given."""
+        """A budget (an evaluation cadence) in epochs leaves ``steps`` (``eval_every``) unset
+        (null) unless both were given."""
         if isinstance(raw, dict) and raw.get("epochs") is not None and "steps" not in raw:
             raw = {**raw, "steps": None}
+        if isinstance(raw, dict) and raw.get("eval_every_epochs") is not None and "eval_every" not in raw:
+            raw = {**raw, "eval_every": None}
         return raw
 
     @model_validator(mode="after")
@@ -172,6 +179,16 @@ class TrainConfig(_Section):
             raise ValueError("give the budget as train.steps or as train.epochs, not both (set the other to null)")
         if self.warmup_epochs is not None and self.warmup_steps:
             raise ValueError("give the warmup as train.warmup_steps or as train.warmup_epochs, not both")
+        if (self.eval_every is None) == (self.eval_every_epochs is None):
+            raise ValueError(
+                "give the evaluation cadence as train.eval_every or as train.eval_every_epochs, "
+                "not both (set the other to null)"
+            )
+        if self.checkpoint_every_minutes is not None and self.on_nonfinite == "rollback":
+            raise ValueError(
+                "train.checkpoint_every_minutes cannot go with train.on_nonfinite=rollback: the step a "
+                "rollback returns to would depend on wall time; checkpoint by train.checkpoint_every only"
+            )
         return self
 
 
@@ -242,12 +259,18 @@ EXECUTION_ONLY_KEYS = (
     "train.grad_checkpointing",
     "train.tensorboard",
     "train.deterministic",
+    "train.checkpoint_every_minutes",
 )
 
 
 #: Keys added after runs were made, with the value every earlier run had: left out of a run's
 #: identity while they hold it, so existing configs keep their run ids.
-LATER_KEYS = {"model.conditioning": "none", "model.class_weight": 0.01, "model.conditional_splits": False}
+LATER_KEYS = {
+    "model.conditioning": "none",
+    "model.class_weight": 0.01,
+    "model.conditional_splits": False,
+    "train.eval_every_epochs": None,
+}
 
 
 def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:

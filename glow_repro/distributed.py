@@ -40,10 +40,6 @@ class DistContext:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda", self.local_rank if torch.cuda.device_count() > 1 else 0)
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous share of a global batch (equal shares)."""
-        return batch.chunk(self.world_size)[self.rank] if self.enabled else batch
-
     def total(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks of a tensor on this rank's device, left on the device (no host read)."""
         if not self.enabled:

@@ -27,12 +27,17 @@ def preprocess(
     noise: bool = True,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    within: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Quantise, scale to [-0.5, 0.5) and add uniform dequantisation noise of one bin."""
+    """Quantise, scale to [-0.5, 0.5) and add uniform dequantisation noise of one bin.
+    ``within=(start, total)``: ``images`` are rows ``start...`` of a batch of ``total``, whose
+    noise the generator draws in full, so these rows get the values the whole batch would."""
     bins = 2**n_bits
     x = quantize(images, n_bits).to(dtype) / bins - 0.5
     if noise:
-        x = x + torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device) / bins
+        start, total = within or (0, len(x))
+        draws = torch.rand((total, *x.shape[1:]), generator=generator, dtype=dtype, device=x.device)
+        x = x + draws[start : start + len(x)] / bins
     return x
 
 

@@ -1,8 +1,9 @@
 """One training run: ``train(config, run_dir)`` — importable, no CLI.
 
-The model, optimiser and step come from :mod:`glow_repro.engine`, the handling of a bad step
-from :class:`glow_repro.stability.RecoveryPolicy`; this module owns the data order, the
-budgets, the checkpoint, the evaluations and the run directory's records.
+The model, optimiser and step come from :mod:`glow_repro.engine`, each step's batch from
+:mod:`glow_repro.batches`, when to evaluate and checkpoint from :mod:`glow_repro.cadence`,
+the handling of a bad step from :class:`glow_repro.stability.RecoveryPolicy`; this module
+owns the budgets, the checkpoint, the evaluations and the run directory's records.
 
 Exact resume by construction: everything random in the loop is derived from ``(seed, step)``
 (the data order of each epoch, the dequantisation noise and the shift augmentation of each
@@ -36,6 +37,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from glow_repro.batches import BatchOrder, BatchStream, epoch_order, step_generator
+from glow_repro.cadence import CheckpointTimer, eval_due
 from glow_repro.config import (
     RunConfig,
     dump_run_config,
@@ -76,55 +79,9 @@ class RunInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; the run saved a checkpoint at a step boundary."""
 
 
-def _step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A generator for one purpose (``stream``) at one step, independent of everything else."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7919 + stream) % (2**63))
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=_step_generator(seed, epoch, stream=1))
-
-
 def learning_rate(base_lr: float, warmup_steps: int, step: int) -> float:
     """Linear warmup from lr/warmup to lr over ``warmup_steps`` (Glow, section 5), then constant."""
     return base_lr * (min(1.0, step / warmup_steps) if warmup_steps else 1.0)
-
-
-def shift_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random translation of each image by up to round(0.1 * size) pixels per axis, edges
-    filled with the nearest pixel: the official code's Keras ``width_shift_range=0.1,
-    height_shift_range=0.1`` (whose shifts are real-valued and interpolated; ours are whole
-    pixels, so 8-bit values stay exact)."""
-    b, _, h, w = images.shape
-    reach_y, reach_x = round(0.1 * h), round(0.1 * w)
-    dy = torch.randint(-reach_y, reach_y + 1, (b, 1), generator=generator)
-    dx = torch.randint(-reach_x, reach_x + 1, (b, 1), generator=generator)
-    rows = (torch.arange(h) - dy).clamp(0, h - 1)  # [b, h]: source row of each output row
-    cols = (torch.arange(w) - dx).clamp(0, w - 1)
-    picked = images[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last
-
-
-class _Batches:
-    """Which training images make batch ``step`` (1-based) of the seeded, drop-last epoch
-    order: a pure function of the step."""
-
-    def __init__(self, data: ImageData, batch_size: int, seed: int):
-        self.images = data.images
-        self.batch_size = min(batch_size, len(data.images))
-        self.per_epoch = len(data.images) // self.batch_size
-        self.seed = seed
-        self._order: tuple[int, torch.Tensor] | None = None
-
-    def epoch(self, step: int) -> float:
-        return step / self.per_epoch
-
-    def indices(self, step: int) -> torch.Tensor:
-        epoch, index = divmod(step - 1, self.per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, _epoch_order(len(self.images), self.seed, epoch))
-        start = index * self.batch_size
-        return self._order[1][start : start + self.batch_size]
 
 
 @contextlib.contextmanager
@@ -165,7 +122,16 @@ class _Run:
         self.train_data, self.test_data = train_data, test_data
         self.conditional = config.model.conditioning == "class"
         self.engine = Engine(config, device, dist)
-        self.batches = _Batches(train_data, config.train.batch_size, config.seed)
+        self.batches = BatchOrder(train_data, config.train.batch_size, config.seed)
+        self.stream = BatchStream(
+            config,
+            train_data,
+            self.batches,
+            device,
+            self.engine.memory_format,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
         cfg = config.train
         # budgets given in epochs become steps of this training set (drop-last batches)
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.per_epoch)
@@ -175,6 +141,7 @@ class _Run:
         self.monitor = StabilityMonitor(config.monitor, self.engine.model, run.path.name)
         self.mirror = TensorBoardMirror(run.tensorboard) if cfg.tensorboard and dist.is_main else None
         self.recovery = RecoveryPolicy(cfg)  # its counters survive a rollback, saved in checkpoints
+        self.checkpoint_timer = CheckpointTimer(cfg.checkpoint_every_minutes)
         self.step = 0
         self.elapsed_before = 0.0
         self.clock = time.perf_counter()
@@ -186,6 +153,7 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self.checkpoint_timer.restart()
         if not self.dist.is_main:
             return
         weights = self.engine.state_dict()
@@ -239,12 +207,12 @@ class _Run:
     def initialise_actnorm(self) -> None:
         """Data-dependent init of every ActNorm from ``init_images`` training images (3.1)."""
         count = min(self.config.train.init_images, len(self.train_data.images))
-        order = _epoch_order(len(self.train_data.images), self.config.seed, epoch=-1)
+        order = epoch_order(len(self.train_data.images), self.config.seed, epoch=-1)
         self.engine.initialise(
             preprocess(
                 self.train_data.images[order[:count]],
                 self.config.data.n_bits,
-                generator=_step_generator(self.config.seed, 0, stream=2),
+                generator=step_generator(self.config.seed, 0, stream=2),
             )
         )
 
@@ -300,13 +268,7 @@ class _Run:
         cfg = self.config
         step = self.step + 1
         lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.recovery.lr_scale
-        chosen = self.batches.indices(step)
-        images = self.train_data.images[chosen]
-        if cfg.train.augment_shift:
-            images = shift_augment(images, _step_generator(cfg.seed, step, stream=3))
-        x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
-        x = self.engine.to_device(self.dist.shard(x))
-        y = self.dist.shard(self.train_data.labels[chosen]).to(self.device) if self.conditional else None
+        x, y = self.stream.take(step, prefetch_next=step < self.total_steps)
         self.monitor.record_scales(self.monitor.health_due(step))
         result = self.engine.step(x, lr, self.monitor, y)
         self.step = step
@@ -543,7 +505,7 @@ def _train(
         leave=False,
     )
     state = RunState.DONE
-    with _stop_on_signals() as signals, bar:
+    with _stop_on_signals() as signals, bar, work.stream:
         while work.step < work.total_steps:
             started = time.perf_counter()
             row, batch, bad = work.train_step()
@@ -568,11 +530,11 @@ def _train(
                     break
                 bar.n = work.step
                 continue
-            if work.step % cfg.eval_every == 0 or work.step == work.total_steps:
+            if eval_due(work.step, cfg, work.batches.per_epoch) or work.step == work.total_steps:
                 work.evaluate()
             bar.update(work.step - bar.n)
             bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", img_s=f"{work.batches.batch_size / seconds:.0f}")
-            if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps:
+            if work.step % cfg.checkpoint_every == 0 or work.step == work.total_steps or work.checkpoint_timer.due():
                 work.save_checkpoint()
                 if dist.is_main:
                     run.write_status(RunState.RUNNING, step=work.step)

@@ -5,9 +5,9 @@ The layers, lowest first; a module may import its own layer and the layers below
     base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
     config    config, registry, datasets (names, shapes and readers of the datasets; no torch)
     flows     glow_repro.flows.*
-    model     model, objective, data
+    model     model, objective, data, batches (the training batch of each step)
     rundir    rundir (the run-directory format; no torch)
-    engine    engine, train, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
+    engine    engine, train, cadence, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
     study     glow_repro.study.*
     analysis  glow_repro.analysis.*
     cli       cli, __main__, glow_repro.commands.*
@@ -40,13 +40,14 @@ LAYERS = [
     ),
     ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets"]),
     ("flows", ["glow_repro.flows"]),
-    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data"]),
+    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data", "glow_repro.batches"]),
     ("rundir", ["glow_repro.rundir"]),
     (
         "engine",
         [
             "glow_repro.engine",
             "glow_repro.train",
+            "glow_repro.cadence",
             "glow_repro.evaluation",
             "glow_repro.sampling",
             "glow_repro.stability",

@@ -215,7 +215,7 @@ def test_set_overrides_are_validated_like_the_file(tmp_path):
 
 def test_shift_augmentation_translates_each_image_with_nearest_fill():
     """Checked against a per-pixel loop: out[y, x] = image[clamp(y - dy), clamp(x - dx)]."""
-    from glow_repro.train import shift_augment
+    from glow_repro.batches import shift_augment
 
     images = torch.randint(0, 256, (6, 2, 10, 10), dtype=torch.uint8)
     shifted = shift_augment(images, torch.Generator().manual_seed(3))
