@@ -217,16 +217,17 @@ def _initialised_engine(**train_options):
     return cfg, engine, x
 
 
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_a_training_step_reads_the_device_twice(grad_checkpointing):
+@pytest.mark.parametrize("grad_checkpointing, ema_decay", [(False, None), (True, None), (False, 0.999)])
+def test_a_training_step_reads_the_device_twice(grad_checkpointing, ema_decay):
     """Once for the bpd and gradient norm together, once for the parameters' finiteness after
     the update: no per-layer reads (each a wait for the GPU), also when the backward pass
-    recomputes the flow steps. The count holds for fused Adam; foreach Adamax adds one read
-    per parameter of a CPU step counter, which ``capturable`` removes on CUDA."""
+    recomputes the flow steps or the step updates an EMA of the weights. The count holds for
+    fused Adam; foreach Adamax adds one read per parameter of a CPU step counter, which
+    ``capturable`` removes on CUDA."""
     from glow_repro.benchmark import count_host_reads
     from glow_repro.stability import StabilityMonitor
 
-    cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing)
+    cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing, ema_decay=ema_decay)
     monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
     engine.wrap()
     engine.step(x, 1e-3, monitor)
