@@ -10,6 +10,7 @@ and, when ``train.ema_decay`` is set, Polyak averaging of the weights for evalua
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,46 @@ def numerics(train: TrainConfig) -> Iterator[None]:
     finally:
         for owner, name, value in previous:
             setattr(owner, name, value)
+
+
+class ExponentialMovingAverage(AveragedModel):
+    """Polyak averaging of a model's weights (Glow, section 5): ``AveragedModel`` with its EMA
+    function over parameters and buffers, updated without reading the device.
+
+    ``AveragedModel.update_parameters`` reads its ``n_averaged`` buffer on the host twice per
+    update (copy on the first, average after). Here a Python count, kept in step with that
+    buffer and restored by ``load_state_dict``, takes the decision, so the buffer and the
+    checkpoint format are unchanged. Floating-point tensors are averaged; integer and boolean
+    buffers (a shuffle's permutation, ActNorm's flag) are copied, since rounding their
+    average back to an integer can change them (at decay 0.9999, 11 becomes 10).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averaged = itertools.chain(self.module.parameters(), self.module.buffers())
+        current = itertools.chain(model.parameters(), model.buffers())
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for mean, value in zip(averaged, current, strict=True):
+            mean, value = mean.detach(), value.detach()
+            if self.updates == 0 or not mean.is_floating_point():
+                mean.copy_(value)
+            else:
+                means, values = groups.setdefault((mean.device, mean.dtype), ([], []))
+                means.append(mean)
+                values.append(value)
+        for means, values in groups.values():  # one multi-tensor kernel per device and dtype
+            self.multi_avg_fn(means, values, self.n_averaged)
+        self.n_averaged += 1
+        self.updates += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "n_averaged" in state_dict:  # read once per load, from the loaded copy
+            self.updates = int(state_dict[prefix + "n_averaged"])
 
 
 def build_model(config: RunConfig, device: torch.device | str) -> Glow:
@@ -105,9 +146,7 @@ class Engine:
         self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
         decay = config.train.ema_decay
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
-        )
+        self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
 
     @property
     def eval_model(self) -> Glow:

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from glow_repro.config import ModelConfig
 from glow_repro.flows import FlowStep, Split, Squeeze, TopPrior
 from glow_repro.flows.multiscale import LinearZeros
+from glow_repro.flows.permute import dense_log_abs_dets
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -76,11 +77,12 @@ class Glow(nn.Module):
         zs, kept = [], []
         for level in self.levels:
             x, _ = level.squeeze(x)
-            for step in level.steps:
+            log_abs_dets = dense_log_abs_dets([step.permutation for step in level.steps])
+            for step, log_abs_det in zip(level.steps, log_abs_dets, strict=True):
                 if self.grad_checkpointing and torch.is_grad_enabled():
-                    x, step_logdet = checkpoint(step, x, use_reentrant=False)
+                    x, step_logdet = checkpoint(step, x, log_abs_det, use_reentrant=False)
                 else:
-                    x, step_logdet = step(x)
+                    x, step_logdet = step(x, log_abs_det)
                 logdet = logdet + step_logdet
             if level.split is not None:
                 x, z = level.split.halves(x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from glow_repro.config import RunConfig, load_run_config
-from glow_repro.engine import build_model
+from glow_repro.engine import build_model, numerics
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import postprocess, preprocess
@@ -138,6 +139,20 @@ def _name(temperature: float) -> str:
     return f"samples_T{temperature:g}.png"
 
 
+def _in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
+    """Run ``write(model, config, ...)`` in the arithmetic the run trained in (TF32 and cuDNN
+    flags from ``config.train``, :func:`glow_repro.engine.numerics`), as training draws its
+    own samples; like them, without autocast, whatever ``train.precision`` says."""
+
+    @functools.wraps(write)
+    def in_numerics(model: Glow, config: RunConfig, *args, **kwargs) -> dict:
+        with numerics(config.train):
+            return write(model, config, *args, **kwargs)
+
+    return in_numerics
+
+
+@_in_run_numerics
 @torch.no_grad()
 def write_samples(
     model: Glow,

@@ -183,3 +183,30 @@ def test_folded_coupling_convs_compute_conv_then_actnorm():
     h = torch.relu(hidden.norm(hidden.conv(h))[0])
     expected = zero.conv(h) * torch.exp(zero.logs * zero.logscale_factor)
     torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_log_abs_dets_are_one_slogdet_equal_to_each_layers_own(monkeypatch):
+    """A level's dense 1x1 convolutions get log|det W| from one batched float64 ``slogdet``,
+    within 1e-12 of the one each layer computes alone; other layers get None."""
+    from glow_repro.flows.permute import dense_log_abs_dets
+
+    torch.manual_seed(4)
+    layers = [randomise(InvConv1x1(12), seed=1), Shuffle(12), randomise(InvConv1x1(12), seed=2), InvConv1x1LU(12)]
+    alone = [torch.linalg.slogdet(layers[i].weight.double())[1] for i in (0, 2)]
+    shapes = []
+    slogdet = torch.linalg.slogdet
+    monkeypatch.setattr(torch.linalg, "slogdet", lambda a: shapes.append(tuple(a.shape)) or slogdet(a))
+    values = dense_log_abs_dets(layers)
+    assert shapes == [(2, 12, 12)] and values[1] is None and values[3] is None
+    for value, own in zip([values[0], values[2]], alone, strict=True):
+        assert value.dtype == torch.float64 and abs(value - own) <= 1e-12 * abs(own)
+    assert dense_log_abs_dets([Shuffle(12)]) == [None] and len(shapes) == 1
+
+
+def test_a_step_given_its_conv1x1_log_det_equals_the_step_alone():
+    torch.manual_seed(5)
+    step = randomise(FlowStep(4, ModelConfig(width=8, conv1x1_form="dense")))
+    x = torch.randn(SHAPE)
+    y, logdet = step(x)
+    given_y, given_logdet = step(x, torch.linalg.slogdet(step.permutation.weight.double())[1])
+    assert torch.equal(given_y, y) and torch.equal(given_logdet, logdet)

@@ -120,6 +120,36 @@ def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_p
     assert read_flags() == before
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_sample_draws_in_the_runs_numerics_as_training_did(tmp_path, monkeypatch, process_flags, value):
+    """``glow-repro sample`` sets the flags the run trained with while it draws (the process
+    had them the other way) and restores them; neither it nor training's own samples run in
+    autocast, also for a bf16 run, so the command rewrites training's grids."""
+    from click.testing import CliRunner
+
+    from glow_repro.cli import main
+    from glow_repro.model import Glow
+
+    seen = []
+    sample = Glow.sample
+
+    def recording_sample(self, *args, **kwargs):
+        seen.append({**read_flags(), "autocast": torch.is_autocast_enabled("cpu")})
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(Glow, "sample", recording_sample)
+    train(config(steps=2, tf32=value, deterministic=value, precision="bf16"), tmp_path / "run", threads=1)
+    in_training, seen[:] = list(seen), []
+    before = {key: not value for key in FLAGS}
+    for key, (owner, name) in FLAGS.items():
+        setattr(owner, name, before[key])
+    result = CliRunner().invoke(main, ["sample", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    expected = {**dict.fromkeys(FLAGS, value), "autocast": False}
+    assert seen and in_training and all(flags == expected for flags in seen + in_training)
+    assert read_flags() == before
+
+
 @pytest.fixture
 def gpus(monkeypatch):
     """A fake CUDA host: ``gpus(n)`` shows ``n`` devices; the current one is 0."""
@@ -217,16 +247,17 @@ def _initialised_engine(**train_options):
     return cfg, engine, x
 
 
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_a_training_step_reads_the_device_twice(grad_checkpointing):
+@pytest.mark.parametrize("grad_checkpointing, ema_decay", [(False, None), (True, None), (False, 0.999)])
+def test_a_training_step_reads_the_device_twice(grad_checkpointing, ema_decay):
     """Once for the bpd and gradient norm together, once for the parameters' finiteness after
     the update: no per-layer reads (each a wait for the GPU), also when the backward pass
-    recomputes the flow steps. The count holds for fused Adam; foreach Adamax adds one read
-    per parameter of a CPU step counter, which ``capturable`` removes on CUDA."""
+    recomputes the flow steps or the step updates an EMA of the weights. The count holds for
+    fused Adam; foreach Adamax adds one read per parameter of a CPU step counter, which
+    ``capturable`` removes on CUDA."""
     from glow_repro.benchmark import count_host_reads
     from glow_repro.stability import StabilityMonitor
 
-    cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing)
+    cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing, ema_decay=ema_decay)
     monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
     engine.wrap()
     engine.step(x, 1e-3, monitor)

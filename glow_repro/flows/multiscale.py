@@ -61,6 +61,24 @@ class FlowStep(FlowSequence):
             ]
         )
 
+    @property
+    def permutation(self) -> FlowLayer:
+        return self.layers[1]
+
+    def forward(
+        self, x: torch.Tensor, conv1x1_log_abs_det: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv1x1_log_abs_det``: log|det W| of a dense 1x1 convolution, when the caller
+        computed it with those of other steps (:func:`glow_repro.flows.permute.dense_log_abs_dets`)."""
+        actnorm, permutation, coupling = self.layers
+        x, actnorm_logdet = actnorm(x)
+        if conv1x1_log_abs_det is None:
+            x, permutation_logdet = permutation(x)
+        else:
+            x, permutation_logdet = permutation(x, conv1x1_log_abs_det)
+        x, coupling_logdet = coupling(x)
+        return x, actnorm_logdet + permutation_logdet + coupling_logdet
+
 
 def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
     """Sum over all but the batch dimension of log N(x; mean, exp(logs)^2)."""

@@ -10,6 +10,8 @@ permutation and each 1x1 form registers under its config name at the end of this
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,15 +73,20 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class InvConv1x1(FlowLayer):
-    """Dense invertible 1x1 convolution; log|det W| and W^-1 computed in float64."""
+    """Dense invertible 1x1 convolution; log|det W| and W^-1 computed in float64.
+
+    ``forward`` takes log|det W| from its caller when given (a level computes those of all
+    its steps in one batched call, :func:`dense_log_abs_dets`), else computes its own.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.weight = nn.Parameter(random_rotation(channels))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_abs_det = torch.linalg.slogdet(self.weight.double())[1].to(x.dtype)
-        return _conv1x1(x, self.weight), (pixels(x) * log_abs_det).expand(x.shape[0])
+    def forward(self, x: torch.Tensor, log_abs_det: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if log_abs_det is None:
+            log_abs_det = torch.linalg.slogdet(self.weight.double())[1]
+        return _conv1x1(x, self.weight), (pixels(x) * log_abs_det.to(x.dtype)).expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w64 = self.weight.double()
@@ -88,6 +95,16 @@ class InvConv1x1(FlowLayer):
 
     def health(self) -> dict[str, float]:
         return _matrix_health(self.weight)
+
+
+def dense_log_abs_dets(layers: Sequence[FlowLayer]) -> list[torch.Tensor | None]:
+    """log|det W| in float64 of every dense 1x1 convolution among ``layers``, from one batched
+    ``slogdet`` (one kernel instead of one per layer); None for every other layer."""
+    dense = [layer for layer in layers if isinstance(layer, InvConv1x1)]
+    if not dense:
+        return [None] * len(layers)
+    values = iter(torch.linalg.slogdet(torch.stack([layer.weight for layer in dense]).double())[1].unbind())
+    return [next(values) if isinstance(layer, InvConv1x1) else None for layer in layers]
 
 
 class InvConv1x1LU(FlowLayer):
