@@ -1,0 +1,155 @@
+"""Power pilot: the paired spread of a pair of variants per CPU-minute, for each setting and
+estimator (docs/pilot.md).
+
+Reads a pilot's results directory (e.g. ``benchmarks/pilot/permutation_pilot.yaml``, run with
+``glow-repro run``): runs that share a seed and a setting (the variant ``label``) and differ in
+one swept key form a pair. For each setting, at each evaluated step asked for, and for each
+estimator, it prints the paired differences' mean and SD over seeds, the CPU-minutes a run
+took to get there, and what that buys: the seeds and CPU-minutes one pair needs to detect a
+fixed effect ``--delta`` at 80 % power (paired t, two-sided, at ``--alpha``).
+
+Estimators (Glow's official code evaluated Polyak-averaged weights):
+- ``ema_last``: the run's evaluation at the step (EMA weights, the eval_limit images);
+- ``ema_mean3``: the mean of its last three evaluations up to the step;
+- ``ema_full`` / ``raw_full`` / ``raw_last``: evaluated here from the final checkpoint, with
+  EMA or raw weights, on the whole test split or on the eval_limit images (final step only).
+
+Every run must have been trained with one thread (``--workers`` equal to the cores), so a
+run's wall time is its CPU time; evaluating here is timed the same way.
+
+    python benchmarks/pilot_power.py results/pilot_permutation --steps 400 800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from glow_repro.analysis.verdicts import seeds_needed_t
+from glow_repro.config import load_run_config
+from glow_repro.data import load_split
+from glow_repro.evaluation import bpd_sum
+from glow_repro.model import build_model
+from glow_repro.sampling import load_trained_model
+
+
+def _runs(results: Path) -> pd.DataFrame:
+    rows = []
+    for run in sorted((results / "runs").iterdir()):
+        config = load_run_config(run / "config.yaml")
+        evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines() if line]
+        rows.append({"run": run, "config": config, "evals": pd.DataFrame(evals)})
+    return pd.DataFrame(rows)
+
+
+def _post_hoc(run: Path, config, test_images: torch.Tensor) -> dict[str, float]:
+    """Final-checkpoint evaluations that the run did not make, with the seconds each took."""
+    cfg = config.train
+    raw = build_model(config, "cpu")
+    raw.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
+    _, ema = load_trained_model(run)
+    out = {}
+    for name, model, images in (
+        ("raw_last", raw, test_images[: cfg.eval_limit]),
+        ("raw_full", raw, test_images),
+        ("ema_full", ema, test_images),
+    ):
+        start = time.process_time()
+        out[name] = bpd_sum(model, images, config.data.n_bits, cfg.eval_batch_size, torch.device("cpu")) / len(images)
+        out[f"{name}_cpu_s"] = time.process_time() - start
+    return out
+
+
+def estimates(results: Path, steps: list[int], pair_key: str) -> pd.DataFrame:
+    """One row per (run, step, estimator): the estimate and the CPU-minutes it cost."""
+    torch.set_num_threads(1)
+    runs = _runs(results)
+    test = load_split(runs.iloc[0]["config"].data, "test").images
+    rows = []
+    for run, config, evals in runs.itertuples(index=False):
+        final = int(evals["step"].max())
+        base = {
+            "setting": run.name.split("-")[0],
+            "value": str(_get(config, pair_key)),
+            "seed": config.seed,
+        }
+        for step in steps:
+            upto = evals[evals["step"] <= step]
+            cpu_min = float(upto["wall_time"].iloc[-1]) / 60
+            rows.append(
+                {**base, "step": step, "estimator": "ema_last", "bpd": upto["test_bpd"].iloc[-1], "cpu_min": cpu_min}
+            )
+            rows.append(
+                {
+                    **base,
+                    "step": step,
+                    "estimator": "ema_mean3",
+                    "bpd": upto["test_bpd"].tail(3).mean(),
+                    "cpu_min": cpu_min,
+                }
+            )
+        post = _post_hoc(run, config, test)
+        cpu_min = float(evals["wall_time"].iloc[-1]) / 60
+        for name in ("raw_last", "raw_full", "ema_full"):
+            extra = 0.0 if name == "raw_last" else post[f"{name}_cpu_s"] / 60
+            rows.append({**base, "step": final, "estimator": name, "bpd": post[name], "cpu_min": cpu_min + extra})
+    return pd.DataFrame(rows)
+
+
+def _get(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def pilot_table(rows: pd.DataFrame, worse: str, better: str, delta: float, alpha: float) -> pd.DataFrame:
+    """Per (setting, step, estimator): paired d = worse - better over seeds, its mean and SD,
+    CPU-minutes per run, and the seeds and pair CPU-minutes to detect ``delta``."""
+    wide = rows.pivot_table(index=["setting", "step", "estimator", "seed"], columns="value", values=["bpd", "cpu_min"])
+    d = (wide["bpd"][worse] - wide["bpd"][better]).rename("d")
+    cost = wide["cpu_min"].mean(axis=1).rename("cpu_min")
+    frame = pd.concat([d, cost], axis=1).reset_index()
+    table = frame.groupby(["setting", "step", "estimator"]).agg(
+        seeds=("d", "size"), effect=("d", "mean"), sd=("d", "std"), cpu_min_per_run=("cpu_min", "mean")
+    )
+    table["var_x_cpu_min"] = table["sd"] ** 2 * table["cpu_min_per_run"]
+    needed = seeds_needed_t(np.full(len(table), delta) / table["sd"].to_numpy(), alpha)
+    table["seeds_for_delta"] = needed
+    table["pair_cpu_min_for_delta"] = [
+        n * 2 * c if math.isfinite(n) else math.inf for n, c in zip(needed, table["cpu_min_per_run"])
+    ]
+    return table.reset_index()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--steps", type=int, nargs="+", default=[400, 800], help="evaluated steps to compare")
+    parser.add_argument("--key", default="model.permutation", help="the swept key that forms the pair")
+    parser.add_argument("--worse", default="reverse", help="claimed-worse value (d = worse - better)")
+    parser.add_argument("--better", default="shuffle", help="claimed-better value")
+    parser.add_argument("--delta", type=float, default=0.1, help="effect (bpd) the costs are quoted for")
+    parser.add_argument(
+        "--alpha", type=float, default=0.05 / 24, help="two-sided level (default: 0.05 over 6 pairs x 4 looks)"
+    )
+    parser.add_argument("--csv", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    rows = estimates(args.results, args.steps, args.key)
+    table = pilot_table(rows, args.worse, args.better, args.delta, args.alpha)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        rows.to_csv(args.csv.with_name(args.csv.stem + "_runs.csv"), index=False)
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(table.round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
