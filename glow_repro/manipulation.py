@@ -8,30 +8,30 @@ is the image's reconstruction.
 
 An attribute is a CelebA attribute (``Smiling``), or for a class dataset a pair of classes
 (``7-vs-1``: positives of class 7, negatives of class 1) or a class against the rest (``7``);
-classes are named by index or by name (``Sneaker-vs-Sandal``). How well the direction tells the
-attribute apart is measured on held-out images: the mean projection of positives and of
-negatives onto the unit direction, and their gap in pooled standard deviations.
+classes are named by index or by name (``Sneaker-vs-Sandal``), parsed by glow_repro.attributes.
+How well the direction tells the attribute apart is measured on held-out images: the mean
+projection of positives and of negatives onto the unit direction, and their gap in pooled
+standard deviations.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
 
+from glow_repro.attributes import parse_attribute
 from glow_repro.config import RunConfig
 from glow_repro.data import ImageData
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import preprocess
 from glow_repro.rundir import atomic_write_bytes, atomic_write_json
-from glow_repro.sampling import png_bytes
+from glow_repro.sampling import file_safe, png_bytes
 
 #: The paper's figure moves each image both ways from its reconstruction.
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
-_VS = "-vs-"
 
 
 def attribute_masks(
@@ -39,28 +39,12 @@ def attribute_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of the positive and negative images of ``attribute`` given ``labels``:
     class indices ``[N]`` or binary attributes ``[N, A]`` named by ``names``."""
-    if labels.ndim == 2:
-        if attribute not in names:
-            raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of {', '.join(names)}")
-        column = labels[:, names.index(attribute)]
+    parsed = parse_attribute(attribute, names, dataset, per_image_attributes=labels.ndim == 2)
+    if parsed.per_image_attributes:
+        column = labels[:, parsed.positive]
         return column == 1, column == 0
-    positive, vs, negative = attribute.partition(_VS)
-    is_positive = labels == _class_index(positive, names, attribute, dataset)
-    if not vs:
-        return is_positive, ~is_positive
-    return is_positive, labels == _class_index(negative, names, attribute, dataset)
-
-
-def _class_index(text: str, names: tuple[str, ...], attribute: str, dataset: str) -> int:
-    folded = [name.casefold() for name in names]
-    if text.casefold() in folded:
-        return folded.index(text.casefold())
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
-    raise UserFacingError(
-        f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
-        f"two classes as A{_VS}B; its classes are {', '.join(f'{i} {n}' for i, n in enumerate(names))}"
-    )
+    is_positive = labels == parsed.positive
+    return is_positive, ~is_positive if parsed.negative is None else labels == parsed.negative
 
 
 def flat_latents(model: Glow, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -154,7 +138,7 @@ def write_manipulation(
     held_out = _masks_with_both(attribute, test, dataset)
     test_latents = flat_latents(model, _model_space(test.images, n_bits), batch_size)
     grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)
-    stem = f"manipulate_{re.sub(r'[^A-Za-z0-9_.-]+', '_', attribute)}"
+    stem = f"manipulate_{file_safe(attribute)}"
     out = Path(out_dir)
     atomic_write_bytes(out / f"{stem}.png", png_bytes(grid.flatten(0, 1), n_bits, len(alphas)))
     record = {
