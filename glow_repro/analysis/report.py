@@ -47,7 +47,15 @@ from glow_repro.analysis.document import (
 )
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
-from glow_repro.analysis.verdicts import claim_summary, claims_of, format_verdicts, number, seeds_text, study_verdicts
+from glow_repro.analysis.verdicts import (
+    claim_summary,
+    claims_of,
+    format_verdicts,
+    number,
+    seeds_text,
+    shifted_effect,
+    study_verdicts,
+)
 from glow_repro.rundir import RunState
 from glow_repro.study.labels import format_value, short_names
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
@@ -212,14 +220,17 @@ def verdict_sentences(a: Analysis) -> list[str]:
     for row in claim_summary(a.verdicts).itertuples():
         claim = claims[row.claim]
         what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
+        order = " < ".join(map(format_value, claim.order))
+        if claim.margin:
+            order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
-            f"Claim `{row.claim}` ({row.source}), {' < '.join(map(format_value, claim.order))} in {what}: "
+            f"Claim `{row.claim}` ({row.source}), {order} in {what}: "
             f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
             f"direction with {_plural(row.seeds, 'seed')} or more per pair"
         )
         if row.verdict == "contradicted":
             against = a.verdicts[
-                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (a.verdicts["effect"] < 0)
+                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (shifted_effect(a.verdicts) < 0)
             ]
             text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
         elif row.verdict == "inconclusive":

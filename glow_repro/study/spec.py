@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -120,7 +121,9 @@ CLAIM_METRICS = ("final_test_bpd", "best_test_bpd", "mean_last_evals")
 class ClaimSpec(BaseModel):
     """One claim of a paper the study tests: the values of ``key`` in ``order``.
 
-    ``kind: order`` claims the metric (test bpd) is lower for earlier values; ``kind:
+    ``kind: order`` claims the metric (test bpd) is lower for earlier values; with a
+    ``margin`` (bpd) it claims instead that earlier values are not worse by more than the
+    margin (a non-inferiority claim, docs/verdicts.md "Claims with a margin"). ``kind:
     divergence`` claims earlier values diverge less often. The claim must hold at every
     combination of the ``within`` keys' values; swept keys in neither ``key`` nor ``within``
     are averaged over within each seed.
@@ -136,12 +139,22 @@ class ClaimSpec(BaseModel):
     within: list[str] = Field(default_factory=list, description="keys the claim holds at every value of")
     metric: Literal[CLAIM_METRICS] = "final_test_bpd"  # type: ignore[valid-type]
     last_evals: int = Field(3, ge=1, description="evaluations averaged by mean_last_evals")
+    margin: float | None = Field(
+        None, ge=0, description="bpd an earlier value may be worse by and still count (kind: order only)"
+    )
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("must be letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_of_order(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("kind", "order") != "order":
+            raise ValueError("a margin (bpd) applies to kind: order claims only; remove it")
         return value
 
     @model_validator(mode="after")
