@@ -122,36 +122,48 @@ def write_manipulation(
     rows: int = 4,
     encode: int | None = None,
     batch_size: int = 256,
+    about: dict | None = None,
 ) -> dict:
     """The direction of ``attribute`` from the first ``encode`` training images (all by
     default), its separation on as many test images, and ``manipulate_<attribute>.png`` of the
-    first ``rows`` test images (one per row, one column per alpha) with its JSON record."""
+    first ``rows`` test images (one per row, one column per alpha) with its JSON record.
+    Only the attribute's positives and negatives are encoded. ``about`` (where the model came
+    from) is stored in the record as it is."""
     model.eval()
     device = next(model.parameters()).device
     n_bits = config.data.n_bits
-    dataset = config.data.dataset
     train, test = _limited(train, encode), _limited(test, encode)
-    positive, negative = _masks_with_both(attribute, train, dataset)
-    direction = latent_direction(
-        flat_latents(model, _model_space(train.images, n_bits), batch_size), positive.to(device), negative.to(device)
-    )
-    held_out = _masks_with_both(attribute, test, dataset)
-    test_latents = flat_latents(model, _model_space(test.images, n_bits), batch_size)
+    latents, positive, negative = _labelled_latents(model, train, attribute, config, batch_size)
+    direction = latent_direction(latents, positive, negative)
+    held_out = separation(*_labelled_latents(model, test, attribute, config, batch_size), direction)
     grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)
     stem = f"manipulate_{file_safe(attribute)}"
     out = Path(out_dir)
     atomic_write_bytes(out / f"{stem}.png", png_bytes(grid.flatten(0, 1), n_bits, len(alphas)))
     record = {
+        **(about or {}),
         "attribute": attribute,
         "alphas": list(alphas),
         "rows": min(rows, len(test.images)),
         "direction_norm": direction.norm().item(),
         "train_images": {"positive": int(positive.sum()), "negative": int(negative.sum())},
-        "held_out": separation(test_latents, *(mask.to(device) for mask in held_out), direction),
+        "held_out": held_out,
         "files": [f"{stem}.png", f"{stem}.json"],
     }
     atomic_write_json(out / f"{stem}.json", record)
     return record
+
+
+def _labelled_latents(
+    model: Glow, data: ImageData, attribute: str, config: RunConfig, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat latents of the attribute's positive and negative images (the others are not
+    encoded) with the two masks over those rows, on the model's device."""
+    positive, negative = _masks_with_both(attribute, data, config.data.dataset)
+    used = positive | negative
+    device = next(model.parameters()).device
+    latents = flat_latents(model, _model_space(data.images[used], config.data.n_bits), batch_size)
+    return latents, positive[used].to(device), negative[used].to(device)
 
 
 def _limited(data: ImageData, limit: int | None) -> ImageData:

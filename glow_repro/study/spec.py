@@ -7,10 +7,11 @@ the grid and variants are applied. Only the resolved configs matter, so moving s
 a base file and ``set:`` keeps every run id.
 
 A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
-empty axes, bad seed lists, claims about keys or values the study does not sweep and invalid
-combined configs are :class:`ConfigError` messages that name the file and the key. Claims are
-not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
-one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
+empty axes, bad seed lists, claims about keys or values the study does not sweep, attributes
+(``manipulations:``) its dataset does not have and invalid combined configs are
+:class:`ConfigError` messages that name the file and the key. Claims and manipulations are not
+part of any run's config, so they never change run ids. :func:`expand` turns a spec into one
+:class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
 included, pure execution settings excluded), so the same spec always maps to the same run
 directories and reordering YAML keys changes nothing; :func:`spec_hash` names the study
 itself, so that a results directory holds one study.
@@ -38,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from glow_repro.attributes import dataset_attribute
 from glow_repro.config import (
     MAX_SEED,
     ConfigError,
@@ -49,6 +51,7 @@ from glow_repro.config import (
     set_path,
     validate_model,
 )
+from glow_repro.errors import UserFacingError
 from glow_repro.study.labels import format_value, variant_name
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -189,6 +192,10 @@ class StudySpec(BaseModel):
     seeds: list[StrictInt] = Field(min_length=1)
     launcher: LauncherSpec = LauncherSpec()
     claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
+    manipulations: list[str] = Field(
+        default_factory=list,
+        description="attributes (Smiling, 7-vs-1, Sneaker) whose manipulation (Glow section 5.3) the report shows",
+    )
 
     _source: str = PrivateAttr("<study>")
 
@@ -286,7 +293,7 @@ def load_study(path: str | Path) -> StudySpec:
     spec._source = str(path)
     spec = _resolve_base(spec)
     _check_claims(spec)
-    expand(spec)
+    _check_manipulations(spec, expand(spec))
     return spec
 
 
@@ -309,6 +316,20 @@ def _check_claims(spec: StudySpec) -> None:
                 raise ConfigError(
                     f"{where}.order: {format_value(value)} is not a value of {claim.key}; allowed: {', '.join(grid)}"
                 )
+
+
+def _check_manipulations(spec: StudySpec, runs: list[RunSpec]) -> None:
+    """Every requested attribute exists in the data of every run, once."""
+    datas = {_canonical(run.config.data.model_dump(mode="json")): run.config.data for run in runs}
+    for index, attribute in enumerate(spec.manipulations):
+        where = f"{spec.source}: manipulations.{index}"
+        if attribute in spec.manipulations[:index]:
+            raise ConfigError(f"{where}: {attribute} is listed twice; list each attribute once")
+        for data in datas.values():
+            try:
+                dataset_attribute(attribute, data)
+            except UserFacingError as err:
+                raise ConfigError(f"{where}: {err}") from None
 
 
 def _resolve_base(spec: StudySpec) -> StudySpec:
@@ -458,5 +479,6 @@ def spec_yaml(spec: StudySpec) -> str:
         line for line in itertools.takewhile(lambda line: line.startswith("#"), lines) if not line.startswith(note)
     ]
     header.append(f"{note}{spec.source} written by `glow-repro run`: base inlined.")
-    body = yaml.safe_dump(spec.model_dump(mode="json", exclude={"changes"}), sort_keys=False)
+    unset = {"changes"} | (set() if spec.manipulations else {"manipulations"})  # as studies before the key
+    body = yaml.safe_dump(spec.model_dump(mode="json", exclude=unset), sort_keys=False)
     return "\n".join(header) + "\n" + body
