@@ -306,7 +306,7 @@ class _Run:
             images = shift_augment(images, _step_generator(cfg.seed, step, stream=3))
         x = preprocess(images, cfg.data.n_bits, generator=_step_generator(cfg.seed, step, stream=0))
         x = self.engine.to_device(self.dist.shard(x))
-        y = self.dist.shard(self.train_data.labels[chosen]).to(self.device) if self.conditional else None
+        y = self.labels(step)
         self.monitor.record_scales(self.monitor.health_due(step))
         result = self.engine.step(x, lr, self.monitor, y)
         self.step = step
@@ -321,12 +321,26 @@ class _Run:
             row["train_class_bits"] = result.class_bits
         return row, x, result.fault
 
+    def labels(self, step: int) -> torch.Tensor | None:
+        """The labels of the batch of ``step`` on the device (a class-conditional run), else None."""
+        if not self.conditional:
+            return None
+        return self.dist.shard(self.train_data.labels[self.batches.indices(step)]).to(self.device)
+
     def recover(self, kind: str, row: dict, batch: torch.Tensor) -> bool:
         """Record a non-finite (or exploded, > ``monitor.max_bpd``) step with the layer it
         started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
         step, lr = self.step, row["lr"]
         model = self.engine.model
-        finding = locate_nonfinite(model, batch, self.config.data.n_bits, self.config.train.precision)
+        labels = self.labels(step)
+        finding = locate_nonfinite(
+            model,
+            batch,
+            self.config.data.n_bits,
+            self.config.train.precision,
+            labels=labels,
+            class_weight=self.config.model.class_weight,
+        )
         if self.recovery.first_nonfinite is None and self.dist.is_main:
             save_capsule(
                 self.run.capsules / f"step_{step:07d}.pt",
@@ -336,6 +350,7 @@ class _Run:
                 step=step,
                 lr=lr,
                 finding=finding,
+                labels=labels,
             )
         response = self.recovery.respond(kind, step)
         value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]
