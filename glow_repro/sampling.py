@@ -13,8 +13,9 @@ Both draw ``temperatures.png`` and ``reconstructions.png`` the same way, so
 temperature, so a grid does not depend on which other temperatures were asked for, and grids
 of different temperatures share the same underlying noise (only its scale differs).
 A class-conditional run also gets ``classes.png``: one row per class, at temperature 0.7;
-``glow-repro sample --class K`` adds ``samples_T<t>_class<K>_<name>.png`` per temperature, drawn
-from the same noise as ``samples_T<t>.png`` so that only the class differs between them.
+``glow-repro sample --class K`` adds ``samples_T<t>_class<K>_<name>.png`` per temperature, each
+drawn with the generator reset to ``seed``, so the classes share one noise and only the class
+differs between them.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def write_samples(
     ``seed`` to the run's seed; the first ``n`` of ``test_images`` (uint8) are reconstructed.
     A class-conditional model also draws ``classes.png``, ``n`` samples of each class a row,
     and ``samples_T<t>_class<k>_<name>.png`` of ``n`` samples of each class index in ``classes``
-    at each temperature (``temperatures``, else the paper's), with the noise of ``samples_T<t>.png``.
+    at each temperature (``temperatures``, else the paper's), every class from the same noise.
     ``pairs`` pairs of distinct test images, drawn with ``seed``, are interpolated in ``steps``
     steps, one per row. ``about`` (where the model came from) is stored in the record as it is.
     """

@@ -5,6 +5,7 @@ synthetic finals tables with known per-seed differences."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
+from glow_repro.analysis.report import verdict_sentences
 from glow_repro.analysis.verdicts import (
     MAX_SEEDS_NEEDED,
     best_case_dz,
@@ -133,3 +135,19 @@ def test_a_margin_loads_and_changes_no_run_id(tmp_path):
     spec = load_study(write(tmp_path, study(grid=GRID, claims=[spec_claim(margin=0.02)]), "margin.yaml"))
     assert spec.claims[0].margin == 0.02
     assert [r.run_id for r in expand(spec)] == [r.run_id for r in plain]
+
+
+def test_the_report_states_the_margin_and_what_went_against_it():
+    worse = differences(-0.05, 0.005, seeds=6)
+    spec = claim().model_dump()
+    analysis = SimpleNamespace(
+        tables=SimpleNamespace(study={"claims": [spec]}), verdicts=verdicts(finals(worse), NO_EVALS, [claim()], [KEY])
+    )
+    (sentence,) = verdict_sentences(analysis)
+    assert "class < none, or worse by at most 0.02 bpd, in `final_test_bpd`: **contradicted**" in sentence
+    assert "significant the other way: class < none + 0.02 (all)" in sentence
+    within = SimpleNamespace(
+        tables=SimpleNamespace(study={"claims": [spec]}),
+        verdicts=verdicts(finals(differences(-0.005, 0.002, seeds=6)), NO_EVALS, [claim()], [KEY]),
+    )
+    assert "**reproduced**, 1 of 1 pair significant" in verdict_sentences(within)[0]

@@ -40,11 +40,19 @@ def test_class_samples_are_draws_of_that_class(tmp_path):
     for row in record["class_samples"]:
         drawn = sample_images(model, row["temperature"], 3, config.seed, y=row["class"])
         assert (tmp_path / row["file"]).read_bytes() == png_bytes(drawn, config.data.n_bits, 2)
-    # at temperature 0 a draw of class k is the flow's inverse of class k's top prior mean
+    # a draw of class k is mean_k + T * exp(logs_k) * eps: at T 0 the class's top prior mean, and
+    # at T > 0 with the same eps for every class (one noise, only the class differs)
+    noise = []
     for k in (0, 1):
+        mean, logs = model.top_prior.params(3, y=torch.full((3,), k))
         top = model.encode(sample_images(model, 0.0, 3, config.seed, y=k))[0][-1]
-        mean, _ = model.top_prior.params(3, y=torch.full((3,), k))
         torch.testing.assert_close(top, mean, rtol=1e-9, atol=1e-9)
+        top = model.encode(sample_images(model, 0.5, 3, config.seed, y=k))[0][-1]
+        noise.append((top - mean) / (0.5 * logs.exp()))
+    torch.testing.assert_close(noise[0], noise[1], rtol=1e-7, atol=1e-7)
+    assert not torch.allclose(
+        model.top_prior.params(1, y=torch.tensor([0]))[0], model.top_prior.params(1, y=torch.tensor([1]))[0]
+    )
     assert (tmp_path / expected[2]).read_bytes() != (tmp_path / expected[3]).read_bytes()
 
 
