@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from glow_repro.analysis.report import verdict_sentences
+from glow_repro.analysis.report import claimed_order_clause, verdict_sentences
 from glow_repro.analysis.verdicts import (
     MAX_SEEDS_NEEDED,
     best_case_dz,
@@ -151,3 +151,8 @@ def test_the_report_states_the_margin_and_what_went_against_it():
         verdicts=verdicts(finals(differences(-0.005, 0.002, seeds=6)), NO_EVALS, [claim()], [KEY]),
     )
     assert "**reproduced**, 1 of 1 pair significant" in verdict_sentences(within)[0]
+
+
+def test_a_claim_with_a_margin_is_not_read_as_an_order_of_the_means():
+    assert claimed_order_clause([claim()], KEY, ["none", "class"]) == ""
+    assert "does not hold" in claimed_order_clause([claim(margin=None)], KEY, ["none", "class"])

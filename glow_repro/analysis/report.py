@@ -80,10 +80,12 @@ LATEX_TABLES = {
 
 def claimed_order_clause(claims: list, key: str, order: list) -> str:
     """``. The claimed order (a < b) holds in these means`` for the study's first ordering
-    claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first)."""
+    claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first); a
+    claim with a margin claims no order, so it is not one."""
     for claim in claims:
         claimed = [format_value(value) for value in claim.order]
-        if claim.kind == "order" and claim.key == key and sorted(claimed) == sorted(map(format_value, order)):
+        ordering = claim.kind == "order" and not claim.margin
+        if ordering and claim.key == key and sorted(claimed) == sorted(map(format_value, order)):
             holds = [format_value(level) for level in order] == claimed
             return f". The claimed order ({' < '.join(claimed)}) {'holds' if holds else 'does not hold'} in these means"
     return ""
@@ -623,13 +625,16 @@ def report_sections(
     events, problems, comparable = tables["events"].frame, tables["problem_runs"].frame, tables["comparable"].frame
     threshold = a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan")
     samples_blocks = [Heading("Samples"), SampleRows(samples)] if samples else []
+    margin_note = (" A pair `a < b + m` is a claim with a margin m: a is not worse than b by more than m bpd, "
+                   "so an effect above -m supports it." if len(a.verdicts) and (a.verdicts["margin"] > 0).any()
+                   else "")  # fmt: skip
     verdict_blocks = [
         Paragraphs(["Each claim the study declares, tested on seed-matched differences of its metric with "
                     "Holm's correction over the claim's pairs: *reproduced* when every pair is significant in "
                     "the claimed direction, *contradicted* when one is significant the other way, else "
                     "*inconclusive*. The effect is in the claimed direction (positive supports the claim); "
                     "the weakest pair is shown, every pair below. docs/verdicts.md explains the tests, the "
-                    "power figures and `glow-repro run --until-resolved`."], "note"),
+                    "power figures and `glow-repro run --until-resolved`." + margin_note], "note"),
         tables["verdicts"],
         Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
     ] if len(a.verdicts) else [
