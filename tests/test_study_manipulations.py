@@ -20,7 +20,7 @@ from glow_repro.manipulation import write_manipulation
 from glow_repro.sampling import file_safe, load_trained_model
 from glow_repro.study.manipulations import ENCODED_IMAGES, ROWS, chosen_runs
 from glow_repro.study.runner import MANIPULATIONS, run_study
-from glow_repro.study.spec import expand, load_study, spec_yaml
+from glow_repro.study.spec import expand, load_study, spec_yaml, with_overrides
 from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
 from tests.test_spec import STUDIES, study, write
@@ -137,3 +137,9 @@ def test_the_report_has_the_manipulation_section(fake_with_manipulations, tmp_pa
     build_report(fake, tmp_path / "report")
     assert "Manipulation</h2>" in (tmp_path / "report" / "report.html").read_text()
     assert "Manipulation\n" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_set_that_changes_the_dataset_is_checked_against_the_attributes(tmp_path):
+    path = write(tmp_path, study(base=FASHION, grid=GRID, manipulations=["Sneaker-vs-Sandal"]))
+    with pytest.raises(ConfigError, match=r"manipulations.0: unknown attribute 'Sneaker-vs-Sandal' of mnist"):
+        with_overrides(load_study(path), ["data.dataset=mnist"])

@@ -378,7 +378,7 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
             )
     updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
     updated._source = spec.source
-    expand(updated)
+    _check_manipulations(updated, expand(updated))
     return updated
 
 
