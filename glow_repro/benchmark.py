@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.config import RunConfig
 from glow_repro.engine import Engine, numerics
-from glow_repro.evaluation import bpd_sum
+from glow_repro.evaluation import bpd_sum, class_sums
 from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
 from glow_repro.stability import StabilityMonitor
@@ -139,18 +139,22 @@ def measure(
     + bpd + backward + clip + finiteness checks + optimiser + EMA), of sampling passes and of
     test-bpd evaluation (one ``train.eval_batch_size`` batch) with the config's speed options;
     optionally the stability monitor's own seconds per step as a fraction of the step. Peak
-    memory covers all three."""
+    memory covers all three. A class-conditional config is timed as it trains and evaluates:
+    steps on labelled batches (its ``--ycond`` objective), evaluation of bpd given the label,
+    marginal bpd and accuracy (:func:`glow_repro.evaluation.class_sums`)."""
     cfg = config.train
     with numerics(cfg):
         engine = Engine(config, device, seed=0)
         model, shape = engine.model, config.data.shape
         images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
         x = engine.to_device(preprocess(images, config.data.n_bits))
+        classes = model.n_classes
+        y = torch.randint(classes, (cfg.batch_size,), device=device) if classes else None
         engine.initialise(x)
         engine.wrap()
 
         def step() -> None:
-            engine.step(x, cfg.lr)
+            engine.step(x, cfg.lr, y=y)
 
         for _ in range(3):
             step()
@@ -160,6 +164,14 @@ def measure(
             torch.cuda.reset_peak_memory_stats(device)
         watcher = StabilityMonitor(config.monitor, model, "bench")
         eval_images = torch.randint(0, 256, (cfg.eval_batch_size, *shape), dtype=torch.uint8)
+        eval_labels = torch.randint(classes, (cfg.eval_batch_size,)) if classes else None
+
+        def evaluate() -> None:  # syncs (.item())
+            if eval_labels is None:
+                bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)
+            else:
+                class_sums(model, eval_images, eval_labels, config.data.n_bits, cfg.eval_batch_size, device)
+
         train_rates, sample_rates, eval_rates, monitor_costs = [], [], [], []
         for _ in range(repeats):
             _sync(device)
@@ -175,7 +187,7 @@ def measure(
             _sync(device)
             sample_rates.append(cfg.batch_size / (time.perf_counter() - started))
             started = time.perf_counter()
-            bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)  # syncs (.item())
+            evaluate()
             eval_rates.append(cfg.eval_batch_size / (time.perf_counter() - started))
         rate = statistics.median(train_rates)
         step_seconds = cfg.batch_size / rate

@@ -8,30 +8,30 @@ is the image's reconstruction.
 
 An attribute is a CelebA attribute (``Smiling``), or for a class dataset a pair of classes
 (``7-vs-1``: positives of class 7, negatives of class 1) or a class against the rest (``7``);
-classes are named by index or by name (``Sneaker-vs-Sandal``). How well the direction tells the
-attribute apart is measured on held-out images: the mean projection of positives and of
-negatives onto the unit direction, and their gap in pooled standard deviations.
+classes are named by index or by name (``Sneaker-vs-Sandal``), parsed by glow_repro.attributes.
+How well the direction tells the attribute apart is measured on held-out images: the mean
+projection of positives and of negatives onto the unit direction, and their gap in pooled
+standard deviations.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
 
+from glow_repro.attributes import parse_attribute
 from glow_repro.config import RunConfig
 from glow_repro.data import ImageData
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import preprocess
 from glow_repro.rundir import atomic_write_bytes, atomic_write_json
-from glow_repro.sampling import png_bytes
+from glow_repro.sampling import file_safe, png_bytes
 
 #: The paper's figure moves each image both ways from its reconstruction.
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
-_VS = "-vs-"
 
 
 def attribute_masks(
@@ -39,28 +39,12 @@ def attribute_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks of the positive and negative images of ``attribute`` given ``labels``:
     class indices ``[N]`` or binary attributes ``[N, A]`` named by ``names``."""
-    if labels.ndim == 2:
-        if attribute not in names:
-            raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of {', '.join(names)}")
-        column = labels[:, names.index(attribute)]
+    parsed = parse_attribute(attribute, names, dataset, per_image_attributes=labels.ndim == 2)
+    if parsed.per_image_attributes:
+        column = labels[:, parsed.positive]
         return column == 1, column == 0
-    positive, vs, negative = attribute.partition(_VS)
-    is_positive = labels == _class_index(positive, names, attribute, dataset)
-    if not vs:
-        return is_positive, ~is_positive
-    return is_positive, labels == _class_index(negative, names, attribute, dataset)
-
-
-def _class_index(text: str, names: tuple[str, ...], attribute: str, dataset: str) -> int:
-    folded = [name.casefold() for name in names]
-    if text.casefold() in folded:
-        return folded.index(text.casefold())
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
-    raise UserFacingError(
-        f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
-        f"two classes as A{_VS}B; its classes are {', '.join(f'{i} {n}' for i, n in enumerate(names))}"
-    )
+    is_positive = labels == parsed.positive
+    return is_positive, ~is_positive if parsed.negative is None else labels == parsed.negative
 
 
 def flat_latents(model: Glow, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -138,36 +122,48 @@ def write_manipulation(
     rows: int = 4,
     encode: int | None = None,
     batch_size: int = 256,
+    about: dict | None = None,
 ) -> dict:
     """The direction of ``attribute`` from the first ``encode`` training images (all by
     default), its separation on as many test images, and ``manipulate_<attribute>.png`` of the
-    first ``rows`` test images (one per row, one column per alpha) with its JSON record."""
+    first ``rows`` test images (one per row, one column per alpha) with its JSON record.
+    Only the attribute's positives and negatives are encoded. ``about`` (where the model came
+    from) is stored in the record as it is."""
     model.eval()
     device = next(model.parameters()).device
     n_bits = config.data.n_bits
-    dataset = config.data.dataset
     train, test = _limited(train, encode), _limited(test, encode)
-    positive, negative = _masks_with_both(attribute, train, dataset)
-    direction = latent_direction(
-        flat_latents(model, _model_space(train.images, n_bits), batch_size), positive.to(device), negative.to(device)
-    )
-    held_out = _masks_with_both(attribute, test, dataset)
-    test_latents = flat_latents(model, _model_space(test.images, n_bits), batch_size)
+    latents, positive, negative = _labelled_latents(model, train, attribute, config, batch_size)
+    direction = latent_direction(latents, positive, negative)
+    held_out = separation(*_labelled_latents(model, test, attribute, config, batch_size), direction)
     grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)
-    stem = f"manipulate_{re.sub(r'[^A-Za-z0-9_.-]+', '_', attribute)}"
+    stem = f"manipulate_{file_safe(attribute)}"
     out = Path(out_dir)
     atomic_write_bytes(out / f"{stem}.png", png_bytes(grid.flatten(0, 1), n_bits, len(alphas)))
     record = {
+        **(about or {}),
         "attribute": attribute,
         "alphas": list(alphas),
         "rows": min(rows, len(test.images)),
         "direction_norm": direction.norm().item(),
         "train_images": {"positive": int(positive.sum()), "negative": int(negative.sum())},
-        "held_out": separation(test_latents, *(mask.to(device) for mask in held_out), direction),
+        "held_out": held_out,
         "files": [f"{stem}.png", f"{stem}.json"],
     }
     atomic_write_json(out / f"{stem}.json", record)
     return record
+
+
+def _labelled_latents(
+    model: Glow, data: ImageData, attribute: str, config: RunConfig, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat latents of the attribute's positive and negative images (the others are not
+    encoded) with the two masks over those rows, on the model's device."""
+    positive, negative = _masks_with_both(attribute, data, config.data.dataset)
+    used = positive | negative
+    device = next(model.parameters()).device
+    latents = flat_latents(model, _model_space(data.images[used], config.data.n_bits), batch_size)
+    return latents, positive[used].to(device), negative[used].to(device)
 
 
 def _limited(data: ImageData, limit: int | None) -> ImageData:

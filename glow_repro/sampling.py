@@ -12,7 +12,10 @@ Both draw ``temperatures.png`` and ``reconstructions.png`` the same way, so
 ``samples_T<t>.png`` draws its own ``n`` samples with the generator reset to ``seed`` for each
 temperature, so a grid does not depend on which other temperatures were asked for, and grids
 of different temperatures share the same underlying noise (only its scale differs).
-A class-conditional run also gets ``classes.png``: one row per class, at temperature 0.7.
+A class-conditional run also gets ``classes.png``: one row per class, at temperature 0.7;
+``glow-repro sample --class K`` adds ``samples_T<t>_class<K>_<name>.png`` per temperature, each
+drawn with the generator reset to ``seed``, so the classes share one noise and only the class
+differs between them.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from glow_repro.attributes import class_index, listed_classes
 from glow_repro.config import RunConfig, load_run_config
+from glow_repro.datasets import label_names
 from glow_repro.engine import build_model, numerics
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
@@ -93,14 +99,44 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     return config, model.eval()
 
 
+def class_names(config: RunConfig, model: Glow) -> tuple[str, ...]:
+    """The names of a class-conditional model's classes (its indices where the dataset names none)."""
+    names = label_names(config.data)
+    return names if len(names) == model.n_classes else tuple(map(str, range(model.n_classes)))
+
+
+def resolve_classes(texts: Sequence[str], config: RunConfig, model: Glow) -> tuple[int, ...]:
+    """The class indices ``texts`` name (indices or names, any case), in order, each once."""
+    if texts and not model.n_classes:
+        raise UserFacingError(
+            f"--class: this run is unconditional (model.conditioning: {config.model.conditioning}); "
+            "sampling a class needs a run with model.conditioning: class"
+        )
+    names = class_names(config, model)
+    indices = []
+    for text in texts:
+        index = class_index(text.strip(), names)
+        if index is None:
+            raise UserFacingError(
+                f"--class {text}: {config.data.dataset} has no such class; its classes are {listed_classes(names)}"
+            )
+        indices.append(index)
+    return tuple(dict.fromkeys(indices))
+
+
+def file_safe(text: str) -> str:
+    """``text`` with every run of characters other than letters, digits, ``_.-`` as one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 @torch.no_grad()
-def sample_images(model: Glow, temperature: float, n: int, seed: int) -> torch.Tensor:
-    """``n`` samples at ``temperature`` (Glow, section 5) from a generator reset to ``seed``;
-    the global random state is left as it was."""
+def sample_images(model: Glow, temperature: float, n: int, seed: int, y: int | None = None) -> torch.Tensor:
+    """``n`` samples at ``temperature`` (Glow, section 5), of class ``y`` for a class-conditional
+    model, from a generator reset to ``seed``; the global random state is left as it was."""
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return model.sample(n, temperature=temperature)
+        return model.sample(n, temperature=temperature, y=y)
 
 
 @torch.no_grad()
@@ -135,8 +171,9 @@ def png_bytes(batch: torch.Tensor, n_bits: int, nrow: int) -> bytes:
     return buffer.getvalue()
 
 
-def _name(temperature: float) -> str:
-    return f"samples_T{temperature:g}.png"
+def _name(temperature: float, label: int | None = None, names: tuple[str, ...] = ()) -> str:
+    of_class = "" if label is None else f"_class{label}_{file_safe(names[label])}"
+    return f"samples_T{temperature:g}{of_class}.png"
 
 
 def _in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
@@ -167,6 +204,7 @@ def write_samples(
     steps: int = 8,
     about: dict | None = None,
     record: str = SAMPLE_RECORD,
+    classes: tuple[int, ...] = (),
 ) -> dict:
     """Write sample grids, ``reconstructions.png``, ``interpolation.png`` (unless ``pairs`` is
     0) and the JSON record named ``record`` under ``out_dir``; returns that record.
@@ -175,7 +213,9 @@ def write_samples(
     ``temperatures.png``, one row per temperature; given, they make that grid and each also
     gets ``samples_T<t>.png`` with ``n`` samples. ``n`` defaults to ``train.n_samples`` and
     ``seed`` to the run's seed; the first ``n`` of ``test_images`` (uint8) are reconstructed.
-    A class-conditional model also draws ``classes.png``, ``n`` samples of each class a row.
+    A class-conditional model also draws ``classes.png``, ``n`` samples of each class a row,
+    and ``samples_T<t>_class<k>_<name>.png`` of ``n`` samples of each class index in ``classes``
+    at each temperature (``temperatures``, else the paper's), every class from the same noise.
     ``pairs`` pairs of distinct test images, drawn with ``seed``, are interpolated in ``steps``
     steps, one per row. ``about`` (where the model came from) is stored in the record as it is.
     """
@@ -211,6 +251,17 @@ def write_samples(
         atomic_write_bytes(out / "classes.png", png_bytes(torch.cat(by_class), n_bits, n))
         files.append("classes.png")
         rows += by_class
+    names = class_names(config, model) if classes else ()
+    drawn = []
+    for temperature in grid if classes else ():
+        for label in classes:
+            images = sample_images(model, temperature, n, seed, y=label)
+            atomic_write_bytes(
+                out / _name(temperature, label, names), png_bytes(images, n_bits, math.ceil(math.sqrt(n)))
+            )
+            files.append(_name(temperature, label, names))
+            drawn.append({"file": files[-1], "temperature": temperature, "class": label, "name": names[label]})
+            rows.append(images.cpu())
     written = {
         **(about or {}),
         "temperatures": grid,
@@ -221,6 +272,7 @@ def write_samples(
         "device": str(device),
         "weights": "ema" if config.train.ema_decay else "model",
         **({"class_temperature": CLASS_TEMPERATURE} if model.n_classes else {}),
+        **({"class_samples": drawn} if drawn else {}),
     }
 
     if pairs:

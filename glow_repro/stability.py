@@ -21,6 +21,7 @@ import functools
 import io
 import statistics
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from glow_repro.config import MonitorConfig, RunConfig, TrainConfig, validate_mo
 from glow_repro.engine import build_model
 from glow_repro.flows import FlowLayer
 from glow_repro.model import Glow
-from glow_repro.objective import training_loss
+from glow_repro.objective import conditional_training_loss, training_loss
 from glow_repro.rundir import UnreadableFileError, atomic_write_bytes, read_torch_file
 
 #: Name given to the model itself when every submodule's output is finite but the priors or
@@ -62,9 +63,19 @@ class Finding:
         return f"first non-finite {self.phase} value in {self.layer}"
 
 
-def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int, precision: str = "float32") -> Finding:
+def locate_nonfinite(
+    model: Glow,
+    x: torch.Tensor,
+    n_bits: int,
+    precision: str = "float32",
+    *,
+    labels: torch.Tensor | None = None,
+    class_weight: float = 0.0,
+) -> Finding:
     """Re-run forward and backward of one batch with hooks, in the run's precision (a fault
-    that only bf16 autocast causes must show here too); name the first bad module."""
+    that only bf16 autocast causes must show here too); name the first bad module. A
+    class-conditional run's batch is re-run with its ``labels`` on the objective it trained
+    on, the classifier's bits times ``class_weight`` included."""
     names = {module: name or PRIORS for name, module in model.named_modules()}
     found: dict[str, str] = {}
 
@@ -87,10 +98,15 @@ def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int, precision: str =
     try:
         model.zero_grad(set_to_none=True)
         x = x.detach().clone().requires_grad_(True)
-        loss = training_loss(model, x, n_bits, precision)
+        if labels is None:
+            loss = training_loss(model, x, n_bits, precision)
+        else:
+            loss, _, _ = conditional_training_loss(model, x, labels, n_bits, class_weight, precision)
         if "forward" in found or not torch.isfinite(loss):
             return Finding("forward", found.get("forward", PRIORS))
-        loss.backward()
+        with warnings.catch_warnings():  # a class shift's only input, the labels, has no gradient
+            warnings.filterwarnings("ignore", "Full backward hook is firing when gradients are computed", UserWarning)
+            loss.backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -103,13 +119,23 @@ def locate_nonfinite(model: Glow, x: torch.Tensor, n_bits: int, precision: str =
 
 
 def save_capsule(
-    path: Path, *, config: RunConfig, model: Glow, batch: torch.Tensor, step: int, lr: float, finding: Finding
+    path: Path,
+    *,
+    config: RunConfig,
+    model: Glow,
+    batch: torch.Tensor,
+    step: int,
+    lr: float,
+    finding: Finding,
+    labels: torch.Tensor | None = None,
 ) -> None:
-    """The model state before the bad step, its batch and RNG state, for ``glow-repro replay``."""
+    """The model state before the bad step, its batch (with its labels for a class-conditional
+    run) and RNG state, for ``glow-repro replay``."""
     state = {
         "config": config.to_dict(),
         "model": model.state_dict(),
         "batch": batch.detach().cpu(),
+        "labels": None if labels is None else labels.detach().cpu(),
         "step": step,
         "lr": lr,
         "finding": {"phase": finding.phase, "layer": finding.layer},
@@ -139,7 +165,14 @@ def replay_capsule(path: str | Path) -> tuple[int, Finding, Finding]:
     except (RuntimeError, TypeError, ValueError) as err:
         raise UnreadableFileError(f"{path}: a damaged capsule ({str(err).splitlines()[0][:160]}); {remedy}") from None
     model.train()
-    finding = locate_nonfinite(model, state["batch"], config.data.n_bits, config.train.precision)
+    finding = locate_nonfinite(
+        model,
+        state["batch"],
+        config.data.n_bits,
+        config.train.precision,
+        labels=state.get("labels"),  # capsules of unconditional runs (and older ones) have none
+        class_weight=config.model.class_weight,
+    )
     return state["step"], recorded, finding
 
 

@@ -262,9 +262,10 @@ class _Run:
         )
         return bpd
 
-    def train_step(self) -> tuple[dict, torch.Tensor, str | None]:
+    def train_step(self) -> tuple[dict, tuple[torch.Tensor, torch.Tensor | None], str | None]:
         """One optimisation step on batch ``step + 1`` of the seeded order; returns its log
-        row, its batch and the kind of fault the engine met (its update then not kept)."""
+        row, its batch (inputs and, for a class-conditional run, labels) and the kind of fault
+        the engine met (its update then not kept)."""
         cfg = self.config
         step = self.step + 1
         lr = learning_rate(cfg.train.lr, self.warmup_steps, step) * self.recovery.lr_scale
@@ -281,14 +282,22 @@ class _Run:
         }
         if result.class_bits is not None:
             row["train_class_bits"] = result.class_bits
-        return row, x, result.fault
+        return row, (x, y), result.fault
 
-    def recover(self, kind: str, row: dict, batch: torch.Tensor) -> bool:
+    def recover(self, kind: str, row: dict, batch: tuple[torch.Tensor, torch.Tensor | None]) -> bool:
         """Record a non-finite (or exploded, > ``monitor.max_bpd``) step with the layer it
         started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
         step, lr = self.step, row["lr"]
         model = self.engine.model
-        finding = locate_nonfinite(model, batch, self.config.data.n_bits, self.config.train.precision)
+        batch, labels = batch
+        finding = locate_nonfinite(
+            model,
+            batch,
+            self.config.data.n_bits,
+            self.config.train.precision,
+            labels=labels,
+            class_weight=self.config.model.class_weight,
+        )
         if self.recovery.first_nonfinite is None and self.dist.is_main:
             save_capsule(
                 self.run.capsules / f"step_{step:07d}.pt",
@@ -298,6 +307,7 @@ class _Run:
                 step=step,
                 lr=lr,
                 finding=finding,
+                labels=labels,
             )
         response = self.recovery.respond(kind, step)
         value = row["grad_norm"] if kind == "nonfinite_gradient" else row["train_bpd"]

@@ -3,7 +3,8 @@
 The layers, lowest first; a module may import its own layer and the layers below it::
 
     base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
-    config    config, registry, datasets (names, shapes and readers of the datasets; no torch)
+    config    config, registry, datasets (names, shapes and readers of the datasets; no torch),
+              attributes (classes and attributes named by the user, checked against those names)
     flows     glow_repro.flows.*
     model     model, objective, data, batches (the training batch of each step)
     rundir    rundir (the run-directory format; no torch)
@@ -38,7 +39,7 @@ LAYERS = [
         "base",
         ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed", "glow_repro.runinfo"],
     ),
-    ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets"]),
+    ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets", "glow_repro.attributes"]),
     ("flows", ["glow_repro.flows"]),
     ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data", "glow_repro.batches"]),
     ("rundir", ["glow_repro.rundir"]),

@@ -9,8 +9,10 @@ CSV, from a results directory alone (no torch; docs/architecture.md).
     tables/*.csv         the long tables (also .parquet) and every table the report shows
     tables/*.tex         the final-bpd, pairwise and published-comparison tables for a paper
 
-Sections follow a paper: summary (written from the numbers), setup, results, stability,
-comparison with published numbers, fidelity to paper and official code, how to reproduce.
+Sections follow a paper: summary (written from the numbers), setup, results, manipulation
+(when the study asked for one: the figures and numbers the study layer wrote under
+``results/<study>/manipulations/``), stability, comparison with published numbers, fidelity
+to paper and official code, how to reproduce.
 :func:`report_sections` writes them once as a section model
 (:mod:`glow_repro.analysis.document`) that renders to both HTML and Markdown; the figures
 are the records of :mod:`glow_repro.analysis.figures` that apply to the study.
@@ -47,9 +49,18 @@ from glow_repro.analysis.document import (
 )
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
-from glow_repro.analysis.verdicts import claim_summary, claims_of, format_verdicts, number, seeds_text, study_verdicts
-from glow_repro.rundir import RunState
+from glow_repro.analysis.verdicts import (
+    claim_summary,
+    claims_of,
+    format_verdicts,
+    number,
+    seeds_text,
+    shifted_effect,
+    study_verdicts,
+)
+from glow_repro.rundir import RunState, UnreadableFileError, read_json
 from glow_repro.study.labels import format_value, short_names
+from glow_repro.study.runner import MANIPULATIONS
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
 
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
@@ -69,10 +80,12 @@ LATEX_TABLES = {
 
 def claimed_order_clause(claims: list, key: str, order: list) -> str:
     """``. The claimed order (a < b) holds in these means`` for the study's first ordering
-    claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first)."""
+    claim on ``key`` whose values are exactly the levels of ``order`` (ours, best first); a
+    claim with a margin claims no order, so it is not one."""
     for claim in claims:
         claimed = [format_value(value) for value in claim.order]
-        if claim.kind == "order" and claim.key == key and sorted(claimed) == sorted(map(format_value, order)):
+        ordering = claim.kind == "order" and not claim.margin
+        if ordering and claim.key == key and sorted(claimed) == sorted(map(format_value, order)):
             holds = [format_value(level) for level in order] == claimed
             return f". The claimed order ({' < '.join(claimed)}) {'holds' if holds else 'does not hold'} in these means"
     return ""
@@ -212,14 +225,17 @@ def verdict_sentences(a: Analysis) -> list[str]:
     for row in claim_summary(a.verdicts).itertuples():
         claim = claims[row.claim]
         what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
+        order = " < ".join(map(format_value, claim.order))
+        if claim.margin:
+            order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
-            f"Claim `{row.claim}` ({row.source}), {' < '.join(map(format_value, claim.order))} in {what}: "
+            f"Claim `{row.claim}` ({row.source}), {order} in {what}: "
             f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
             f"direction with {_plural(row.seeds, 'seed')} or more per pair"
         )
         if row.verdict == "contradicted":
             against = a.verdicts[
-                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (a.verdicts["effect"] < 0)
+                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (shifted_effect(a.verdicts) < 0)
             ]
             text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
         elif row.verdict == "inconclusive":
@@ -488,6 +504,76 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
     return groups
 
 
+def manipulation_records(results_dir: Path, tables: Tables) -> list[dict]:
+    """The readable ``manipulate_*.json`` records under ``results/<study>/manipulations/``
+    whose figure is there too, in the study's order of attributes, then of variants."""
+    records = []
+    for path in sorted((results_dir / MANIPULATIONS).glob("*/manipulate_*.json")):
+        try:
+            record = read_json(path, expect=dict)
+        except UnreadableFileError:
+            continue
+        png = path.with_suffix(".png")
+        if png.is_file() and {"attribute", "variant", "held_out"} <= set(record):
+            records.append({**record, "png": png})
+    asked = list(tables.study.get("manipulations") or [])
+    variants = list(tables.finals["variant"].unique())
+
+    def place(record: dict) -> tuple:
+        attribute, variant = record["attribute"], record["variant"]
+        return (asked.index(attribute) if attribute in asked else len(asked), attribute,
+                variants.index(variant) if variant in variants else len(variants), variant)  # fmt: skip
+
+    return sorted(records, key=place)
+
+
+def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Block]:
+    """The manipulation section's note, table (also ``tables/manipulations.csv``) and figures
+    (one row per attribute, the variants side by side); empty when the study layer wrote none."""
+    records = manipulation_records(results_dir, tables)
+    if not records:
+        return []
+    rows, groups = [], {}
+    for r in records:
+        held = r["held_out"]
+        rows.append({
+            "attribute": r["attribute"], "variant": r["variant"], "seed": r.get("seed", ""),
+            "direction norm": number(r["direction_norm"]),
+            "train images (+ / −)": f"{r['train_images']['positive']} / {r['train_images']['negative']}",
+            "held-out images (+ / −)": f"{held['n_positive']} / {held['n_negative']}",
+            "held-out mean projection (+ / −)": f"{number(held['mean_positive'])} / {number(held['mean_negative'])}",
+            "separation (pooled SD)": number(held["gap_in_sd"]),
+        })  # fmt: skip
+        target = out / "figures" / MANIPULATIONS / f"{r['png'].parent.name}_{r['png'].name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(r["png"], target)
+        alphas = ", ".join(f"{alpha:g}" for alpha in r["alphas"])
+        caption = (f"`{r['variant']}`, seed {r.get('seed', '?')}: `{r['attribute']}`; rows are test images, columns "
+                   f"move along the direction by alpha {alphas} (0: the reconstruction).")  # fmt: skip
+        figure = FigureFile(target.stem, caption, target, f"figures/{MANIPULATIONS}/{target.name}")
+        groups.setdefault(r["attribute"], []).append(figure)
+    frame = pd.DataFrame(rows)
+    csv = out / "tables" / f"{MANIPULATIONS}.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv, index=False)
+    limit = records[0].get("image_limit")
+    encoded = f"the first {limit} training images" if limit else "the training images"
+    return [
+        Paragraphs(
+            [
+                f"Semantic manipulation (Glow, section 5.3) on each variant's finished run of the lowest seed: "
+                f"the direction is the mean latent (all levels) of an attribute's positives minus that of its "
+                f"negatives among {encoded}, and its separation is the gap between the two groups' mean "
+                "projections onto it on as many held-out test images, in pooled standard deviations "
+                "(`glow-repro manipulate`)."
+            ],
+            "note",
+        ),
+        Table(MANIPULATIONS, frame, Files([(csv, f"tables/{csv.name}")])),
+        SampleRows(list(groups.values())),
+    ]
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -526,20 +612,29 @@ def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
 
 
 def report_sections(
-    a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]], commands: list[str], study_yaml: str
+    a: Analysis,
+    tables: dict[str, Table],
+    samples: list[list[FigureFile]],
+    commands: list[str],
+    study_yaml: str,
+    manipulation: list[Block] | None = None,
 ) -> list[Section]:
     """The report's sections, each sentence written once for both HTML and Markdown;
-    figures are placed afterwards by their records (:func:`place_figures`)."""
+    figures are placed afterwards by their records (:func:`place_figures`). ``manipulation``
+    (:func:`manipulation_blocks`) makes the manipulation section when there is one."""
     events, problems, comparable = tables["events"].frame, tables["problem_runs"].frame, tables["comparable"].frame
     threshold = a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan")
     samples_blocks = [Heading("Samples"), SampleRows(samples)] if samples else []
+    margin_note = (" A pair `a < b + m` is a claim with a margin m: a is not worse than b by more than m bpd, "
+                   "so an effect above -m supports it." if len(a.verdicts) and (a.verdicts["margin"] > 0).any()
+                   else "")  # fmt: skip
     verdict_blocks = [
         Paragraphs(["Each claim the study declares, tested on seed-matched differences of its metric with "
                     "Holm's correction over the claim's pairs: *reproduced* when every pair is significant in "
                     "the claimed direction, *contradicted* when one is significant the other way, else "
                     "*inconclusive*. The effect is in the claimed direction (positive supports the claim); "
                     "the weakest pair is shown, every pair below. docs/verdicts.md explains the tests, the "
-                    "power figures and `glow-repro run --until-resolved`."], "note"),
+                    "power figures and `glow-repro run --until-resolved`." + margin_note], "note"),
         tables["verdicts"],
         Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
     ] if len(a.verdicts) else [
@@ -599,6 +694,7 @@ def report_sections(
                 *samples_blocks,
             ],
         ),
+        *([Section("manipulation", "Manipulation", manipulation)] if manipulation else []),
         Section(
             "stability",
             "Stability",
@@ -701,7 +797,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     _write_latex_tables(a, display, out / "tables")
     study_file = results_dir / "study.yaml"
     study_yaml = study_file.read_text() if study_file.is_file() else ""
-    sections = report_sections(a, display, samples, _reproduce_commands(tables, results_dir), study_yaml)
+    manipulation = manipulation_blocks(results_dir, tables, out)
+    commands = _reproduce_commands(tables, results_dir)
+    sections = report_sections(a, display, samples, commands, study_yaml, manipulation)
     place_figures(sections, figure_files)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     context = {

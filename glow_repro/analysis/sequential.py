@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glow_repro.analysis.verdicts import ALPHA, verdicts
+from glow_repro.analysis.verdicts import ALPHA, shifted_effect, verdicts
 from glow_repro.config import ConfigError
 from glow_repro.study.spec import ClaimSpec, StudySpec
 from glow_repro.study.tables import load_tables
@@ -113,7 +113,7 @@ def decide(
     open_claims = [
         claim for claim, rows in by_claim.items()
         if worth_more_seeds(rows["verdict"].to_numpy()[:1], rows["significant"].to_numpy(bool),
-                            rows["effect"].to_numpy(float), rows["seeds_needed_best_case"].to_numpy(float),
+                            shifted_effect(rows).to_numpy(float), rows["seeds_needed_best_case"].to_numpy(float),
                             plan.max_seeds)[0]
     ]  # fmt: skip
     inconclusive = [claim for claim, verdict in outcome.items() if verdict == "inconclusive"]

@@ -15,8 +15,12 @@ neither ``key`` nor ``within`` are averaged within each seed, so the seed stays 
   difference is not zero (``scipy.stats.binomtest``; McNemar's exact test when each seed
   gives one pair), 95 % t interval of the mean difference (approximate for 0/1 outcomes).
 
-``effect`` is positive in the claimed direction. The claim's pairs are one family, corrected
-with Holm's step-down method at ``alpha``:
+``effect`` is positive in the claimed direction. An order claim with a ``margin`` m (bpd)
+claims only that the better value is not worse by more than m (non-inferiority): its pairs are
+tested on d + m, so a pair is resolved for the claim when d > -m significantly and against it
+when d < -m significantly; ``effect`` and its CI stay those of d, ``margin`` is m (0 without
+one) and the power columns are those of the shifted effect ``effect + margin``. The claim's
+pairs are one family, corrected with Holm's step-down method at ``alpha``:
 
 - **reproduced**: every pair is significant with a positive effect;
 - **contradicted**: some pair is significant with a negative effect;
@@ -63,6 +67,7 @@ COLUMNS = [
     "verdict",
     "within",
     "pair",
+    "margin",
     "effect",
     "sd",
     "ci_low",
@@ -330,24 +335,35 @@ def verdicts(
         padded = np.full((len(pairs), max(width, 1)), np.nan)
         for row, (*_, d) in enumerate(pairs):
             padded[row, : len(d)] = d
-        effect, sd, p = paired_tests(padded, claim.kind)
+        margin = claim.margin or 0.0
+        shifted, sd, p = paired_tests(padded + margin, claim.kind)
         significant = holm_significant(p, alpha)
-        verdict = str(claim_verdict(significant, effect))
+        verdict = str(claim_verdict(significant, shifted))
         pair_alpha = alpha / len(pairs)
         for (within, better, worse, d), e, s, pv, ph, sig in zip(
-                pairs, effect, sd, p, holm_adjusted(p), significant):  # fmt: skip
+                pairs, shifted, sd, p, holm_adjusted(p), significant):  # fmt: skip
             low, high = _interval(d)
-            mde, needed, best = _power_columns(claim, d, float(e), float(s), pair_alpha, bool(sig))
+            mde, needed, best = _power_columns(claim, d + margin, float(e), float(s), pair_alpha, bool(sig))
             rows.append({
                 "claim": claim.id, "source": claim.source, "kind": claim.kind,
                 "metric": "diverged" if claim.kind == "divergence" else claim.metric,
                 "verdict": verdict, "within": within,
-                "pair": f"{format_value(better)} < {format_value(worse)}",
-                "effect": e, "sd": s, "ci_low": low, "ci_high": high, "p": pv, "p_holm": ph, "significant": bool(sig),
+                "pair": pair_text(better, worse, claim.margin), "margin": margin,
+                "effect": e - margin, "sd": s, "ci_low": low, "ci_high": high, "p": pv, "p_holm": ph, "significant": bool(sig),
                 "seeds": len(d), "mde": mde, "seeds_needed": needed,
                 "seeds_needed_best_case": best, "alpha": alpha,
             })  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def pair_text(better: Any, worse: Any, margin: float | None = None) -> str:
+    """``better < worse``, or ``better < worse + margin`` for a claim with a margin."""
+    return f"{format_value(better)} < {format_value(worse)}" + (f" + {margin:g}" if margin else "")
+
+
+def shifted_effect(table: pd.DataFrame) -> pd.Series:
+    """Each pair's effect against its claim's margin: positive where the data favour the claim."""
+    return table["effect"] + table["margin"]
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -369,9 +385,9 @@ def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
     of any pair, and the most seeds any unresolved pair needs."""
     rows = []
     for claim, pairs in table.groupby("claim", sort=False):
-        unresolved = pairs[~(pairs["significant"] & (pairs["effect"] > 0))]
+        unresolved = pairs[~(pairs["significant"] & (shifted_effect(pairs) > 0))]
         weakest = (unresolved.sort_values("p_holm", ascending=False, na_position="first").iloc[0] if len(unresolved)
-                   else pairs.loc[pairs["effect"].idxmin()])  # fmt: skip
+                   else pairs.loc[shifted_effect(pairs).idxmin()])  # fmt: skip
         rows.append({
             "claim": claim, "source": pairs["source"].iloc[0], "verdict": pairs["verdict"].iloc[0],
             "metric": pairs["metric"].iloc[0],

@@ -27,6 +27,13 @@ from glow_repro.commands.base import device_option, out_dir_option, user_errors
     type=click.IntRange(min=1),
     help="samples per temperature and images reconstructed [default: train.n_samples]",
 )
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    help="a class of a class-conditional run, by index or name (7, Sneaker), repeatable; each gets "
+    "samples_T<t>_class<k>_<name>.png at each temperature",
+)
 @out_dir_option
 @click.option("--seed", type=click.IntRange(min=0), help="sampling and pair-drawing seed [default: the run's seed]")
 @click.option(
@@ -50,6 +57,7 @@ def sample_command(
     run_dir: Path,
     temperatures: tuple[float, ...],
     n: int | None,
+    classes: tuple[str, ...],
     out_dir: Path | None,
     seed: int | None,
     pairs: int,
@@ -64,9 +72,10 @@ def sample_command(
     from glow_repro.data import load_split
     from glow_repro.rundir import RunDir
     from glow_repro.runinfo import resolve_device
-    from glow_repro.sampling import load_trained_model, write_samples
+    from glow_repro.sampling import load_trained_model, resolve_classes, write_samples
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
+    labels = resolve_classes(classes, config, model)
     out = out_dir or RunDir(run_dir).samples
     about = {"run_dir": str(run_dir), "run_status": RunDir(run_dir).status()}
     record = write_samples(
@@ -80,6 +89,7 @@ def sample_command(
         pairs=pairs,
         steps=steps,
         about=about,
+        classes=labels,
     )
     click.echo(f"wrote {', '.join(record['files'])} to {out}")
     click.echo(f"reconstruction max abs error: {record['reconstruction_max_abs_error']:.3g} (model space)")

@@ -72,6 +72,8 @@ from glow_repro.tensorboard_log import require_tensorboard
 MANIFEST = "manifest.json"
 TABLES = "tables"
 DECISIONS = "decisions.jsonl"
+#: The manipulation figures a study asks for, one folder per variant (glow_repro.study.manipulations).
+MANIPULATIONS = "manipulations"
 #: Plan actions that launch training.
 LAUNCH_ACTIONS = ("train", "resume", "retry")
 
@@ -269,7 +271,8 @@ def run_study(
     ``slurm`` overrides fields of the spec's ``launcher:`` section (partition, time, ...).
     ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
     look the judge decides whether to train more seeds of every variant; each decision is
-    appended to decisions.jsonl. On Ctrl-C the report comes back with ``interrupted=True``
+    appended to decisions.jsonl. The manipulations the spec asks for are written last
+    (:mod:`glow_repro.study.manipulations`). On Ctrl-C the report comes back with ``interrupted=True``
     once the workers have checkpointed. A results directory written by another spec of the
     study is refused unless ``force_spec`` (:func:`check_spec`).
     """
@@ -301,6 +304,10 @@ def run_study(
         report.spec = report.spec.model_copy(update={"seeds": [*report.spec.seeds, *decision.add_seeds]})
         report.spec._source = spec.source
         report.plan = plan_study(report.spec, results, only, retry_failed)
+    if not report.interrupted and report.spec.manipulations:
+        from glow_repro.study.manipulations import write_study_manipulations  # loads torch: only when asked
+
+        write_study_manipulations(report.spec, results)
     return report
 
 

@@ -7,10 +7,11 @@ the grid and variants are applied. Only the resolved configs matter, so moving s
 a base file and ``set:`` keeps every run id.
 
 A study file (``studies/*.yaml``) is validated as strictly as a run config: unknown keys,
-empty axes, bad seed lists, claims about keys or values the study does not sweep and invalid
-combined configs are :class:`ConfigError` messages that name the file and the key. Claims are
-not part of any run's config, so they never change run ids. :func:`expand` turns a spec into
-one :class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
+empty axes, bad seed lists, claims about keys or values the study does not sweep, attributes
+(``manipulations:``) its dataset does not have and invalid combined configs are
+:class:`ConfigError` messages that name the file and the key. Claims and manipulations are not
+part of any run's config, so they never change run ids. :func:`expand` turns a spec into one
+:class:`RunSpec` per variant x seed; each run's id is a hash of its resolved config (seed
 included, pure execution settings excluded), so the same spec always maps to the same run
 directories and reordering YAML keys changes nothing; :func:`spec_hash` names the study
 itself, so that a results directory holds one study.
@@ -38,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from glow_repro.attributes import dataset_attribute
 from glow_repro.config import (
     MAX_SEED,
     ConfigError,
@@ -49,6 +51,7 @@ from glow_repro.config import (
     set_path,
     validate_model,
 )
+from glow_repro.errors import UserFacingError
 from glow_repro.study.labels import format_value, variant_name
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -121,7 +124,9 @@ CLAIM_METRICS = ("final_test_bpd", "best_test_bpd", "mean_last_evals")
 class ClaimSpec(BaseModel):
     """One claim of a paper the study tests: the values of ``key`` in ``order``.
 
-    ``kind: order`` claims the metric (test bpd) is lower for earlier values; ``kind:
+    ``kind: order`` claims the metric (test bpd) is lower for earlier values; with a
+    ``margin`` (bpd) it claims instead that earlier values are not worse by more than the
+    margin (a non-inferiority claim, docs/verdicts.md "Claims with a margin"). ``kind:
     divergence`` claims earlier values diverge less often. The claim must hold at every
     combination of the ``within`` keys' values; swept keys in neither ``key`` nor ``within``
     are averaged over within each seed.
@@ -137,12 +142,22 @@ class ClaimSpec(BaseModel):
     within: list[str] = Field(default_factory=list, description="keys the claim holds at every value of")
     metric: Literal[CLAIM_METRICS] = "final_test_bpd"  # type: ignore[valid-type]
     last_evals: int = Field(3, ge=1, description="evaluations averaged by mean_last_evals")
+    margin: float | None = Field(
+        None, ge=0, description="bpd an earlier value may be worse by and still count (kind: order only)"
+    )
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("must be letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_of_order(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("kind", "order") != "order":
+            raise ValueError("a margin (bpd) applies to kind: order claims only; remove it")
         return value
 
     @model_validator(mode="after")
@@ -179,6 +194,10 @@ class StudySpec(BaseModel):
     claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
     max_seeds: StrictInt | None = Field(
         None, description="most seeds per variant --until-resolved trains (its --max-seeds overrides)"
+    )
+    manipulations: list[str] = Field(
+        default_factory=list,
+        description="attributes (Smiling, 7-vs-1, Sneaker) whose manipulation (Glow section 5.3) the report shows",
     )
 
     _source: str = PrivateAttr("<study>")
@@ -285,7 +304,7 @@ def load_study(path: str | Path) -> StudySpec:
     spec._source = str(path)
     spec = _resolve_base(spec)
     _check_claims(spec)
-    expand(spec)
+    _check_manipulations(spec, expand(spec))
     return spec
 
 
@@ -308,6 +327,20 @@ def _check_claims(spec: StudySpec) -> None:
                 raise ConfigError(
                     f"{where}.order: {format_value(value)} is not a value of {claim.key}; allowed: {', '.join(grid)}"
                 )
+
+
+def _check_manipulations(spec: StudySpec, runs: list[RunSpec]) -> None:
+    """Every requested attribute exists in the data of every run, once."""
+    datas = {_canonical(run.config.data.model_dump(mode="json")): run.config.data for run in runs}
+    for index, attribute in enumerate(spec.manipulations):
+        where = f"{spec.source}: manipulations.{index}"
+        if attribute in spec.manipulations[:index]:
+            raise ConfigError(f"{where}: {attribute} is listed twice; list each attribute once")
+        for data in datas.values():
+            try:
+                dataset_attribute(attribute, data)
+            except UserFacingError as err:
+                raise ConfigError(f"{where}: {err}") from None
 
 
 def _resolve_base(spec: StudySpec) -> StudySpec:
@@ -356,7 +389,7 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
             )
     updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
     updated._source = spec.source
-    expand(updated)
+    _check_manipulations(updated, expand(updated))
     return updated
 
 
@@ -457,5 +490,6 @@ def spec_yaml(spec: StudySpec) -> str:
         line for line in itertools.takewhile(lambda line: line.startswith("#"), lines) if not line.startswith(note)
     ]
     header.append(f"{note}{spec.source} written by `glow-repro run`: base inlined.")
-    body = yaml.safe_dump(spec.model_dump(mode="json", exclude={"changes"}), sort_keys=False)
+    unset = {"changes"} | (set() if spec.manipulations else {"manipulations"})  # as studies before the key
+    body = yaml.safe_dump(spec.model_dump(mode="json", exclude=unset), sort_keys=False)
     return "\n".join(header) + "\n" + body
