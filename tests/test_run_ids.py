@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 PINNED = [
     ("studies/smoke.yaml", 4, "additive-s0-28daf19f", "affine-s1-48859d19", "b603cdf916cf"),
     ("studies/depth_ablation.yaml", 24, "depth2-levels1-s0-35af0530", "depth16-levels2-s2-a758f25f", "8d8948c547aa"),
+    # Recalibrated by the power pilot (docs/pilot.md): width 32, EMA weights, 4 seeds.
     (
         "studies/permutation_ablation.yaml",
-        18,
-        "additive-reverse-s0-e39a026c",
-        "affine-conv1x1-s2-9dc42d4b",
-        "f90671ed8869",
+        24,
+        "additive-reverse-s0-369859c3",
+        "affine-conv1x1-s3-e0f84535",
+        "0edf9624154a",
     ),
     ("studies/scale_ablation.yaml", 18, "sigmoid-lr0.001-s0-f8eb5303", "exp-lr0.01-s2-915d5b47", "b7e3bb0cc39e"),
     # The paper studies' budgets moved from steps to the paper's epochs (configs/paper_cifar10.yaml),
