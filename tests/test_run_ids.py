@@ -14,10 +14,10 @@ from glow_repro.study.spec import expand, load_study
 REPO = Path(__file__).resolve().parents[1]
 
 # (study, runs, first run id, last run id, sha256 of all run ids joined by spaces)
+# The CPU ablations were recalibrated by the power pilot (docs/pilot.md), which moved their ids.
 PINNED = [
     ("studies/smoke.yaml", 4, "additive-s0-28daf19f", "affine-s1-48859d19", "b603cdf916cf"),
-    ("studies/depth_ablation.yaml", 24, "depth2-levels1-s0-35af0530", "depth16-levels2-s2-a758f25f", "8d8948c547aa"),
-    # Recalibrated by the power pilot (docs/pilot.md): width 32, EMA weights, 4 seeds.
+    ("studies/depth_ablation.yaml", 16, "depth2-s0-d0337db6", "depth16-s3-710d850a", "c19cb27c0347"),
     (
         "studies/permutation_ablation.yaml",
         24,
@@ -25,7 +25,7 @@ PINNED = [
         "affine-conv1x1-s3-e0f84535",
         "0edf9624154a",
     ),
-    ("studies/scale_ablation.yaml", 18, "sigmoid-lr0.001-s0-f8eb5303", "exp-lr0.01-s2-915d5b47", "b7e3bb0cc39e"),
+    ("studies/scale_ablation.yaml", 48, "sigmoid-lr0.003-s4-29e53a00", "exp-lr0.007-s11-3c8c9ad8", "0384bfe9a3f2"),
     # The paper studies' budgets moved from steps to the paper's epochs (configs/paper_cifar10.yaml),
     # which moved these ids on purpose: 1406250 steps were 1800.6 epochs of 781 batches, past
     # Figure 3's last epoch, so `compare` had no paper value to set beside the final bpd.

@@ -17,6 +17,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from glow_repro.analysis.report import analyse
 from glow_repro.analysis.sequential import SeedJudge, SeedPlan, decide, worth_more_seeds
 from glow_repro.analysis.verdicts import (
     MAX_SEEDS_NEEDED,
@@ -26,6 +27,7 @@ from glow_repro.analysis.verdicts import (
     holm_adjusted,
     holm_significant,
     paired_tests,
+    recorded_alpha,
     seeds_needed_sign,
     seeds_needed_t,
     sign_test_power,
@@ -35,7 +37,8 @@ from glow_repro.cli import main
 from glow_repro.config import ConfigError
 from glow_repro.rundir import RunDir, atomic_write_json
 from glow_repro.study.runner import run_study
-from glow_repro.study.spec import ClaimSpec, load_study
+from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec, load_study
+from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
 
 SWEPT = ["model.permutation", "model.coupling"]
@@ -425,6 +428,19 @@ def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp
     assert verdict_table["seeds"].tolist() == [rows[-1]["seeds"]] and verdict_table["alpha"].tolist() == [
         pytest.approx(0.05 / 3)
     ]
+
+
+def test_the_report_judges_at_the_recorded_alpha_and_under_every_metric(tmp_path):
+    results = tmp_path / "results"
+    run_study(claim_study(tmp_path, lr=2e-3), results, launcher="inprocess", train_fn=effect_train, judge=SeedJudge(9))
+    tables = load_tables(results)
+    a = analyse(tables, recorded_alpha(results))
+    assert a.verdicts["alpha"].tolist() == [pytest.approx(0.05 / 3)]
+    assert a.metrics["metric"].tolist() == list(CLAIM_METRICS)
+    assert a.metrics["declared"].tolist() == [metric == "final_test_bpd" for metric in CLAIM_METRICS]
+    own = a.metrics[a.metrics["declared"]].iloc[0]
+    assert (own["verdict"], own["resolved"]) == ("reproduced", "1 / 1")
+    assert own["median_sd"] == pytest.approx(a.verdicts["sd"].iloc[0])
 
 
 def test_until_resolved_takes_the_studys_max_seeds_unless_the_command_line_gives_one(tmp_path):

@@ -50,10 +50,13 @@ from glow_repro.analysis.document import (
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.analysis.verdicts import (
+    ALPHA,
     claim_summary,
     claims_of,
     format_verdicts,
+    metric_alternatives,
     number,
+    recorded_alpha,
     seeds_text,
     shifted_effect,
     study_verdicts,
@@ -106,10 +109,12 @@ class Analysis:
     comparison: pd.DataFrame
     differences: pd.DataFrame
     verdicts: pd.DataFrame
+    metrics: pd.DataFrame
 
 
-def analyse(tables: Tables) -> Analysis:
-    """Aggregate a study's tables (conventions in :mod:`glow_repro.analysis.aggregate`)."""
+def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
+    """Aggregate a study's tables (conventions in :mod:`glow_repro.analysis.aggregate`);
+    claims are judged at ``alpha`` (the per-look level of a study run ``--until-resolved``)."""
     keys = ["variant", *tables.swept]
     summary = aggregate.variant_summary(tables.finals, keys)
     pairs = aggregate.pairwise(tables.finals)
@@ -126,7 +131,8 @@ def analyse(tables: Tables) -> Analysis:
         threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
         comparison=compare(tables.finals, tables.configs),
         differences=describe_differences(tables.configs, tables.swept),
-        verdicts=study_verdicts(tables),
+        verdicts=study_verdicts(tables, alpha),
+        metrics=metric_alternatives(tables, alpha),
     )
 
 
@@ -447,6 +453,9 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     tables = {
         "verdicts": Table("verdicts", verdicts),
         "verdict_pairs": Table("verdict_pairs", format_verdicts(v)),
+        "verdict_metrics": Table("verdict_metrics", a.metrics.assign(
+            median_sd=a.metrics["median_sd"].map(number),
+            declared=a.metrics["declared"].map({True: "yes", False: ""}))),
         "final_bpd": Table("final_bpd", final),
         "ranking": Table("ranking", ranking),
         "pairwise": Table("pairwise", pairs),
@@ -637,6 +646,12 @@ def report_sections(
                     "power figures and `glow-repro run --until-resolved`." + margin_note], "note"),
         tables["verdicts"],
         Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
+        *([Fold("The same claims under the other metrics", [
+            Paragraphs(["Each order claim judged again with the last evaluation, the best one and the mean "
+                        "of the last evaluations as its metric, at the same alpha: a verdict that changes "
+                        "with the metric rests on evaluation noise (docs/verdicts.md, \"Metrics\"). The "
+                        "claim's own metric is marked."], "note"),
+            tables["verdict_metrics"]])] if len(a.metrics) else []),
     ] if len(a.verdicts) else [
         Paragraphs(["This study declares no claims, so there is no verdict: list the paper's claims under "
                     "`claims:` in the study file (docs/verdicts.md)."]),
@@ -781,7 +796,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     results_dir = Path(results_dir)
     tables = load_tables(results_dir)
     out = Path(out_dir) if out_dir is not None else Path("reports") / tables.name
-    a = analyse(tables)
+    a = analyse(tables, recorded_alpha(results_dir))
     out.mkdir(parents=True, exist_ok=True)
     figure_files = _make_figures(a, out)
     samples = _copy_samples(a, results_dir, out)
@@ -790,7 +805,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     raw = {"summary": a.summary, "curves": a.curves, "pairwise": a.pairs, "ranking": a.ranking,
            "divergence": a.divergence, "threshold": a.threshold, "factor_effects": a.effects,
            "comparison": a.comparison, "config_differences": a.differences, "verdicts": a.verdicts,
-           "verdict_claims": claim_summary(a.verdicts),
+           "verdict_claims": claim_summary(a.verdicts), "verdict_metrics": a.metrics,
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)

@@ -51,7 +51,7 @@ from statsmodels.stats.power import TTestPower
 from glow_repro.rundir import JsonlLog, RunState
 from glow_repro.study.labels import describe, format_value
 from glow_repro.study.runner import DECISIONS, TABLES
-from glow_repro.study.spec import ClaimSpec
+from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec
 from glow_repro.study.tables import Tables, load_tables, write_frame
 
 ALPHA = 0.05
@@ -91,6 +91,27 @@ def claims_of(study: dict[str, Any]) -> list[ClaimSpec]:
 def study_verdicts(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
     """:func:`verdicts` of the claims in the tables' ``study.yaml``."""
     return verdicts(tables.finals, tables.evals, claims_of(tables.study), tables.swept, alpha)
+
+
+def metric_alternatives(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
+    """Every ``order`` claim of the study judged again under each metric (docs/verdicts.md,
+    "Metrics"): its verdict, pairs resolved and median paired SD; ``declared`` marks the
+    claim's own metric."""
+    rows = []
+    for claim in claims_of(tables.study):
+        if claim.kind != "order":
+            continue
+        for metric in CLAIM_METRICS:
+            table = verdicts(tables.finals, tables.evals, [claim.model_copy(update={"metric": metric})],
+                             tables.swept, alpha)  # fmt: skip
+            if table.empty:
+                continue
+            summary = claim_summary(table).iloc[0]
+            rows.append({
+                "claim": claim.id, "metric": metric, "declared": metric == claim.metric, "verdict": summary["verdict"],
+                "resolved": f"{summary['resolved']} / {summary['pairs']}", "median_sd": float(table["sd"].median()),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=["claim", "metric", "declared", "verdict", "resolved", "median_sd"])
 
 
 def recorded_alpha(results_dir: str | Path) -> float:
