@@ -28,7 +28,7 @@ from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import preprocess
 from glow_repro.rundir import atomic_write_bytes, atomic_write_json
-from glow_repro.sampling import file_safe, png_bytes
+from glow_repro.sampling import file_safe, in_run_numerics, png_bytes
 
 #: The paper's figure moves each image both ways from its reconstruction.
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -109,6 +109,7 @@ def _masks_with_both(attribute: str, data: ImageData, dataset: str) -> tuple[tor
     return positive, negative
 
 
+@in_run_numerics
 @torch.no_grad()
 def write_manipulation(
     model: Glow,

@@ -176,7 +176,7 @@ def _name(temperature: float, label: int | None = None, names: tuple[str, ...] =
     return f"samples_T{temperature:g}{of_class}.png"
 
 
-def _in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
+def in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
     """Run ``write(model, config, ...)`` in the arithmetic the run trained in (TF32 and cuDNN
     flags from ``config.train``, :func:`glow_repro.engine.numerics`), as training draws its
     own samples; like them, without autocast, whatever ``train.precision`` says."""
@@ -189,7 +189,7 @@ def _in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
     return in_numerics
 
 
-@_in_run_numerics
+@in_run_numerics
 @torch.no_grad()
 def write_samples(
     model: Glow,

@@ -150,6 +150,28 @@ def test_sample_draws_in_the_runs_numerics_as_training_did(tmp_path, monkeypatch
     assert read_flags() == before
 
 
+def test_manipulate_runs_in_the_runs_numerics(tmp_path, monkeypatch, process_flags):
+    """``glow-repro manipulate`` moves latents and decodes them with the flags the run trained
+    with, as ``sample`` does, and restores the process's own."""
+    from click.testing import CliRunner
+
+    import glow_repro.manipulation as manipulation
+    from glow_repro.cli import main
+
+    seen = []
+    original = manipulation.manipulate
+    monkeypatch.setattr(manipulation, "manipulate", lambda *a, **k: seen.append(read_flags()) or original(*a, **k))
+    train(config(steps=2, tf32=True, deterministic=True), tmp_path / "run", threads=1)
+    before = dict.fromkeys(FLAGS, False)
+    for owner, name in FLAGS.values():
+        setattr(owner, name, False)
+    result = CliRunner().invoke(
+        main, ["manipulate", str(tmp_path / "run"), "--attribute", "stripes", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == [dict.fromkeys(FLAGS, True)] and read_flags() == before
+
+
 @pytest.fixture
 def gpus(monkeypatch):
     """A fake CUDA host: ``gpus(n)`` shows ``n`` devices; the current one is 0."""
