@@ -288,6 +288,30 @@ def test_a_training_step_reads_the_device_twice(grad_checkpointing, ema_decay):
     assert result.fault is None and reads.count == 2
 
 
+def test_a_class_conditional_step_reads_the_device_twice_too():
+    """The class shift of the priors and the classifier's loss add no read of their own
+    (``F.one_hot`` would check the labels' range on the host)."""
+    from glow_repro.benchmark import count_host_reads
+    from glow_repro.engine import Engine
+    from glow_repro.objective import preprocess
+    from glow_repro.stability import StabilityMonitor
+
+    raw = json.loads(json.dumps(TINY))
+    raw["model"]["conditioning"] = "class"
+    raw["train"]["optimizer"] = "adam"
+    cfg = RunConfig.model_validate(raw)
+    engine = Engine(cfg, torch.device("cpu"))
+    x = preprocess(torch.randint(0, 256, (8, *cfg.data.shape), dtype=torch.uint8), cfg.data.n_bits)
+    y = torch.arange(8) % engine.model.n_classes
+    engine.initialise(x)
+    monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
+    engine.wrap()
+    engine.step(x, 1e-3, monitor, y)
+    with count_host_reads() as reads:
+        result = engine.step(x, 1e-3, monitor, y)
+    assert result.fault is None and result.class_bits is not None and reads.count == 2
+
+
 def test_the_training_forward_compiles_to_one_graph_without_breaks():
     """``torch._dynamo.explain`` of the loss of an initialised model in training mode."""
     from glow_repro.objective import training_loss

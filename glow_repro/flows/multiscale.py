@@ -119,7 +119,9 @@ class ClassShift(nn.Module):
     def forward(self, y: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         if y is None:
             raise ValueError("a class-conditional prior needs the labels y")
-        onehot = F.one_hot(y, self.n_classes).to(self.linear.weight.dtype)
+        # scatter, not F.one_hot: one_hot checks the labels' range on the host, a wait for the GPU
+        onehot = torch.zeros(len(y), self.n_classes, dtype=self.linear.weight.dtype, device=y.device)
+        onehot.scatter_(1, y[:, None], 1.0)
         return self.linear(onehot).to(dtype)[:, :, None, None]
 
 
