@@ -2,7 +2,7 @@
 estimator (docs/pilot.md).
 
 Reads a pilot's results directory (e.g. ``benchmarks/pilot/permutation_pilot.yaml``, run with
-``glow-repro run``): runs that share a seed and a setting (the variant ``label``) and differ in
+``glow-repro run``): runs that share a seed and a setting (their other swept keys) and differ in
 one swept key form a pair. For each setting, at each evaluated step asked for, and for each
 estimator, it prints the paired differences' mean and SD over seeds, the CPU-minutes a run
 took to get there, and what that buys: the seeds and CPU-minutes one pair needs to detect a
@@ -23,7 +23,6 @@ run's wall time is its CPU time; evaluating here is timed the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -38,15 +37,7 @@ from glow_repro.data import load_split
 from glow_repro.engine import build_model
 from glow_repro.evaluation import bpd_sum
 from glow_repro.sampling import load_trained_model
-
-
-def _runs(results: Path) -> pd.DataFrame:
-    rows = []
-    for run in sorted((results / "runs").iterdir()):
-        config = load_run_config(run / "config.yaml")
-        evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines() if line]
-        rows.append({"run": run, "config": config, "evals": pd.DataFrame(evals)})
-    return pd.DataFrame(rows)
+from glow_repro.study.tables import load_tables
 
 
 def _post_hoc(run: Path, config, test_images: torch.Tensor) -> dict[str, float]:
@@ -68,46 +59,35 @@ def _post_hoc(run: Path, config, test_images: torch.Tensor) -> dict[str, float]:
 
 
 def estimates(results: Path, steps: list[int], pair_key: str) -> pd.DataFrame:
-    """One row per (run, step, estimator): the estimate and the CPU-minutes it cost."""
+    """One row per (run, step, estimator): the estimate and the CPU-minutes it cost. A run's
+    setting is its values of the swept keys other than ``pair_key``."""
     torch.set_num_threads(1)
-    runs = _runs(results)
-    test = load_split(runs.iloc[0]["config"].data, "test").images
+    tables = load_tables(results)
+    others = [key for key in tables.swept if key != pair_key]
+    test = None
     rows = []
-    for run, config, evals in runs.itertuples(index=False):
-        final = int(evals["step"].max())
+    for run_id, evals in tables.evals.sort_values("step").groupby("run_id", sort=True):
+        first = evals.iloc[0]
         base = {
-            "setting": run.name.split("-")[0],
-            "value": str(_get(config, pair_key)),
-            "seed": config.seed,
+            "setting": ", ".join(f"{key}={first[key]}" for key in others),
+            "value": str(first[pair_key]),
+            "seed": int(first["seed"]),
         }
+        final = int(evals["step"].max())
         for step in (s for s in steps if s <= final):
             upto = evals[evals["step"] <= step]
             cpu_min = float(upto["wall_time"].iloc[-1]) / 60
-            rows.append(
-                {**base, "step": step, "estimator": "ema_last", "bpd": upto["test_bpd"].iloc[-1], "cpu_min": cpu_min}
-            )
-            rows.append(
-                {
-                    **base,
-                    "step": step,
-                    "estimator": "ema_mean3",
-                    "bpd": upto["test_bpd"].tail(3).mean(),
-                    "cpu_min": cpu_min,
-                }
-            )
+            for name, bpd in (("ema_last", upto["test_bpd"].iloc[-1]), ("ema_mean3", upto["test_bpd"].tail(3).mean())):
+                rows.append({**base, "step": step, "estimator": name, "bpd": bpd, "cpu_min": cpu_min})
+        run = results / "runs" / run_id
+        config = load_run_config(run / "config.yaml")
+        test = load_split(config.data, "test").images if test is None else test
         post = _post_hoc(run, config, test)
         cpu_min = float(evals["wall_time"].iloc[-1]) / 60
         for name in ("raw_last", "raw_full", "ema_full"):
             extra = 0.0 if name == "raw_last" else post[f"{name}_cpu_s"] / 60
             rows.append({**base, "step": final, "estimator": name, "bpd": post[name], "cpu_min": cpu_min + extra})
     return pd.DataFrame(rows)
-
-
-def _get(config, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def pilot_table(rows: pd.DataFrame, worse: str, better: str, delta: float, alpha: float) -> pd.DataFrame:
