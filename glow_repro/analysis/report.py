@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +50,16 @@ from glow_repro.analysis.document import (
 )
 from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
+from glow_repro.analysis.sequential import recorded_look
 from glow_repro.analysis.verdicts import (
-    ALPHA,
+    Look,
     claim_summary,
     claims_of,
     format_verdicts,
+    level_text,
     metric_alternatives,
     number,
-    recorded_alpha,
     seeds_text,
-    shifted_effect,
     study_verdicts,
 )
 from glow_repro.rundir import RunState, UnreadableFileError, read_json
@@ -69,9 +70,9 @@ from glow_repro.study.tables import Tables, describe_differences, load_tables, s
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
 #: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
 LATEX_TABLES = {
-    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim: pairs significant in the claimed direction "
-                 r"(paired tests, Holm-corrected), the weakest pair's effect with its 95\% interval, and the "
-                 "seeds its unresolved pairs need."),
+    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim: its pairs' verdicts (paired tests at the "
+                 "look's threshold), the weakest pair's effect with its interval at the decision level, and "
+                 "the seeds its open pairs would need at the smallest effect of interest."),
     "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
                   r"with a two-sided 95\% Student-t interval."),
     "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
@@ -112,9 +113,11 @@ class Analysis:
     metrics: pd.DataFrame
 
 
-def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
+def analyse(tables: Tables, look: Look | None = None, judged_seeds: Sequence[int] | None = None) -> Analysis:
     """Aggregate a study's tables (conventions in :mod:`glow_repro.analysis.aggregate`);
-    claims are judged at ``alpha`` (the per-look level of a study run ``--until-resolved``)."""
+    claims are judged at ``look`` on ``judged_seeds`` (for a study run ``--until-resolved``:
+    the look its record ends on and that look's seeds; default one look at every seed)."""
+    judged = tables.only_seeds(judged_seeds) if judged_seeds is not None else tables
     keys = ["variant", *tables.swept]
     summary = aggregate.variant_summary(tables.finals, keys)
     pairs = aggregate.pairwise(tables.finals)
@@ -131,8 +134,8 @@ def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
         threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
         comparison=compare(tables.finals, tables.configs),
         differences=describe_differences(tables.configs, tables.swept),
-        verdicts=study_verdicts(tables, alpha),
-        metrics=metric_alternatives(tables, alpha),
+        verdicts=study_verdicts(judged, look),
+        metrics=metric_alternatives(judged, look),
     )
 
 
@@ -236,23 +239,20 @@ def verdict_sentences(a: Analysis) -> list[str]:
             order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
             f"Claim `{row.claim}` ({row.source}), {order} in {what}: "
-            f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
-            f"direction with {_plural(row.seeds, 'seed')} or more per pair"
+            f"**{row.verdict}**, {row.outcome}, with {_plural(row.seeds, 'seed')} or more per pair "
+            f"({row.boundary}; each pair judged at p <= {number(row.threshold)})"
         )
-        if row.verdict == "contradicted":
-            against = a.verdicts[
-                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (shifted_effect(a.verdicts) < 0)
-            ]
-            text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
-        elif row.verdict == "inconclusive":
+        if row.verdict in ("inconclusive", "absent"):
             needed = (
-                f"seeds needed to resolve every pair at its observed effect: {seeds_text(row.seeds_needed)}"
+                f"seeds a fixed design would need to detect {number(row.min_effect)} with 80 % power: "
+                f"{seeds_text(row.seeds_needed)}"
                 if pd.notna(row.seeds_needed)
                 else "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated"
             )
             text += (
                 f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
-                f"[95% CI {number(row.ci_low)}, {number(row.ci_high)}], Holm p {p_text(row.p_holm)}; {needed}"
+                f"[{level_text(row.level)} CI {number(row.ci_low)}, {number(row.ci_high)}], p {p_text(row.p)}"
+                + (f"; {needed}" if row.verdict == "inconclusive" else "")
             )
         out.append(text + ".")
     return out
@@ -445,10 +445,12 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
         "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
         "pairs resolved": claims["resolved"].astype(str) + " / " + claims["pairs"].astype(str),
         "weakest pair": claims["weakest"],
-        "effect [95% CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
-                            for e, lo, hi in zip(claims["effect"], claims["ci_low"], claims["ci_high"])],
-        "p (Holm)": claims["p_holm"].map(p_text), "seeds": claims["seeds"].astype(str),
-        "seeds needed": claims["seeds_needed"].map(seeds_text),
+        "outcome": claims["outcome"],
+        "effect [CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
+                        for e, lo, hi in zip(claims["effect"], claims["ci_low"], claims["ci_high"])],
+        "CI level": claims["level"].map(level_text), "p": claims["p"].map(p_text),
+        "threshold": claims["threshold"].map(number), "seeds": claims["seeds"].astype(str),
+        "min effect": claims["min_effect"].map(number), "seeds needed": claims["seeds_needed"].map(seeds_text),
     })  # fmt: skip
     tables = {
         "verdicts": Table("verdicts", verdicts),
@@ -796,7 +798,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     results_dir = Path(results_dir)
     tables = load_tables(results_dir)
     out = Path(out_dir) if out_dir is not None else Path("reports") / tables.name
-    a = analyse(tables, recorded_alpha(results_dir))
+    a = analyse(tables, *recorded_look(results_dir))
     out.mkdir(parents=True, exist_ok=True)
     figure_files = _make_figures(a, out)
     samples = _copy_samples(a, results_dir, out)

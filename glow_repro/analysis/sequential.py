@@ -2,62 +2,82 @@
 (docs/verdicts.md, "Adding seeds").
 
 The seeds are added in looks planned in advance (:class:`SeedPlan`): the study's own seeds,
-then as many again at each look, up to ``max_seeds``. Every look tests at
-``alpha / number of looks`` (a Bonferroni split over the planned looks): whatever the data
-and whenever the procedure stops, the chance that any look declares a true-null claim
-reproduced or contradicted is at most the sum of the per-look levels, ``alpha``. Stopping
-early because a claim cannot be resolved (futility) only removes chances to reject.
+then as many again at each look, up to ``max_seeds``. Each look judges the claims at the
+thresholds of a group-sequential boundary (:mod:`glow_repro.analysis.boundaries`) computed
+for exactly those looks, so whatever the data and whenever the procedure stops, a true-null
+pair is declared in either direction with probability at most ``alpha / 2``. The study goes on
+while a claim is inconclusive and looks remain; it never stops for futility, so "inconclusive"
+at the last look means the planned seeds were not enough.
 
-:func:`decide` is the whole rule as a pure function of the tables, the claims and the look.
+:func:`decide` is the whole rule as a pure function of the tables, the claims and the look;
+:func:`results_verdicts` judges a results directory at the look its record ends on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from glow_repro.analysis.verdicts import ALPHA, shifted_effect, verdicts
+from glow_repro.analysis.boundaries import Boundary, Spending
+from glow_repro.analysis.verdicts import ALPHA, Look, study_verdicts, verdicts
 from glow_repro.config import ConfigError
-from glow_repro.study.spec import ClaimSpec, StudySpec
-from glow_repro.study.tables import load_tables
+from glow_repro.errors import ResultsDirError
+from glow_repro.study.record import RecordedLook, SeedRecord
+from glow_repro.study.runner import TABLES, read_manifest
+from glow_repro.study.spec import PILOT_SEEDS_START, ClaimSpec, StudySpec
+from glow_repro.study.tables import Tables, load_tables, write_frame
+
+#: Most seeds per variant when neither ``--max-seeds`` nor the study's ``max_seeds`` says.
+DEFAULT_MAX_SEEDS = 12
+#: The most seeds per variant a plan may reach.
+MAX_PLANNED_SEEDS = 64
 
 
 @dataclass(frozen=True)
 class SeedPlan:
-    """Every seed the study may run, in the order they are added, and the seed counts at
-    which the claims are judged."""
+    """Every seed the study may run, in the order they are added, the seed counts at which
+    the claims are judged, and how alpha is spent over them."""
 
     seeds: tuple[int, ...]
     looks: tuple[int, ...]
     alpha: float = ALPHA
+    spending: Spending = "obrien-fleming"
 
     @classmethod
-    def extend(cls, initial: Sequence[int], max_seeds: int, alpha: float = ALPHA) -> SeedPlan:
+    def extend(
+        cls, initial: Sequence[int], max_seeds: int, alpha: float = ALPHA, spending: Spending = "obrien-fleming"
+    ) -> SeedPlan:
         """Looks at the initial seed count and every multiple of it up to ``max_seeds`` (the
-        last look is ``max_seeds`` itself); new seeds are the smallest unused integers."""
+        last look is ``max_seeds`` itself); new seeds are the integers after the largest
+        initial seed, so a study never draws a pilot's seeds (nor one below its own)."""
         step = len(initial)
         total = max(max_seeds, step)
         looks = tuple(sorted({*range(step, total, step), total}))
         seeds = list(initial)
-        candidate = 0
+        candidate = max(initial) + 1
         while len(seeds) < total:
             if candidate not in seeds:
                 seeds.append(candidate)
             candidate += 1
-        return cls(tuple(seeds), looks, alpha)
+        return cls(tuple(seeds), looks, alpha, spending)
+
+    @classmethod
+    def recorded(cls, row: RecordedLook) -> SeedPlan:
+        return cls(tuple(row.seed_order), tuple(row.looks), row.alpha, row.spending)
 
     @property
-    def alpha_per_look(self) -> float:
-        return self.alpha / len(self.looks)
+    def boundary(self) -> Boundary:
+        return Boundary(self.looks, self.alpha, self.spending)
 
     @property
     def max_seeds(self) -> int:
         return self.looks[-1]
+
+    def look(self, index: int) -> Look:
+        return Look(self.boundary, index)
 
     def seeds_at(self, look: int) -> list[int]:
         return list(self.seeds[: self.looks[look]])
@@ -65,34 +85,31 @@ class SeedPlan:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the rule decided at one look, as logged in ``decisions.jsonl``."""
+    """What the rule decided at one look, as recorded in ``decisions.jsonl``."""
 
     look: int
-    seeds: int
-    alpha: float
+    plan: SeedPlan
     action: str  # continue | stop
     reason: str
     verdicts: dict[str, str]
     add_seeds: list[int] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def seeds(self) -> int:
+        return self.plan.looks[self.look]
 
+    @property
+    def threshold(self) -> float:
+        """The paired t-test's nominal two-sided threshold at this look."""
+        return self.plan.boundary.t_thresholds()[self.look]
 
-def worth_more_seeds(
-    verdict: np.ndarray, significant: np.ndarray, effect: np.ndarray, needed: np.ndarray, max_seeds: int
-) -> np.ndarray:
-    """Per claim (pairs on the last axis): inconclusive, and ``max_seeds`` could still resolve
-    it: every unresolved pair ``needed`` at most ``max_seeds`` (reproduced), or one unresolved
-    pair against the claim does (contradicted). ``needed`` is the seeds needed at the largest
-    effect the data do not rule out (``seeds_needed_best_case``): stopping at the observed
-    effect would stop most studies of a true but noisily measured effect at the first look.
-    A pair with no estimate yet (NaN) counts as reachable."""
-    reachable = np.isnan(needed) | (needed <= max_seeds)
-    unresolved = ~significant
-    every = np.all(~unresolved | reachable, axis=-1)
-    against = np.any(unresolved & (effect < 0) & reachable, axis=-1)
-    return (np.asarray(verdict) == "inconclusive") & (every | against)
+    def record(self) -> RecordedLook:
+        plan = self.plan
+        return RecordedLook(
+            look=self.look, seeds=self.seeds, alpha=plan.alpha, spending=plan.spending, looks=list(plan.looks),
+            seed_order=list(plan.seeds), threshold=self.threshold, alpha_spent=plan.boundary.cumulative[self.look],
+            action=self.action, reason=self.reason, verdicts=self.verdicts, add_seeds=self.add_seeds,
+        )  # fmt: skip
 
 
 def decide(
@@ -103,59 +120,29 @@ def decide(
     plan: SeedPlan,
     look: int,
 ) -> tuple[Decision, pd.DataFrame]:
-    """The decision at ``look`` and the verdict table it rests on (at the per-look alpha),
-    from the runs of the look's seeds."""
+    """The decision at ``look`` and the verdict table it rests on, from the runs of the
+    look's seeds."""
     seeds = plan.seeds_at(look)
-    finals = finals[finals["seed"].isin(seeds)]
-    table = verdicts(finals, evals[evals["seed"].isin(seeds)], claims, swept, plan.alpha_per_look)
-    by_claim = {claim: rows for claim, rows in table.groupby("claim", sort=False)}
-    outcome = {claim: str(rows["verdict"].iloc[0]) for claim, rows in by_claim.items()}
-    open_claims = [
-        claim for claim, rows in by_claim.items()
-        if worth_more_seeds(rows["verdict"].to_numpy()[:1], rows["significant"].to_numpy(bool),
-                            shifted_effect(rows).to_numpy(float), rows["seeds_needed_best_case"].to_numpy(float),
-                            plan.max_seeds)[0]
-    ]  # fmt: skip
+    table = verdicts(finals[finals["seed"].isin(seeds)], evals[evals["seed"].isin(seeds)], claims, swept,
+                     plan.look(look))  # fmt: skip
+    outcome = {claim: str(rows["verdict"].iloc[0]) for claim, rows in table.groupby("claim", sort=False)}
     inconclusive = [claim for claim, verdict in outcome.items() if verdict == "inconclusive"]
-    common = {"look": look, "seeds": len(seeds), "alpha": plan.alpha_per_look, "verdicts": outcome}
+    common = {"look": look, "plan": plan, "verdicts": outcome}
     if not inconclusive:
         return Decision(action="stop", reason="every claim is resolved", **common), table
     if look + 1 >= len(plan.looks):
-        return Decision(
-            action="stop",
-            reason=(f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"),
-            **common,
-        ), table
-    if not open_claims:
-        return Decision(
-            action="stop",
-            reason=(
-                f"{', '.join(inconclusive)}: inconclusive, and {plan.max_seeds} seeds could not resolve "
-                "it at any effect inside the 95 % CIs (see seeds_needed_best_case)"
-            ),
-            **common,
-        ), table
+        reason = f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"
+        return Decision(action="stop", reason=reason, **common), table
     added = plan.seeds_at(look + 1)[len(seeds) :]
-    return Decision(
-        action="continue",
-        reason=(
-            f"{', '.join(open_claims)}: inconclusive, resolvable within {plan.max_seeds} seeds at "
-            f"effects inside the 95 % CIs; adding seeds {', '.join(map(str, added))}"
-        ),
-        add_seeds=added,
-        **common,
-    ), table
-
-
-#: Most seeds per variant when neither ``--max-seeds`` nor the study's ``max_seeds`` says.
-DEFAULT_MAX_SEEDS = 12
+    reason = f"{', '.join(inconclusive)}: inconclusive; adding seeds {', '.join(map(str, added))}"
+    return Decision(action="continue", reason=reason, add_seeds=added, **common), table
 
 
 @dataclass(frozen=True)
 class SeedJudge:
     """The judge of ``glow-repro run --until-resolved``: :func:`decide` on the results so far,
-    with the looks planned from the study's seeds and ``max_seeds`` (when None: the study's
-    own ``max_seeds``, else :data:`DEFAULT_MAX_SEEDS`)."""
+    with the looks planned from the study's seeds, ``max_seeds`` (when None: the study's own
+    ``max_seeds``, else :data:`DEFAULT_MAX_SEEDS`) and the study's spending function."""
 
     max_seeds: int | None = None
     alpha: float = ALPHA
@@ -163,18 +150,101 @@ class SeedJudge:
     def limit(self, spec: StudySpec) -> int:
         return self.max_seeds or spec.max_seeds or DEFAULT_MAX_SEEDS
 
+    def plan(self, spec: StudySpec) -> SeedPlan:
+        return SeedPlan.extend(spec.seeds, self.limit(spec), self.alpha, spec.spending)
+
     def check(self, spec: StudySpec) -> None:
         if not spec.claims:
             raise ConfigError(
                 f"{spec.source}: --until-resolved needs the claims the study tests "
                 "(claims: in the study file; docs/verdicts.md)"
             )
-        if self.limit(spec) < len(spec.seeds):
+        limit = self.limit(spec)
+        if not len(spec.seeds) <= limit <= MAX_PLANNED_SEEDS:
             raise ConfigError(
-                f"--max-seeds {self.limit(spec)}: must be at least the {len(spec.seeds)} seeds of {spec.source}"
+                f"--max-seeds {limit}: must be from the {len(spec.seeds)} seeds of {spec.source} to {MAX_PLANNED_SEEDS}"
             )
+        plan = self.plan(spec)
+        if not spec.pilot and max(plan.seeds) >= PILOT_SEEDS_START:
+            raise ConfigError(
+                f"{spec.source}: seeds: the plan would reach seed {max(plan.seeds)}, and seeds from "
+                f"{PILOT_SEEDS_START} on are the pilots' (docs/pilot.md); start the study's seeds lower"
+            )
+
+    def resume(self, spec: StudySpec, results_dir: Path) -> tuple[int, list[int], list[RecordedLook]]:
+        """Where a study resumes: the next look to take, the seeds it trains, and the looks
+        already recorded. A record of another plan is refused: alpha is never spent twice."""
+        plan, rows = self.plan(spec), SeedRecord(results_dir).read()
+        if not rows:
+            return 0, plan.seeds_at(0), rows
+        recorded = SeedPlan.recorded(rows[-1])
+        if recorded != plan:
+            raise ResultsDirError(
+                f"{results_dir / 'decisions.jsonl'}: its looks were planned as {recorded.boundary.describe()} "
+                f"at alpha {recorded.alpha:g} over seeds {_seed_range(recorded.seeds)}; this run plans "
+                f"{plan.boundary.describe()} at alpha {plan.alpha:g} over seeds {_seed_range(plan.seeds)}. A plan "
+                "cannot change after a look (the alpha already spent would be spent again): run with the "
+                "recorded plan, or give this one its own --results directory"
+            )
+        last = rows[-1]
+        if last.action == "stop":
+            return len(rows), plan.seeds_at(last.look), rows
+        return last.look + 1, plan.seeds_at(last.look + 1), rows
 
     def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> Decision:
         tables = load_tables(results_dir)
-        plan = SeedPlan.extend(spec.seeds, self.limit(spec), self.alpha)
-        return decide(tables.finals, tables.evals, spec.claims, tables.swept, plan, look)[0]
+        return decide(tables.finals, tables.evals, spec.claims, tables.swept, self.plan(spec), look)[0]
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}..{seeds[-1]}" if list(seeds) == list(range(seeds[0], seeds[-1] + 1)) else str(list(seeds))
+
+
+@dataclass(frozen=True)
+class ResultsVerdict:
+    """The verdicts of a results directory, the look they were taken at, and the seeds they
+    judge (None: every seed present)."""
+
+    table: pd.DataFrame
+    look: Look | None
+    seeds: list[int] | None
+
+
+def recorded_look(results_dir: str | Path) -> tuple[Look | None, list[int] | None]:
+    """The look a results directory's record ends on and its seeds, or (None, None) for a
+    study run without ``--until-resolved``. A directory whose seeds were added by looking
+    but whose record is missing, empty or damaged is a :class:`ResultsDirError`."""
+    results_dir = Path(results_dir)
+    rows = SeedRecord(results_dir).read()
+    if not rows:
+        manifest = read_manifest(results_dir) or {}
+        if manifest.get("until_resolved"):
+            raise ResultsDirError(
+                f"{results_dir / 'decisions.jsonl'}: missing or empty, but this study was run with "
+                "--until-resolved: its seeds may have been added by looking at the results, which a verdict at "
+                "full alpha would ignore. Run the same `glow-repro run --until-resolved` command to take the "
+                "first look, or restore the record"
+            )
+        return None, None
+    plan = SeedPlan.recorded(rows[-1])
+    return plan.look(rows[-1].look), plan.seeds_at(rows[-1].look)
+
+
+def results_verdicts(results_dir: str | Path, tables: Tables | None = None) -> ResultsVerdict:
+    """The verdicts of a results directory at the look its record ends on (every seed at
+    alpha 0.05 without a record)."""
+    look, seeds = recorded_look(results_dir)
+    tables = tables if tables is not None else load_tables(results_dir)
+    if seeds is not None:
+        tables = tables.only_seeds(seeds)
+    return ResultsVerdict(study_verdicts(tables, look), look, seeds)
+
+
+def write_verdicts(results_dir: str | Path) -> pd.DataFrame:
+    """:func:`results_verdicts`, also written as ``tables/verdicts.parquet`` and ``.csv`` when
+    the study declares claims."""
+    tables = load_tables(results_dir)
+    table = results_verdicts(results_dir, tables).table
+    if tables.study.get("claims"):
+        write_frame(table, Path(results_dir) / TABLES, "verdicts")
+    return table

@@ -1,36 +1,35 @@
-"""A verdict per claim of a study: reproduced, contradicted or inconclusive, with its power
+"""A verdict per claim of a study: reproduced, contradicted, absent or inconclusive
 (docs/verdicts.md).
 
 A claim (:class:`glow_repro.study.spec.ClaimSpec`) orders values of one swept key. It implies
 one *pair* (claimed-better, claimed-worse) for every two values of its order, at every
-combination of its ``within`` keys' values. Each pair is tested on seed-matched differences
-(a seed fixes the data order and the dequantisation noise across variants); swept keys in
-neither ``key`` nor ``within`` are averaged within each seed, so the seed stays the unit.
+combination of its ``within`` keys' values. Each pair is tested on seed-matched differences d
+(a seed fixes the initialisation, the data order and the dequantisation noise across variants);
+swept keys in neither ``key`` nor ``within`` are averaged within each seed, so the seed stays
+the unit. ``kind: order``: d = metric(worse) - metric(better) in bits per dimension, paired
+t-test; ``kind: divergence``: d = the share of the pooled settings at which the worse value
+diverged minus the share at which the better one did, exact sign-flip test (or Wilcoxon).
+An order claim with a ``margin`` m tests d + m (non-inferiority).
 
-- ``kind: order``: the difference is metric(worse) - metric(better) in bits per dimension,
-  over runs that finished (``state == "done"``); two-sided paired t-test
-  (``scipy.stats.ttest_1samp`` on the differences), 95 % t interval.
-- ``kind: divergence``: the difference is diverged(worse) - diverged(better) (0/1 per run,
-  over runs that finished or diverged); exact two-sided sign test on the seeds whose
-  difference is not zero (``scipy.stats.binomtest``; McNemar's exact test when each seed
-  gives one pair), 95 % t interval of the mean difference (approximate for 0/1 outcomes).
+A verdict is taken at a :class:`Look` of a planned :class:`~glow_repro.analysis.boundaries.Boundary`
+(one look at alpha for a study run once). With ``c(a)`` that look's nominal two-sided threshold
+at overall level ``a`` and ``m`` pairs, each pair is:
 
-``effect`` is positive in the claimed direction. An order claim with a ``margin`` m (bpd)
-claims only that the better value is not worse by more than m (non-inferiority): its pairs are
-tested on d + m, so a pair is resolved for the claim when d > -m significantly and against it
-when d < -m significantly; ``effect`` and its CI stay those of d, ``margin`` is m (0 without
-one) and the power columns are those of the shifted effect ``effect + margin``. The claim's
-pairs are one family, corrected with Holm's step-down method at ``alpha``:
+- **reproduced**: p <= c(alpha) in the claimed direction; the claim is reproduced when every
+  pair is (an intersection-union test: no correction, false "reproduced" at most alpha / 2);
+- **contradicted**: rejected against the claim by Holm's step-down method with the levels
+  c(alpha / m), c(alpha / (m - 1)), ... (false "contradicted" at most alpha / 2);
+- **absent** (order claims without a margin): both one-sided t-tests of |effect| <
+  ``min_effect`` (TOST) reject, by the same Holm steps on one-sided levels c / 2 (false
+  "absent", when the true effect is at least ``min_effect``, at most alpha / 2);
+- **open** otherwise.
 
-- **reproduced**: every pair is significant with a positive effect;
-- **contradicted**: some pair is significant with a negative effect;
-- **inconclusive**: otherwise; then ``mde`` (the smallest effect the seeds run detect with
-  80 % power) and ``seeds_needed`` (the seeds that would detect the observed effect with
-  80 % power; ``inf`` beyond :data:`MAX_SEEDS_NEEDED`) say why in numbers.
-  ``seeds_needed_best_case`` is the same at the end of the 95 % CI farthest from zero, the
-  largest effect the data do not rule out (for divergence claims, the exact upper bound of
-  the rate of seeds going the more frequent way, the other rate as observed). All
-  are computed at the Bonferroni level ``alpha / pairs``, the strictest step of Holm's method.
+The claim is contradicted if any pair is, inconclusive if any pair is open, absent if any is
+absent, and reproduced otherwise. Intervals are at the level ``1 - c(alpha)`` the pairs are
+judged at. ``seeds_needed`` is what a fixed design at the next look's level would need for
+80 % power at ``min_effect`` (at the margin, for a non-inferiority claim: sized at zero true
+difference), from the observed SD; ``seeds_needed_observed`` is the same at the observed effect,
+a figure that only restates p.
 
 Pure functions of the long tables of :mod:`glow_repro.study.tables`; no torch.
 """
@@ -38,49 +37,85 @@ Pure functions of the long tables of :mod:`glow_repro.study.tables`; no torch.
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
-from statsmodels.stats.power import TTestPower
 
-from glow_repro.rundir import JsonlLog, RunState
+from glow_repro.analysis.boundaries import Boundary
+from glow_repro.analysis.pair_tests import (
+    MAX_SEEDS_NEEDED,
+    detectable_dz,
+    equivalence_p,
+    paired_tests,
+    seeds_needed_t,
+    step_down,
+    t_interval,
+)
+from glow_repro.rundir import RunState
 from glow_repro.study.labels import describe, format_value
-from glow_repro.study.runner import DECISIONS, TABLES
 from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec
-from glow_repro.study.tables import Tables, load_tables, write_frame
+from glow_repro.study.tables import Tables
 
 ALPHA = 0.05
-POWER = 0.8
-CONFIDENCE = 0.95
-#: Seeds-needed estimates stop here: "more than 1000 seeds" is the answer beyond it.
-MAX_SEEDS_NEEDED = 1000
+PAIR_VERDICTS = ("reproduced", "contradicted", "absent", "open")
 COLUMNS = [
-    "claim",
-    "source",
-    "kind",
-    "metric",
-    "verdict",
-    "within",
-    "pair",
-    "margin",
-    "effect",
-    "sd",
-    "ci_low",
-    "ci_high",
-    "p",
-    "p_holm",
-    "significant",
-    "seeds",
-    "mde",
-    "seeds_needed",
-    "seeds_needed_best_case",
-    "alpha",
-]
+    "claim", "source", "kind", "metric", "verdict", "pair_verdict", "within", "pair", "margin", "min_effect",
+    "effect", "sd", "ci_low", "ci_high", "level", "p", "threshold", "significant", "p_equivalence", "seeds",
+    "look", "boundary", "alpha", "mde", "seeds_needed", "seeds_needed_observed",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Look:
+    """Where a verdict is taken: look ``index`` (from 0) of ``boundary``."""
+
+    boundary: Boundary
+    index: int = 0
+
+    @classmethod
+    def fixed(cls, seeds: int, alpha: float = ALPHA) -> Look:
+        """The one look of a study run once, at its seeds."""
+        return cls(Boundary((max(int(seeds), 1),), alpha))
+
+    def levels(self, test: str, pairs: int) -> np.ndarray:
+        """``levels[j - 1]``: this look's threshold at alpha / j (Holm with j pairs left)."""
+        return np.array([self.boundary.scaled(1 / j).thresholds(test)[self.index] for j in range(1, pairs + 1)])
+
+    def next_threshold(self, test: str) -> float:
+        """The threshold (at alpha) of the look after this one, or of this one if it is the last."""
+        return self.boundary.thresholds(test)[min(self.index + 1, len(self.boundary.looks) - 1)]
+
+
+def judge_pairs(
+    d: np.ndarray, test: str, levels: np.ndarray, min_effect: float | None, margin: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rule of the module docstring on differences ``d`` (pairs on the second-to-last
+    axis, seeds on the last; NaN: a missing seed): ``(shifted effect, sd, p, p_equivalence,
+    pair verdict)`` per pair. Vectorised over leading axes, so simulations use it as is."""
+    effect, sd, p = paired_tests(d + margin, test)
+    reproduced = (p <= levels[0]) & (effect > 0)
+    contradicted = step_down(p, levels) & (effect < 0)
+    if min_effect and not margin and test == "t":
+        p_eq = equivalence_p(d, min_effect)
+        absent = step_down(2 * p_eq, levels) & ~reproduced & ~contradicted
+    else:
+        p_eq = np.full(p.shape, np.nan)
+        absent = np.zeros(p.shape, dtype=bool)
+    verdict = np.select([reproduced, contradicted, absent], ["reproduced", "contradicted", "absent"], "open")
+    return effect, sd, p, p_eq, verdict
+
+
+def claim_verdict(pair_verdict: np.ndarray) -> np.ndarray:
+    """The claim's verdict from its pairs' (last axis)."""
+    pair_verdict = np.asarray(pair_verdict)
+    return np.select(
+        [(pair_verdict == "contradicted").any(axis=-1), (pair_verdict == "open").any(axis=-1),
+         (pair_verdict == "absent").any(axis=-1)],
+        ["contradicted", "inconclusive", "absent"], "reproduced",
+    )  # fmt: skip
 
 
 def claims_of(study: dict[str, Any]) -> list[ClaimSpec]:
@@ -88,12 +123,12 @@ def claims_of(study: dict[str, Any]) -> list[ClaimSpec]:
     return [ClaimSpec.model_validate(raw) for raw in study.get("claims") or []]
 
 
-def study_verdicts(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
+def study_verdicts(tables: Tables, look: Look | None = None) -> pd.DataFrame:
     """:func:`verdicts` of the claims in the tables' ``study.yaml``."""
-    return verdicts(tables.finals, tables.evals, claims_of(tables.study), tables.swept, alpha)
+    return verdicts(tables.finals, tables.evals, claims_of(tables.study), tables.swept, look)
 
 
-def metric_alternatives(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
+def metric_alternatives(tables: Tables, look: Look | None = None) -> pd.DataFrame:
     """Every ``order`` claim of the study judged again under each metric (docs/verdicts.md,
     "Metrics"): its verdict, pairs resolved and median paired SD; ``declared`` marks the
     claim's own metric."""
@@ -103,7 +138,7 @@ def metric_alternatives(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
             continue
         for metric in CLAIM_METRICS:
             table = verdicts(tables.finals, tables.evals, [claim.model_copy(update={"metric": metric})],
-                             tables.swept, alpha)  # fmt: skip
+                             tables.swept, look)  # fmt: skip
             if table.empty:
                 continue
             summary = claim_summary(table).iloc[0]
@@ -114,29 +149,12 @@ def metric_alternatives(tables: Tables, alpha: float = ALPHA) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "metric", "declared", "verdict", "resolved", "median_sd"])
 
 
-def recorded_alpha(results_dir: str | Path) -> float:
-    """The per-look alpha of the last ``--until-resolved`` decision in the results directory
-    (seeds added by looking at the data are judged at that level), else :data:`ALPHA`."""
-    rows = JsonlLog(Path(results_dir) / DECISIONS).read()
-    return float(rows[-1]["alpha"]) if rows else ALPHA
-
-
-def write_verdicts(results_dir: str | Path) -> pd.DataFrame:
-    """The verdicts of a results directory at :func:`recorded_alpha`, also written as
-    ``tables/verdicts.parquet`` and ``.csv`` when the study declares claims."""
-    tables = load_tables(results_dir)
-    table = study_verdicts(tables, recorded_alpha(results_dir))
-    if tables.study.get("claims"):
-        write_frame(table, Path(results_dir) / TABLES, "verdicts")
-    return table
-
-
 def run_metric(finals: pd.DataFrame, evals: pd.DataFrame, claim: ClaimSpec) -> pd.Series:
     """The claim's per-run value, indexed like ``finals``; NaN where the run does not count."""
     state = finals["state"]
     if claim.kind == "divergence":
         return (state == RunState.DIVERGED).astype(float).where(state.isin([RunState.DONE, RunState.DIVERGED]))
-    if claim.metric == "mean_last_evals":
+    if claim.metric == "mean_test_bpd_of_last_evals":
         tail = evals.dropna(subset=["test_bpd"]).sort_values("step").groupby("run_id").tail(claim.last_evals)
         value = finals["run_id"].map(tail.groupby("run_id")["test_bpd"].mean())
     else:
@@ -163,165 +181,22 @@ def seed_differences(
     return diff.groupby(level="seed").mean()
 
 
-def paired_tests(differences: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Effect (mean), SD and two-sided p of seed differences along the last axis (NaNs are
-    missing seeds); a p that cannot be computed is 1. Vectorised for simulations."""
-    d = np.asarray(differences, dtype=float)
-    n = np.isfinite(d).sum(axis=-1)
-    with warnings.catch_warnings():  # no seeds, or identical differences: NaN or 0, as intended
-        warnings.simplefilter("ignore", RuntimeWarning)
-        effect = np.nanmean(d, axis=-1) if d.shape[-1] else np.full(d.shape[:-1], np.nan)
-        sd = np.nanstd(d, axis=-1, ddof=1) if d.shape[-1] > 1 else np.full(d.shape[:-1], np.nan)
-        if kind == "divergence":
-            plus, minus = (d > 0).sum(axis=-1), (d < 0).sum(axis=-1)
-            p = _sign_test_p(plus, plus + minus)
-        else:
-            p = stats.ttest_1samp(d, 0.0, axis=-1, nan_policy="omit").pvalue
-    p = np.where(np.isfinite(p) & (n >= 2), p, 1.0)
-    return effect, sd, np.asarray(p, dtype=float)
-
-
-def _sign_test_p(plus: np.ndarray, discordant: np.ndarray) -> np.ndarray:
-    """Exact two-sided binomial p (success rate 1/2) of ``plus`` out of ``discordant``."""
-    plus, discordant = np.broadcast_arrays(np.asarray(plus), np.asarray(discordant))
-    p = [stats.binomtest(int(k), int(n)).pvalue if n else 1.0 for k, n in zip(plus.ravel(), discordant.ravel())]
-    return np.asarray(p, dtype=float).reshape(plus.shape)
-
-
-def holm_adjusted(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values of each family (the last axis): the k-th smallest of
-    m is multiplied by m - k + 1, capped at 1, then made non-decreasing in that order.
-    Vectorised (``statsmodels.stats.multitest.multipletests`` takes one family per call,
-    too slow for simulating thousands of studies; the tests check the two agree)."""
-    p = np.asarray(p, dtype=float)
-    m = p.shape[-1]
-    order = np.argsort(p, axis=-1, kind="stable")
-    ranked = np.take_along_axis(p, order, axis=-1)
-    scaled = np.minimum(1.0, ranked * (m - np.arange(m)))
-    adjusted = np.empty_like(p)
-    np.put_along_axis(adjusted, order, np.maximum.accumulate(scaled, axis=-1), axis=-1)
-    return adjusted
-
-
-def holm_significant(p: np.ndarray, alpha: float) -> np.ndarray:
-    """Which p-values of each family (the last axis) Holm's method rejects at ``alpha``."""
-    return holm_adjusted(p) <= alpha
-
-
-def claim_verdict(significant: np.ndarray, effect: np.ndarray) -> np.ndarray:
-    """reproduced / contradicted / inconclusive from each family's (last axis) significant
-    pairs and their effects (positive = claimed direction)."""
-    positive = significant & (effect > 0)
-    negative = significant & (effect < 0)
-    return np.where(
-        negative.any(axis=-1), "contradicted", np.where(positive.all(axis=-1), "reproduced", "inconclusive")
-    )
-
-
-def paired_t_power(dz: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
-    """Power of the two-sided one-sample (paired) t-test with standardised effect ``dz``
-    at ``n`` seeds: both tails of the noncentral t (as statsmodels' ``TTestPower``). The far
-    tail underflows to NaN in scipy for large noncentralities; it is then 0."""
-    n = np.asarray(n, dtype=float)
-    df = n - 1
-    crit = stats.t.isf(alpha / 2, df)
-    nc = np.abs(dz) * np.sqrt(n)
-    return stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0)
-
-
-def seeds_needed_t(dz: np.ndarray, alpha: float, power: float = POWER, cap: int = MAX_SEEDS_NEEDED) -> np.ndarray:
-    """Fewest seeds (>= 2) at which the paired t-test detects ``dz`` with ``power``;
-    ``inf`` when ``cap`` seeds are not enough (or ``dz`` is 0), NaN when ``dz`` is NaN.
-    Vectorised bisection over the seed count (power grows with it)."""
-    dz = np.abs(np.asarray(dz, dtype=float))
-    low = np.full(dz.shape, 1.0)  # power(low) < target (n = 1 has no test)
-    high = np.full(dz.shape, float(cap))
-    enough = paired_t_power(dz, high, alpha) >= power
-    while np.any(high - low > 1):
-        middle = np.floor((low + high) / 2)
-        reached = paired_t_power(dz, middle, alpha) >= power
-        high = np.where(reached, middle, high)
-        low = np.where(reached, low, middle)
-    return np.where(np.isnan(dz), np.nan, np.where(enough, high, np.inf))
-
-
-def detectable_dz(n: int, alpha: float, power: float = POWER) -> float:
-    """Smallest standardised effect the paired t-test detects with ``power`` at ``n`` seeds
-    (statsmodels' ``TTestPower``); NaN below 2 seeds."""
-    if n < 2:
-        return np.nan
-    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power))
-
-
-def sign_test_power(n: np.ndarray, plus: float, minus: float, alpha: float) -> np.ndarray:
-    """Power of the exact two-sided sign test to reject in the ``plus`` direction at ``n``
-    seeds, where a seed's difference is positive with probability ``plus`` and negative
-    with ``minus``: the discordant count is binomial, and given ``k`` of them the test
-    rejects when the positives reach the smallest count whose two-sided p is <= alpha."""
-    n = np.atleast_1d(np.asarray(n, dtype=int))
-    k = np.arange(n.max() + 1)
-    critical = stats.binom.isf(alpha / 2, k, 0.5) + 1  # smallest count with 2 P(X >= c) <= alpha
-    discordant = plus + minus
-    share = plus / discordant if discordant > 0 else 0.5
-    reject = stats.binom.sf(critical - 1, k, share)
-    pmf = stats.binom.pmf(k[None, :], n[:, None], discordant)
-    return pmf @ reject
-
-
-def seeds_needed_sign(
-    plus: float, minus: float, alpha: float, power: float = POWER, cap: int = MAX_SEEDS_NEEDED
-) -> float:
-    """Fewest seeds at which :func:`sign_test_power` reaches ``power`` in the more frequent
-    direction (the test is symmetric); ``inf`` beyond ``cap`` or when neither is."""
-    plus, minus = max(plus, minus), min(plus, minus)
-    if plus == minus:
-        return np.inf
-    reached = np.flatnonzero(sign_test_power(np.arange(1, cap + 1), plus, minus, alpha) >= power)
-    return float(reached[0] + 1) if len(reached) else np.inf
-
-
-def detectable_rate(n: int, alpha: float, power: float = POWER) -> float:
-    """Smallest difference in divergence rate (no seed the other way) the sign test detects
-    with ``power`` at ``n`` seeds; ``inf`` when even a difference of 1 is not detectable."""
-    if n < 1 or sign_test_power(n, 1.0, 0.0, alpha)[0] < power:
-        return np.inf
-    return float(optimize.brentq(lambda rate: sign_test_power(n, rate, 0.0, alpha)[0] - power, 1e-9, 1.0))
-
-
-def _interval(d: np.ndarray) -> tuple[float, float]:
-    if len(d) < 2 or not np.std(d) > 0:
-        mean = float(np.mean(d)) if len(d) else np.nan
-        return (mean, mean) if len(d) >= 2 else (np.nan, np.nan)
-    low, high = stats.t.interval(CONFIDENCE, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
-    return float(low), float(high)
-
-
-def best_case_dz(effect: np.ndarray, sd: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """The standardised effect at the end of its 95 % t interval farthest from zero."""
-    n = np.asarray(n, dtype=float)
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / np.sqrt(n)
-    return (np.abs(effect) + half) / sd
-
-
 def _power_columns(
-    claim: ClaimSpec, d: np.ndarray, effect: float, sd: float, alpha: float, resolved: bool
+    claim: ClaimSpec, d: np.ndarray, shifted: float, sd: float, look: Look, open_pair: bool
 ) -> tuple[float, float, float]:
-    """(mde, seeds_needed, seeds_needed_best_case) of one pair at the pair's level ``alpha``;
-    the seeds are NaN for a resolved pair (and while there are fewer than 2 seeds)."""
-    n = len(d)
-    if claim.kind == "divergence":
-        mde = detectable_rate(n, alpha)
-        if resolved or n < 1:
-            return mde, np.nan, np.nan
-        more, fewer = sorted([int((d > 0).sum()), int((d < 0).sum())], reverse=True)
-        best = stats.binomtest(more, n).proportion_ci(CONFIDENCE, method="exact").high
-        return mde, seeds_needed_sign(more / n, fewer / n, alpha), seeds_needed_sign(best, fewer / n, alpha)
-    mde = detectable_dz(n, alpha) * sd if sd > 0 else np.nan
-    if resolved or n < 2:
+    """(mde, seeds_needed, seeds_needed_observed) of one pair: the smallest effect this look
+    detects with 80 % power, and for an open pair the seeds a fixed design at the next look's
+    level needs at ``min_effect`` (the margin for a non-inferiority claim) and at the
+    observed effect."""
+    n = int(np.isfinite(d).sum())
+    threshold = look.levels(claim.test, 1)[0]
+    mde = detectable_dz(n, threshold) * sd if sd > 0 else np.nan
+    if not open_pair or n < 2:
         return mde, np.nan, np.nan
-    if not sd > 0:  # every seed gave the same difference, zero (a nonzero one is resolved)
+    if not sd > 0:
         return mde, np.inf, np.inf
-    needed = seeds_needed_t(np.array([abs(effect) / sd, best_case_dz(effect, sd, n)]), alpha)
+    size = claim.margin if claim.margin else claim.smallest_effect
+    needed = seeds_needed_t(np.array([size / sd, abs(shifted) / sd]), look.next_threshold(claim.test))
     return mde, float(needed[0]), float(needed[1])
 
 
@@ -338,11 +213,17 @@ def claim_pairs(finals: pd.DataFrame, claim: ClaimSpec):
 
 
 def verdicts(
-    finals: pd.DataFrame, evals: pd.DataFrame, claims: Sequence[ClaimSpec], swept: Sequence[str], alpha: float = ALPHA
+    finals: pd.DataFrame,
+    evals: pd.DataFrame,
+    claims: Sequence[ClaimSpec],
+    swept: Sequence[str],
+    look: Look | None = None,
 ) -> pd.DataFrame:
     """One row per pair of every claim (columns :data:`COLUMNS`), the claim's verdict on each
-    of its rows; see the module docstring."""
+    of its rows, at ``look`` (default: one look at the seeds present); see the module docstring."""
     rows: list[dict[str, Any]] = []
+    if look is None:
+        look = Look.fixed(finals["seed"].nunique() if len(finals) else 1)
     for claim in claims:
         value = run_metric(finals, evals, claim)
         pooled = [key for key in swept if key in finals and key != claim.key and key not in claim.within]
@@ -357,22 +238,22 @@ def verdicts(
         for row, (*_, d) in enumerate(pairs):
             padded[row, : len(d)] = d
         margin = claim.margin or 0.0
-        shifted, sd, p = paired_tests(padded + margin, claim.kind)
-        significant = holm_significant(p, alpha)
-        verdict = str(claim_verdict(significant, shifted))
-        pair_alpha = alpha / len(pairs)
-        for (within, better, worse, d), e, s, pv, ph, sig in zip(
-                pairs, shifted, sd, p, holm_adjusted(p), significant):  # fmt: skip
-            low, high = _interval(d)
-            mde, needed, best = _power_columns(claim, d + margin, float(e), float(s), pair_alpha, bool(sig))
+        levels = look.levels(claim.test, len(pairs))
+        min_effect = claim.smallest_effect if claim.kind == "order" else None
+        shifted, sd, p, p_eq, pair_verdict = judge_pairs(padded, claim.test, levels, min_effect, margin)
+        verdict = str(claim_verdict(pair_verdict))
+        for (within, better, worse, d), e, s, pv, pe, pair in zip(pairs, shifted, sd, p, p_eq, pair_verdict):
+            low, high = t_interval(d, 1 - levels[0])
+            mde, needed, observed = _power_columns(claim, d, float(e), float(s), look, pair == "open")
             rows.append({
                 "claim": claim.id, "source": claim.source, "kind": claim.kind,
                 "metric": "diverged" if claim.kind == "divergence" else claim.metric,
-                "verdict": verdict, "within": within,
-                "pair": pair_text(better, worse, claim.margin), "margin": margin,
-                "effect": e - margin, "sd": s, "ci_low": low, "ci_high": high, "p": pv, "p_holm": ph, "significant": bool(sig),
-                "seeds": len(d), "mde": mde, "seeds_needed": needed,
-                "seeds_needed_best_case": best, "alpha": alpha,
+                "verdict": verdict, "pair_verdict": str(pair), "within": within,
+                "pair": pair_text(better, worse, claim.margin), "margin": margin, "min_effect": claim.smallest_effect,
+                "effect": e - margin, "sd": s, "ci_low": low, "ci_high": high, "level": 1 - levels[0],
+                "p": pv, "threshold": levels[0], "significant": pair in ("reproduced", "contradicted"),
+                "p_equivalence": pe, "seeds": len(d), "look": look.index + 1, "boundary": look.boundary.describe(),
+                "alpha": look.boundary.alpha, "mde": mde, "seeds_needed": needed, "seeds_needed_observed": observed,
             })  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -399,54 +280,70 @@ def seeds_text(value: float) -> str:
     return f"more than {MAX_SEEDS_NEEDED}" if np.isinf(value) else str(int(value))
 
 
+def level_text(level: float) -> str:
+    """A confidence level as a percentage with the digits it needs (95.0 %, 98.4 %, 99.93 %)."""
+    percent = 100 * float(level)
+    if not 0 < percent < 100:
+        return "-"
+    digits = max(1, int(np.ceil(-np.log10(100 - percent))))
+    return f"{percent:.{digits}f} %"
+
+
+def outcome_text(pairs: pd.DataFrame) -> str:
+    """A claim's pairs in one line: ``5 of 6 pairs reproduced; 1 absent (additive: shuffle <
+    reverse)``; pairs other than reproduced are named."""
+    counts = pairs["pair_verdict"].value_counts()
+    reproduced = int(counts.get("reproduced", 0))
+    parts = [f"{reproduced} of {len(pairs)} pair{'s' * (len(pairs) != 1)} reproduced"]
+    for kind in ("contradicted", "absent", "open"):
+        rows = pairs[pairs["pair_verdict"] == kind]
+        if len(rows):
+            names = ", ".join(r.pair if r.within == "all" else f"{r.within}: {r.pair}" for r in rows.itertuples())
+            parts.append(f"{len(rows)} {kind} ({names})")
+    return "; ".join(parts)
+
+
+SUMMARY_COLUMNS = [
+    "claim", "source", "verdict", "outcome", "metric", "resolved", "pairs", "weakest", "effect", "ci_low",
+    "ci_high", "level", "p", "threshold", "min_effect", "seeds", "seeds_needed", "boundary",
+]  # fmt: skip
+
+
 def claim_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim of a :func:`verdicts` table: its verdict, how many of its pairs are
-    significant in the claimed direction, the weakest pair (the least resolved: highest Holm p,
-    or the smallest effect when all are resolved) with its 95 % CI and Holm p, the fewest seeds
-    of any pair, and the most seeds any unresolved pair needs."""
+    """One row per claim of a :func:`verdicts` table (columns :data:`SUMMARY_COLUMNS`): its
+    verdict and one-line outcome, how many pairs are reproduced, the weakest pair (an open or
+    contradicting one with the highest p, else the smallest effect) with its interval and p,
+    the fewest seeds of any pair, and the most seeds an open pair needs at ``min_effect``."""
     rows = []
     for claim, pairs in table.groupby("claim", sort=False):
-        unresolved = pairs[~(pairs["significant"] & (shifted_effect(pairs) > 0))]
-        weakest = (unresolved.sort_values("p_holm", ascending=False, na_position="first").iloc[0] if len(unresolved)
+        unresolved = pairs[pairs["pair_verdict"] != "reproduced"]
+        weakest = (unresolved.sort_values("p", ascending=False, na_position="first").iloc[0] if len(unresolved)
                    else pairs.loc[shifted_effect(pairs).idxmin()])  # fmt: skip
+        open_pairs = pairs[pairs["pair_verdict"] == "open"]
         rows.append({
             "claim": claim, "source": pairs["source"].iloc[0], "verdict": pairs["verdict"].iloc[0],
-            "metric": pairs["metric"].iloc[0],
-            "resolved": int(len(pairs) - len(unresolved)), "pairs": len(pairs),
+            "outcome": outcome_text(pairs), "metric": pairs["metric"].iloc[0],
+            "resolved": int((pairs["pair_verdict"] == "reproduced").sum()), "pairs": len(pairs),
             "weakest": f"{weakest['pair']} ({weakest['within']})" if weakest["within"] != "all" else weakest["pair"],
             "effect": weakest["effect"], "ci_low": weakest["ci_low"], "ci_high": weakest["ci_high"],
-            "p_holm": weakest["p_holm"], "seeds": int(pairs["seeds"].min()),
-            "seeds_needed": unresolved["seeds_needed"].max() if len(unresolved) else np.nan,
+            "level": weakest["level"], "p": weakest["p"], "threshold": weakest["threshold"],
+            "min_effect": pairs["min_effect"].iloc[0], "seeds": int(pairs["seeds"].min()),
+            "seeds_needed": open_pairs["seeds_needed"].max() if len(open_pairs) else np.nan,
+            "boundary": pairs["boundary"].iloc[0],
         })  # fmt: skip
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "claim",
-            "source",
-            "verdict",
-            "metric",
-            "resolved",
-            "pairs",
-            "weakest",
-            "effect",
-            "ci_low",
-            "ci_high",
-            "p_holm",
-            "seeds",
-            "seeds_needed",
-        ],
-    )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def format_verdicts(table: pd.DataFrame) -> pd.DataFrame:
-    """The verdict table as text for people: effect with its CI, p, seeds needed (or "more
-    than N"), one row per pair."""
+    """The verdict table as text for people: each pair's verdict, effect with its interval at
+    the decision level, p against the look's threshold, seeds needed at ``min_effect``."""
     return pd.DataFrame({
         "claim": table["claim"], "verdict": table["verdict"], "within": table["within"],
-        "pair": table["pair"],
-        "effect [95% CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
-                            for e, lo, hi in zip(table["effect"], table["ci_low"], table["ci_high"])],
-        "p": table["p"].map(number), "p_holm": table["p_holm"].map(number),
-        "seeds": table["seeds"].astype(str), "mde": table["mde"].map(lambda v: "none" if np.isinf(v) else number(v)),
+        "pair": table["pair"], "pair verdict": table["pair_verdict"],
+        "effect [CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
+                        for e, lo, hi in zip(table["effect"], table["ci_low"], table["ci_high"])],
+        "CI level": table["level"].map(level_text),
+        "p": table["p"].map(number), "threshold": table["threshold"].map(number),
+        "seeds": table["seeds"].astype(str), "mde": table["mde"].map(number),
         "seeds_needed": table["seeds_needed"].map(seeds_text), "metric": table["metric"],
     })  # fmt: skip

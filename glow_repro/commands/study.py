@@ -98,12 +98,12 @@ WORKERS = _Workers()
 @click.option(
     "--until-resolved",
     is_flag=True,
-    help="add seeds to every variant while a claim of the study is inconclusive and "
-    "--max-seeds could still resolve it (docs/verdicts.md)",
+    help="add seeds to every variant, look by look, while a claim of the study is inconclusive, "
+    "up to --max-seeds, judging each look at a group-sequential boundary (docs/verdicts.md)",
 )
 @click.option(
     "--max-seeds",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=64),
     help="most seeds per variant --until-resolved trains [default: the study's max_seeds, else 12]",
 )
 @click.option("--partition", help="SLURM partition")
@@ -136,7 +136,8 @@ def run_command(
     """Train every run of STUDY (a study YAML) that is not finished yet.
 
     Finished runs are skipped, interrupted ones resume from their checkpoint, failed ones
-    are retried with --retry-failed. Safe to run twice at once on one results directory.
+    are retried with --retry-failed. Safe to run twice at once on one results directory,
+    except with --until-resolved, where the second is refused (one judge at a time).
     At the end (unless interrupted) the long tables of every run, failed ones included, are
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
@@ -146,6 +147,8 @@ def run_command(
     from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
 
+    if max_seeds is not None and not until_resolved:
+        raise click.UsageError("--max-seeds only applies with --until-resolved")
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
     report = run_study(
@@ -181,11 +184,12 @@ def run_command(
         click.echo(f"tables: {report.tables_dir}/ (steps, evals, finals, events as .parquet and .csv)")
     for decision in report.decisions:
         click.echo(
-            f"look {decision.look} ({decision.seeds} seeds, alpha {decision.alpha:.3g}): "
+            f"look {decision.look + 1} of {len(decision.looks)} ({decision.seeds} seeds, paired-t threshold "
+            f"p <= {decision.threshold:.3g}, alpha spent {decision.alpha_spent:.3g} of {decision.alpha:g}): "
             f"{decision.action}: {decision.reason}"
         )
     if report.tables_dir is not None and report.spec.claims:
-        from glow_repro.analysis.verdicts import write_verdicts
+        from glow_repro.analysis.sequential import write_verdicts
         from glow_repro.commands.verdict import echo_verdicts
 
         echo_verdicts(write_verdicts(report.results_dir))

@@ -22,11 +22,13 @@ def echo_verdicts(table: pd.DataFrame) -> None:
     if table.empty:
         click.echo("verdicts: the study declares no claims (claims: in the study file)")
         return
-    alpha = table["alpha"].iloc[0]
-    for (claim, source, verdict), rows in table.groupby(["claim", "source", "verdict"], sort=False):
+    from glow_repro.analysis.verdicts import claim_summary, number
+
+    for row in claim_summary(table).itertuples():
         click.echo(
-            f"{claim}: {verdict.upper()} ({source}; {len(rows)} pair{'s' * (len(rows) != 1)}, Holm at alpha "
-            f"{alpha:.3g}, metric {rows['metric'].iloc[0]})"
+            f"{row.claim}: {row.verdict.upper()}: {row.outcome} ({row.source}; {row.boundary}, look threshold "
+            f"p <= {number(row.threshold)}, alpha {table['alpha'].iloc[0]:g}; metric {row.metric}; "
+            f"smallest effect of interest {number(row.min_effect)})"
         )
     with pd.option_context("display.width", 200, "display.max_colwidth", 40):
         click.echo(format_verdicts(table).drop(columns=["metric"]).to_string(index=False))
@@ -36,10 +38,10 @@ def echo_verdicts(table: pd.DataFrame) -> None:
 @click.argument("results_dir", type=click.Path(path_type=Path))
 @user_errors
 def verdict_command(results_dir: Path) -> None:
-    """Print the verdict on each claim of the study in RESULTS_DIR: reproduced, contradicted
-    or inconclusive, with each pair's paired effect, 95 % CI, p, the minimum detectable
-    effect and the seeds needed to resolve it."""
-    from glow_repro.analysis.verdicts import recorded_alpha, study_verdicts
-    from glow_repro.study.tables import load_tables
+    """Print the verdict on each claim of the study in RESULTS_DIR: reproduced, contradicted,
+    absent or inconclusive, with each pair's paired effect, its interval at the decision level,
+    p against the look's threshold, the minimum detectable effect and the seeds a fixed design
+    would need at the claim's smallest effect of interest (docs/verdicts.md)."""
+    from glow_repro.analysis.sequential import results_verdicts
 
-    echo_verdicts(study_verdicts(load_tables(results_dir), recorded_alpha(results_dir)))
+    echo_verdicts(results_verdicts(results_dir).table)

@@ -24,8 +24,8 @@ left to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +37,6 @@ from filelock import FileLock
 from glow_repro.config import ConfigError, parse_override, validate_model
 from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
-    JsonlLog,
     RunDir,
     RunLock,
     RunState,
@@ -55,6 +54,7 @@ from glow_repro.study.launchers import (
     TrainFn,
     check_launcher,
 )
+from glow_repro.study.record import RecordedLook, SeedRecord
 from glow_repro.study.spec import (
     LauncherSpec,
     RunSpec,
@@ -71,7 +71,6 @@ from glow_repro.tensorboard_log import require_tensorboard
 
 MANIFEST = "manifest.json"
 TABLES = "tables"
-DECISIONS = "decisions.jsonl"
 #: The manipulation figures a study asks for, one folder per variant (glow_repro.study.manipulations).
 MANIPULATIONS = "manipulations"
 #: Plan actions that launch training.
@@ -92,10 +91,9 @@ class LookDecision(Protocol):
     """What a judge decides after a look: ``continue`` (training ``add_seeds`` next) or stop."""
 
     action: str
-    reason: str
     add_seeds: list[int]
 
-    def to_json(self) -> dict[str, Any]: ...
+    def record(self) -> RecordedLook: ...
 
 
 class Judge(Protocol):
@@ -104,6 +102,10 @@ class Judge(Protocol):
 
     def check(self, spec: StudySpec) -> None:
         """Raise ConfigError before anything trains if the spec cannot be judged."""
+
+    def resume(self, spec: StudySpec, results_dir: Path) -> tuple[int, list[int], list[RecordedLook]]:
+        """The next look, the seeds it needs, and the looks recorded so far (ResultsDirError
+        when the record holds another plan)."""
 
     def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> LookDecision: ...
 
@@ -122,8 +124,8 @@ class StudyReport:
     started (none has a config.yaml)."""
     workers: int | None = None
     """Runs trained at once in the last launch (chosen by ``--workers auto`` or given)."""
-    decisions: list[LookDecision] = field(default_factory=list)
-    """The judge's decision at each look (``--until-resolved``), also in decisions.jsonl."""
+    decisions: list[RecordedLook] = field(default_factory=list)
+    """Every look of ``--until-resolved`` so far, as recorded in decisions.jsonl."""
 
     def final_state(self, planned: PlannedRun) -> RunState:
         """The run's state after this invocation; ``elsewhere`` = another process has it."""
@@ -225,14 +227,16 @@ def plan_study(
     return plan
 
 
-def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -> None:
-    """Write study.yaml and add the runs to manifest.json (under a lock: runners may race)."""
+def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec], until_resolved: bool) -> None:
+    """Write study.yaml and add the runs to manifest.json (under a lock: runners may race);
+    ``until_resolved`` marks, for good, a directory whose seeds are added by looking."""
     results_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(results_dir / ".manifest.lock", timeout=60):
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
         manifest = read_manifest(results_dir) or {"runs": {}}
         manifest["study"] = spec.name
         manifest["spec_hash"] = spec_hash(spec)
+        manifest["until_resolved"] = bool(manifest.get("until_resolved")) or until_resolved
         for run in runs:
             manifest["runs"][run.run_id] = {"variant": run.variant, "seed": run.seed, "overrides": run.overrides}
         atomic_write_json(results_dir / MANIFEST, manifest)
@@ -281,29 +285,33 @@ def run_study(
     spec = with_overrides(load_study(spec_path), tuple(overrides))
     if judge is not None:
         judge.check(spec)
+        if only:
+            raise ConfigError("--only cannot be combined with --until-resolved: every look judges all the runs")
     given = {key: value for key, value in (slurm or {}).items() if value is not None}
     resources = validate_model(
         LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
     check_spec(spec, results, force_spec)
-    report = StudyReport(spec, results, plan_study(spec, results, only, retry_failed))
     if dry_run:
-        return report
+        return _planned(spec, results, judge, only, retry_failed)[0]
     check_launcher(launcher)
     options = LaunchOptions(workers=workers, slurm=resources, folder=results / "submitit")
-    for look in itertools.count():
-        _launch(report, launcher, options, train_fn)
-        if judge is None or report.interrupted:
-            break
-        decision = judge(spec, results, look)
-        JsonlLog(results / DECISIONS).append(decision.to_json())
-        report.decisions.append(decision)
-        if decision.action != "continue":
-            break
-        report.spec = report.spec.model_copy(update={"seeds": [*report.spec.seeds, *decision.add_seeds]})
-        report.spec._source = spec.source
-        report.plan = plan_study(report.spec, results, only, retry_failed)
+    with SeedRecord(results).writer() if judge is not None else contextlib.nullcontext():
+        report, look = _planned(spec, results, judge, only, retry_failed)
+        while True:
+            _launch(report, launcher, options, train_fn, until_resolved=judge is not None)
+            stopped = bool(report.decisions) and report.decisions[-1].action == "stop"
+            if judge is None or report.interrupted or stopped:
+                break
+            decision = judge(spec, results, look).record()
+            SeedRecord(results).append(decision)
+            report.decisions.append(decision)
+            if decision.action != "continue":
+                break
+            report.spec = _with_seeds(report.spec, [*report.spec.seeds, *decision.add_seeds])
+            report.plan = plan_study(report.spec, results, only, retry_failed)
+            look += 1
     if not report.interrupted and report.spec.manipulations:
         from glow_repro.study.manipulations import write_study_manipulations  # loads torch: only when asked
 
@@ -311,10 +319,31 @@ def run_study(
     return report
 
 
-def _launch(report: StudyReport, launcher: str, options: LaunchOptions, train_fn: TrainFn | None) -> None:
+def _planned(
+    spec: StudySpec, results: Path, judge: Judge | None, only: Sequence[str], retry_failed: bool
+) -> tuple[StudyReport, int]:
+    """The report before training and the look to take next: with a judge, the seeds are
+    those of that look, resumed from the record."""
+    look, recorded = 0, []
+    if judge is not None:
+        look, seeds, recorded = judge.resume(spec, results)
+        spec = _with_seeds(spec, seeds)
+    return StudyReport(spec, results, plan_study(spec, results, only, retry_failed), decisions=list(recorded)), look
+
+
+def _with_seeds(spec: StudySpec, seeds: Sequence[int]) -> StudySpec:
+    """The spec with ``seeds`` (the seeds of a look), keeping where it came from."""
+    changed = spec.model_copy(update={"seeds": list(seeds)})
+    changed._source = spec.source
+    return changed
+
+
+def _launch(
+    report: StudyReport, launcher: str, options: LaunchOptions, train_fn: TrainFn | None, until_resolved: bool
+) -> None:
     """Train the plan's unfinished runs, then write the tables (unless interrupted)."""
     launch = [p for p in report.plan if p.action in LAUNCH_ACTIONS]
-    _record_study(report.spec, report.results_dir, [p.run for p in report.plan])
+    _record_study(report.spec, report.results_dir, [p.run for p in report.plan], until_resolved)
     tasks = [
         RunTask(
             run_id=p.run.run_id,

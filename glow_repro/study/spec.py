@@ -115,10 +115,21 @@ class LauncherSpec(BaseModel):
         return parse_time_minutes(self.time)
 
 
-#: Per-run estimators a claim can compare (docs/verdicts.md, "Metrics"): the last evaluation,
-#: the best evaluation, or the mean of the last ``last_evals`` evaluations. Evaluations use the
-#: Polyak (EMA) weights when the runs set ``train.ema_decay``.
-CLAIM_METRICS = ("final_test_bpd", "best_test_bpd", "mean_last_evals")
+#: Per-run estimators a claim can compare (docs/verdicts.md, "Metrics"): the test bpd of the
+#: last evaluation, the lowest test bpd of any evaluation, or the mean test bpd of the last
+#: ``last_evals`` evaluations. Evaluations use the Polyak (EMA) weights when the runs set
+#: ``train.ema_decay``.
+CLAIM_METRICS = ("final_test_bpd", "best_test_bpd", "mean_test_bpd_of_last_evals")
+#: Earlier names of metrics, still accepted in study files.
+METRIC_ALIASES = {"mean_last_evals": "mean_test_bpd_of_last_evals"}
+#: A claim's tests: the paired t-test for order claims; for divergence claims the exact
+#: sign-flip test on the per-seed scores, or the same on their signed ranks (Wilcoxon).
+CLAIM_TESTS = {"order": ("t",), "divergence": ("sign-flip", "wilcoxon")}
+#: The smallest effect of interest when a claim declares none: bpd for order claims, share of
+#: the pooled settings for divergence claims (docs/verdicts.md, "The smallest effect of interest").
+DEFAULT_MIN_EFFECT = {"order": 0.05, "divergence": 0.25}
+#: Seeds from here on belong to pilots; a study's seeds stay below (docs/pilot.md).
+PILOT_SEEDS_START = 1000
 
 
 class ClaimSpec(BaseModel):
@@ -145,6 +156,30 @@ class ClaimSpec(BaseModel):
     margin: float | None = Field(
         None, ge=0, description="bpd an earlier value may be worse by and still count (kind: order only)"
     )
+    min_effect: float | None = Field(
+        None, gt=0, description="the smallest effect of interest, in the claim's units (bpd, or share diverged)"
+    )
+    test: Literal["t", "sign-flip", "wilcoxon"] = Field(
+        None, validate_default=False, description="t (order claims); sign-flip or wilcoxon (divergence claims)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Old metric names, and the test that fits the claim's kind."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("metric") in METRIC_ALIASES:
+                data["metric"] = METRIC_ALIASES[data["metric"]]
+            kind = data.get("kind", "order")
+            if data.get("test") is None and kind in CLAIM_TESTS:
+                data["test"] = CLAIM_TESTS[kind][0]
+        return data
+
+    @property
+    def smallest_effect(self) -> float:
+        """``min_effect``, or the default for the claim's kind."""
+        return self.min_effect if self.min_effect is not None else DEFAULT_MIN_EFFECT[self.kind]
 
     @field_validator("id")
     @classmethod
@@ -168,6 +203,8 @@ class ClaimSpec(BaseModel):
             raise ValueError(f"order names {', '.join(twice)} more than once")
         if self.key in self.within or len(set(self.within)) != len(self.within):
             raise ValueError(f"within must list distinct keys other than key {self.key}")
+        if self.test not in CLAIM_TESTS[self.kind]:
+            raise ValueError(f"test {self.test!r}: a {self.kind} claim takes {' or '.join(CLAIM_TESTS[self.kind])}")
         return self
 
 
@@ -194,6 +231,12 @@ class StudySpec(BaseModel):
     claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
     max_seeds: StrictInt | None = Field(
         None, description="most seeds per variant --until-resolved trains (its --max-seeds overrides)"
+    )
+    spending: Literal["obrien-fleming", "pocock"] = Field(
+        "obrien-fleming", description="how --until-resolved spends alpha over its looks (docs/verdicts.md)"
+    )
+    pilot: bool = Field(
+        False, validate_default=True, description=f"a pilot: seeds {PILOT_SEEDS_START} and up; a study: below"
     )
     manipulations: list[str] = Field(
         default_factory=list,
@@ -258,6 +301,19 @@ class StudySpec(BaseModel):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct (got {seeds})")
         return seeds
+
+    @field_validator("pilot")
+    @classmethod
+    def _pilot_seeds(cls, pilot: bool, info: ValidationInfo) -> bool:
+        seeds = info.data.get("seeds", [])
+        wrong = [seed for seed in seeds if (seed >= PILOT_SEEDS_START) != pilot]
+        if wrong:
+            where = f"from {PILOT_SEEDS_START} on" if pilot else f"below {PILOT_SEEDS_START}"
+            raise ValueError(
+                f"a {'pilot' if pilot else 'study'} takes seeds {where}, so a pilot's seeds are never judged "
+                f"again by a study (docs/pilot.md); got {wrong}"
+            )
+        return pilot
 
     @field_validator("max_seeds")
     @classmethod

@@ -24,7 +24,9 @@ torch: a report can be rebuilt on a laptop.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,13 @@ class Tables:
     @property
     def name(self) -> str:
         return str(self.study.get("name") or "study")
+
+    def only_seeds(self, seeds: Sequence[int]) -> Tables:
+        """The same tables restricted to runs of ``seeds`` (the seeds a look judged)."""
+        keep = {name: frame[frame["seed"].isin(list(seeds))] if "seed" in frame else frame
+                for name, frame in (("steps", self.steps), ("evals", self.evals), ("finals", self.finals),
+                                    ("events", self.events), ("configs", self.configs))}  # fmt: skip
+        return dataclasses.replace(self, **keep)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
