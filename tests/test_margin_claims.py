@@ -14,13 +14,8 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from glow_repro.analysis.report import claimed_order_clause, verdict_sentences
-from glow_repro.analysis.verdicts import (
-    MAX_SEEDS_NEEDED,
-    best_case_dz,
-    claim_summary,
-    seeds_needed_t,
-    verdicts,
-)
+from glow_repro.analysis.pair_tests import MAX_SEEDS_NEEDED, seeds_needed_t
+from glow_repro.analysis.verdicts import claim_summary, verdicts
 from glow_repro.config import ConfigError
 from glow_repro.study.spec import ClaimSpec, expand, load_study
 from tests.test_spec import study, write
@@ -73,25 +68,26 @@ def test_worse_by_more_than_the_margin_is_contradicted():
     assert row.verdict == "contradicted" and row.ci_high < -MARGIN and row.p < 0.05
 
 
-def test_borderline_is_inconclusive_with_seeds_needed_at_the_shifted_effect():
+def test_borderline_is_inconclusive_and_sized_at_zero_true_difference():
+    """A non-inferiority claim's seeds needed assume no true difference (d = 0, so d + m = m);
+    the observed-effect figure is kept beside it, labelled as such."""
     d = differences(-0.019, 0.01, seeds=4)  # 0.001 bpd from the margin, SD 0.01
     row = judge(d)
-    assert row.verdict == "inconclusive" and row.ci_low < -MARGIN < row.ci_high
-    dz = (row.effect + MARGIN) / row.sd
-    expected = math.ceil(TTestPower().solve_power(effect_size=dz, nobs=None, alpha=0.05, power=0.8))
-    assert row.seeds_needed == (expected if expected <= MAX_SEEDS_NEEDED else np.inf)
-    assert row.seeds_needed_best_case == seeds_needed_t(best_case_dz(row.effect + MARGIN, row.sd, 4), 0.05)
+    assert row.verdict == "inconclusive" and row.pair_verdict == "open" and row.ci_low < -MARGIN < row.ci_high
+    expected = math.ceil(TTestPower().solve_power(effect_size=MARGIN / row.sd, nobs=None, alpha=0.05, power=0.8))
+    assert row.seeds_needed == expected
+    assert row.seeds_needed_observed == seeds_needed_t(np.array(abs(row.effect + MARGIN) / row.sd), 0.05)
     assert row.mde == pytest.approx(TTestPower().solve_power(effect_size=None, nobs=4, alpha=0.05, power=0.8) * 0.01)
+    assert np.isnan(row.p_equivalence)  # no absent verdict for a claim with a margin
 
 
 @pytest.mark.parametrize("mean, sd", [(-0.012, 0.01), (-0.005, 0.004), (-0.03, 0.015)])
-def test_seeds_needed_agrees_with_statsmodels_at_effect_plus_margin(mean, sd):
+def test_seeds_needed_agrees_with_statsmodels_at_the_margin(mean, sd):
     row = judge(differences(mean, sd, seeds=5))
-    if row.verdict == "reproduced":
+    if row.pair_verdict != "open":
         assert np.isnan(row.seeds_needed)
         return
-    dz = abs(mean + MARGIN) / sd
-    expected = math.ceil(TTestPower().solve_power(effect_size=dz, nobs=None, alpha=0.05, power=0.8))
+    expected = math.ceil(TTestPower().solve_power(effect_size=MARGIN / sd, nobs=None, alpha=0.05, power=0.8))
     assert row.seeds_needed == (expected if expected <= MAX_SEEDS_NEEDED else np.inf)
 
 
@@ -145,12 +141,12 @@ def test_the_report_states_the_margin_and_what_went_against_it():
     )
     (sentence,) = verdict_sentences(analysis)
     assert "class < none, or worse by at most 0.02 bpd, in `final_test_bpd`: **contradicted**" in sentence
-    assert "significant the other way: class < none + 0.02 (all)" in sentence
+    assert "0 of 1 pair reproduced; 1 contradicted (class < none + 0.02)" in sentence
     within = SimpleNamespace(
         tables=SimpleNamespace(study={"claims": [spec]}),
         verdicts=verdicts(finals(differences(-0.005, 0.002, seeds=6)), NO_EVALS, [claim()], [KEY]),
     )
-    assert "**reproduced**, 1 of 1 pair significant" in verdict_sentences(within)[0]
+    assert "**reproduced**, 1 of 1 pair reproduced" in verdict_sentences(within)[0]
 
 
 def test_a_claim_with_a_margin_is_not_read_as_an_order_of_the_means():

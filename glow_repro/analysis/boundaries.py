@@ -27,6 +27,7 @@ A one-look plan is a fixed design: its threshold is ``alpha`` itself.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,7 +84,7 @@ class Boundary:
     def increment_thresholds(self) -> tuple[float, ...]:
         """Per-look levels from the spending increments (valid for any exact test)."""
         cumulative = (0.0, *self.cumulative)
-        return tuple(later - earlier for earlier, later in zip(cumulative, cumulative[1:]))
+        return tuple(later - earlier for earlier, later in itertools.pairwise(cumulative))
 
     def thresholds(self, test: str) -> tuple[float, ...]:
         """The thresholds for ``test``: ``t`` (simulated) or any other (increments)."""
@@ -109,7 +110,7 @@ def _t_thresholds(looks: tuple[int, ...], cumulative: tuple[float, ...]) -> tupl
     alive = np.ones(PATHS, dtype=bool)
     thresholds, spent_before = [], 0.0
     for n, spent_by in zip(looks, cumulative):
-        crossings = int(round((spent_by - spent_before) * PATHS))
+        crossings = round((spent_by - spent_before) * PATHS)
         spent_before = spent_by
         if n < 2 or crossings <= 0:
             thresholds.append(0.0)
