@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
 from tests.test_tables import make_fake_study
@@ -47,6 +48,7 @@ def check_report(out: Path) -> str:
         if ref.startswith("#"):
             assert ref[1:] in links.ids, f"anchor {ref} has no target"
     assert set(SECTIONS) <= links.ids
+    assert "**" not in text, "Markdown emphasis left unconverted in the HTML"
     pngs = sorted((out / "figures").rglob("*.png"))
     assert pngs
     for png in pngs:
@@ -238,6 +240,13 @@ def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monk
     assert markdown.index("## 7. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 8. ")
     with pytest.raises(ValueError, match="registered already"):
         figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
+
+
+def test_prose_marks_become_html_and_marks_inside_code_stay():
+    assert inline_html("Claim `a<b`: **reproduced**, *absent* x") == (
+        "Claim <code>a&lt;b</code>: <strong>reproduced</strong>, <em>absent</em> x"
+    )
+    assert inline_html("`**kept**` and 2 * 3 * 4") == "<code>**kept**</code> and 2 * 3 * 4"
 
 
 def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
