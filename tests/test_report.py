@@ -81,13 +81,23 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     # verdicts open the report, from the claims in study.yaml
     assert markdown.index("Verdicts on the paper's claims") < markdown.index("## 2. Summary")
     assert (
-        "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in `final_test_bpd`: **reproduced**, "
-        "2 of 2 pairs significant"
+        "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in the test bpd of the last evaluation "
+        "(step 400): **reproduced**, 2 of 2 pairs resolved"
     ) in markdown
+    assert "conv1x1 &lt; reverse in the test bpd of the last evaluation (step 400): <strong>reproduced</strong>" in text
+    # the metrics table names each metric in words, once: best equals final in every run here
+    assert (
+        "Left out as equal in every run to a metric shown: the lowest test bpd of any evaluation (steps 0, " in markdown
+    )
+    metrics = markdown[markdown.index("The same claims under the other metrics") : markdown.index("## 2. Summary")]
+    assert "| test bpd of the last evaluation (step 400) " in metrics and "| lowest test bpd" not in metrics
+    # the unpaired Welch table is labelled as description, not as the verdict test
+    assert "Descriptive, not the verdict test: differences of mean final test bpd" in markdown
+    assert "A seed fixes the initialisation, the data order and the dequantisation noise" in markdown
     # reverse/affine has one finished seed: no spread, so the claim cannot be resolved there
     assert (
-        "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in `final_test_bpd`: **inconclusive**"
-        in markdown
+        "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in the test bpd of the last evaluation "
+        "(step 400): **inconclusive**" in markdown
     )
     assert "the least resolved pair, affine < additive (permutation=reverse)" in markdown
     claims = pd.read_csv(out / "tables" / "verdict_claims.csv").set_index("claim")

@@ -32,6 +32,17 @@ from tqdm.auto import tqdm
 
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
+from glow_repro.analysis.claim_view import (
+    SEED_VARIANCE,
+    ci_text,
+    claim_labels,
+    claim_rows,
+    coinciding_metrics,
+    interval_column,
+    outcome_text,
+    pair_rows,
+    threshold_text,
+)
 from glow_repro.analysis.document import (
     Block,
     Code,
@@ -51,9 +62,7 @@ from glow_repro.analysis.latex import write_latex
 from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.analysis.verdicts import (
     ALPHA,
-    claim_summary,
     claims_of,
-    format_verdicts,
     metric_alternatives,
     number,
     recorded_alpha,
@@ -69,13 +78,13 @@ from glow_repro.study.tables import Tables, describe_differences, load_tables, s
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
 #: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
 LATEX_TABLES = {
-    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim: pairs significant in the claimed direction "
-                 r"(paired tests, Holm-corrected), the weakest pair's effect with its 95\% interval, and the "
-                 "seeds its unresolved pairs need."),
+    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim from paired tests on its own metric: its "
+                 "outcome, the weakest pair's effect with its interval at the level the pair was judged at (in "
+                 "the column header), that pair's p and threshold, and the seeds needed."),
     "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
                   r"with a two-sided 95\% Student-t interval."),
-    "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
-                 r"its 95\% interval; p-values Holm-corrected over all pairs."),
+    "pairwise": ("pairwise", "pairwise", r"Descriptive, not the verdict test: differences of mean final test bpd "
+                 r"($a - b$) with Welch's unpaired t-test and its 95\% interval; p-values Holm-corrected over all pairs."),
     "comparable": ("comparison", "comparison", "Our mean final test bpd beside published numbers for the same "
                    "data pipeline."),
 }  # fmt: skip
@@ -109,7 +118,11 @@ class Analysis:
     comparison: pd.DataFrame
     differences: pd.DataFrame
     verdicts: pd.DataFrame
+    claims: pd.DataFrame
+    """One row per claim, as :func:`claim_rows` shows it."""
     metrics: pd.DataFrame
+    repeats: dict[tuple[str, str], str]
+    """``(claim, metric) -> the metric it equals in every run`` (:func:`coinciding_metrics`)."""
 
 
 def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
@@ -120,6 +133,7 @@ def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
     pairs = aggregate.pairwise(tables.finals)
     worst = summary["final_mean"].max()
     threshold = float(np.ceil(worst * 100) / 100) if np.isfinite(worst) else float("nan")
+    verdicts, metrics = study_verdicts(tables, alpha), metric_alternatives(tables, alpha)
     return Analysis(
         tables=tables,
         summary=summary,
@@ -131,8 +145,10 @@ def analyse(tables: Tables, alpha: float = ALPHA) -> Analysis:
         threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
         comparison=compare(tables.finals, tables.configs),
         differences=describe_differences(tables.configs, tables.swept),
-        verdicts=study_verdicts(tables, alpha),
-        metrics=metric_alternatives(tables, alpha),
+        verdicts=verdicts,
+        claims=claim_rows(verdicts, tables),
+        metrics=metrics,
+        repeats=coinciding_metrics(tables, metrics),
     )
 
 
@@ -223,36 +239,42 @@ def _budget(config: dict) -> str:
     return f"{format_value(config.get('train.steps'))} steps"
 
 
+def decision_clause(p: float, threshold: float) -> str:
+    """``p = 0.003 against a threshold of 0.0125``: a pair's p and the p it was judged at."""
+    if not is_number(p):
+        return ""
+    return p_clause(p) + (f" against a threshold of {threshold_text(threshold)}" if is_number(threshold) else "")
+
+
 def verdict_sentences(a: Analysis) -> list[str]:
-    """One sentence per claim of the study: its verdict and, unless reproduced, why in numbers
-    (docs/verdicts.md)."""
+    """One sentence per claim of the study: its verdict, its outcome and, when it is
+    contradicted or inconclusive, why in numbers (docs/verdicts.md)."""
     out = []
     claims = {claim.id: claim for claim in claims_of(a.tables.study)}
-    for row in claim_summary(a.verdicts).itertuples():
-        claim = claims[row.claim]
-        what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
+    for _, row in a.claims.iterrows():
+        claim = claims[row["claim"]]
         order = " < ".join(map(format_value, claim.order))
         if claim.margin:
             order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
-            f"Claim `{row.claim}` ({row.source}), {order} in {what}: "
-            f"**{row.verdict}**, {row.resolved} of {_plural(row.pairs, 'pair')} significant in the claimed "
-            f"direction with {_plural(row.seeds, 'seed')} or more per pair"
+            f"Claim `{row['claim']}` ({row['source']}), {order} in the {row['metric_label']}: "
+            f"**{row['verdict']}**, {outcome_text(row)}, with {_plural(row['seeds'], 'seed')} or more per pair"
         )
-        if row.verdict == "contradicted":
+        if row["verdict"] == "contradicted":
             against = a.verdicts[
-                (a.verdicts["claim"] == row.claim) & a.verdicts["significant"] & (shifted_effect(a.verdicts) < 0)
+                (a.verdicts["claim"] == row["claim"]) & a.verdicts["significant"] & (shifted_effect(a.verdicts) < 0)
             ]
             text += f"; significant the other way: {', '.join(f'{p} ({w})' for p, w in zip(against['pair'], against['within']))}"
-        elif row.verdict == "inconclusive":
+        elif row["verdict"] == "inconclusive":
             needed = (
-                f"seeds needed to resolve every pair at its observed effect: {seeds_text(row.seeds_needed)}"
-                if pd.notna(row.seeds_needed)
+                f"seeds needed: {seeds_text(row['seeds_needed'])}"
+                if pd.notna(row["seeds_needed"])
                 else "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated"
             )
+            decision = decision_clause(row["p"], row["threshold"])
             text += (
-                f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
-                f"[95% CI {number(row.ci_low)}, {number(row.ci_high)}], Holm p {p_text(row.p_holm)}; {needed}"
+                f"; the least resolved pair, {row['weakest']}, has an effect of {number(row['effect'])}"
+                f"{ci_text(row['ci_low'], row['ci_high'], row['level'])}{', ' + decision if decision else ''}; {needed}"
             )
         out.append(text + ".")
     return out
@@ -286,7 +308,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         if len(ranked) > 2:
             out[-1] += (f" The last, `{worst['variant']}`, is {bpd(worst['final_mean'] - best['final_mean'])} bpd "
                         f"behind the best; {int(a.pairs['significant'].sum())} of {len(a.pairs)} pairwise "
-                        "differences are significant.")  # fmt: skip
+                        "differences are significant in that descriptive comparison.")  # fmt: skip
     elif len(ranked) == 1:
         row = ranked.iloc[0]
         which = f" of `{row['variant']}`" if n_variants > 1 else ""
@@ -337,13 +359,13 @@ def no_comparison(a: Analysis) -> str:
 
 
 def _test_clause(pair: pd.Series, n_pairs: int) -> str:
-    """`` (95% CI [...]), significant (Welch t-test, p = ...; Holm-adjusted ...)`` for the
-    pair ``best - second`` of the summary, or why it was not tested."""
+    """`` (95% CI [...]), significant in the descriptive comparison (Welch t-test, p = ...;
+    Holm-adjusted ...)`` for the pair ``best - second`` of the summary, or why it was not tested."""
     if not np.isfinite(pair["p_value"]):
         return ", not tested (a t-test needs two finished runs of each variant)"
     verdict = "significant" if pair["significant"] else "not significant"
-    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
-            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
+    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} in the descriptive comparison "
+            f"({pair['test']} on final test bpd, unpaired, {p_clause(pair['p_value'])}; Holm-adjusted over "
             f"{_plural(n_pairs, 'pair')}: {p_clause(pair['p_holm'])})")  # fmt: skip
 
 
@@ -374,6 +396,49 @@ def _comparison_sentence(a: Analysis) -> str:
 
 
 # --------------------------------------------------------------------------- display tables
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """The verdict on each claim (rows of :func:`claim_rows`) as text: its outcome, its metric
+    in words, the weakest pair's effect with its interval at the level the pair was judged at,
+    that pair's p and threshold."""
+    header, effects = interval_column(claims)
+    return pd.DataFrame({
+        "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
+        "outcome": [outcome_text(row) for _, row in claims.iterrows()], "metric": claims["metric_label"],
+        "weakest pair": claims["weakest"], header: effects, "p": claims["p"].map(number),
+        "p threshold": claims["threshold"].map(threshold_text), "min effect": claims["min_effect"].map(number),
+        "seeds": claims["seeds"].astype(str), "seeds needed": claims["seeds_needed"].map(seeds_text),
+    })  # fmt: skip
+
+
+def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every pair's paired test on its claim's metric (rows of :func:`pair_rows`) as text."""
+    header, effects = interval_column(pairs)
+    return pd.DataFrame({
+        "claim": pairs["claim"], "within": pairs["within"], "pair": pairs["pair"],
+        "pair verdict": pairs["pair_verdict"].astype(object).fillna("-"), header: effects, "p": pairs["p"].map(number),
+        "p threshold": pairs["threshold"].map(threshold_text), "seeds": pairs["seeds"].astype(str),
+        "mde": pairs["mde"].map(lambda v: "none" if np.isinf(v) else number(v)),
+        "seeds needed": pairs["seeds_needed"].map(seeds_text),
+    })  # fmt: skip
+
+
+def metrics_table(a: Analysis) -> pd.DataFrame:
+    """The claims under each metric, each metric in words, without the metrics that repeat
+    another in every run (:func:`repeats_sentence` names them)."""
+    shown = [(claim, metric) not in a.repeats for claim, metric in zip(a.metrics["claim"], a.metrics["metric"])]
+    return a.metrics.assign(
+        metric=claim_labels(a.tables, a.metrics), median_sd=a.metrics["median_sd"].map(number),
+        declared=a.metrics["declared"].map({True: "yes", False: ""}),
+    )[shown]  # fmt: skip
+
+
+def repeats_sentence(a: Analysis) -> str:
+    """The one line naming the metrics left out of :func:`metrics_table` and the one each equals."""
+    labels = dict(zip(zip(a.metrics["claim"], a.metrics["metric"]), claim_labels(a.tables, a.metrics)))
+    same = dict.fromkeys(f"the {labels[key]}, equal to the {labels[(key[0], kept)]}" for key, kept in a.repeats.items())
+    return f"Left out as equal in every run to a metric shown: {'; '.join(same)}." if same else ""
 
 
 def _display_tables(a: Analysis) -> dict[str, Table]:
@@ -440,22 +505,10 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     runs = finals[["variant", "seed", "run_id", "state", "step"]].assign(
         final_test_bpd=finals["final_test_bpd"].map(bpd), wall_time=finals["wall_time"].map(duration)
     )
-    v, claims = a.verdicts, claim_summary(a.verdicts)
-    verdicts = pd.DataFrame({
-        "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
-        "pairs resolved": claims["resolved"].astype(str) + " / " + claims["pairs"].astype(str),
-        "weakest pair": claims["weakest"],
-        "effect [95% CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
-                            for e, lo, hi in zip(claims["effect"], claims["ci_low"], claims["ci_high"])],
-        "p (Holm)": claims["p_holm"].map(p_text), "seeds": claims["seeds"].astype(str),
-        "seeds needed": claims["seeds_needed"].map(seeds_text),
-    })  # fmt: skip
     tables = {
-        "verdicts": Table("verdicts", verdicts),
-        "verdict_pairs": Table("verdict_pairs", format_verdicts(v)),
-        "verdict_metrics": Table("verdict_metrics", a.metrics.assign(
-            median_sd=a.metrics["median_sd"].map(number),
-            declared=a.metrics["declared"].map({True: "yes", False: ""}))),
+        "verdicts": Table("verdicts", claims_table(a.claims)),
+        "verdict_pairs": Table("verdict_pairs", pairs_table(pair_rows(a.verdicts))),
+        "verdict_metrics": Table("verdict_metrics", metrics_table(a)),
         "final_bpd": Table("final_bpd", final),
         "ranking": Table("ranking", ranking),
         "pairwise": Table("pairwise", pairs),
@@ -613,8 +666,11 @@ def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
               f"p-values are Holm-corrected over all {tested} pairs" if tested == len(a.pairs) else
               f"p-values are Holm-corrected over the {tested} pairs that could be tested" + why)  # fmt: skip
     return [
-        Paragraphs(["Differences of mean final test bpd (a − b) with Welch's unequal-variance t-test and its 95% "
-                    f"interval; {family}; \"significant\" means Holm-adjusted p < 0.05."], "note"),
+        Paragraphs(["Descriptive, not the verdict test: differences of mean final test bpd (a − b) between every "
+                    "two variants with Welch's unequal-variance t-test, unpaired, and its 95% interval; "
+                    f"{family}; \"significant\" means Holm-adjusted p < 0.05. The verdicts (section 1) pair "
+                    "runs by seed and use each claim's own metric, so a pair may be not significant here and "
+                    "resolved there."], "note"),
         tables["ranking"],
         Fold("All pairwise comparisons", [tables["pairwise"]], open=True),
     ]  # fmt: skip
@@ -637,20 +693,24 @@ def report_sections(
     margin_note = (" A pair `a < b + m` is a claim with a margin m: a is not worse than b by more than m bpd, "
                    "so an effect above -m supports it." if len(a.verdicts) and (a.verdicts["margin"] > 0).any()
                    else "")  # fmt: skip
+    boundary = "".join(f" Decision boundary: {b}." for b in a.claims["boundary"].dropna().unique())
     verdict_blocks = [
-        Paragraphs(["Each claim the study declares, tested on seed-matched differences of its metric with "
-                    "Holm's correction over the claim's pairs: *reproduced* when every pair is significant in "
-                    "the claimed direction, *contradicted* when one is significant the other way, else "
-                    "*inconclusive*. The effect is in the claimed direction (positive supports the claim); "
-                    "the weakest pair is shown, every pair below. docs/verdicts.md explains the tests, the "
-                    "power figures and `glow-repro run --until-resolved`." + margin_note], "note"),
+        Paragraphs(["Each claim the study declares, tested pair by pair with a paired test on seed-matched "
+                    "differences of the claim's own metric: each pair is judged at the p threshold of its look, "
+                    "and its interval is at the level of that decision (named in the column header). A claim "
+                    "is *reproduced*, *contradicted*, *absent* (no effect as large as its min effect) or "
+                    "*inconclusive* by the rules of docs/verdicts.md, which also explains the power figures "
+                    "and `glow-repro run --until-resolved`. The effect is in the claimed direction (positive "
+                    "supports the claim); the weakest pair is shown, every pair below. " + SEED_VARIANCE
+                    + boundary + margin_note], "note"),
         tables["verdicts"],
-        Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
+        Fold(f"Every pair: the paired test on its claim's metric ({len(tables['verdict_pairs'].frame)})",
+             [tables["verdict_pairs"]]),
         *([Fold("The same claims under the other metrics", [
             Paragraphs(["Each order claim judged again with the last evaluation, the best one and the mean "
                         "of the last evaluations as its metric, at the same alpha: a verdict that changes "
                         "with the metric rests on evaluation noise (docs/verdicts.md, \"Metrics\"). The "
-                        "claim's own metric is marked."], "note"),
+                        "claim's own metric is marked.", *filter(None, [repeats_sentence(a)])], "note"),
             tables["verdict_metrics"]])] if len(a.metrics) else []),
     ] if len(a.verdicts) else [
         Paragraphs(["This study declares no claims, so there is no verdict: list the paper's claims under "
@@ -805,7 +865,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     raw = {"summary": a.summary, "curves": a.curves, "pairwise": a.pairs, "ranking": a.ranking,
            "divergence": a.divergence, "threshold": a.threshold, "factor_effects": a.effects,
            "comparison": a.comparison, "config_differences": a.differences, "verdicts": a.verdicts,
-           "verdict_claims": claim_summary(a.verdicts), "verdict_metrics": a.metrics,
+           "verdict_claims": a.claims, "verdict_metrics": a.metrics,
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
