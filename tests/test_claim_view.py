@@ -54,6 +54,8 @@ def test_intervals_at_different_levels_each_name_their_own():
     header, cells = interval_column(rows)
     assert header == "effect [CI at its level]"
     assert cells == ["0.068 [0.040, 0.096] at 98.4 %", "0.500 [0.400, 0.600] at 99 %"]
+    one_seed = pd.DataFrame([claim_row(ci_low=np.nan, ci_high=np.nan)])
+    assert interval_column(one_seed) == ("effect [98.4 % CI]", ["0.068"])
     assert ci_text(0.04, 0.096, 0.984) == " [98.4 % CI 0.040, 0.096]" and ci_text(np.nan, np.nan, 0.984) == ""
 
 

@@ -44,9 +44,10 @@ def threshold_text(threshold: float) -> str:
 
 def interval_column(frame: pd.DataFrame, what: str = "effect") -> tuple[str, list[str]]:
     """Header and cells of ``effect [ci_low, ci_high]`` at each row's ``level``: the header
-    names the level when every row shares one (``effect [98.4 % CI]``), else each cell does."""
-    cells = [f"{number(e)} [{number(lo)}, {number(hi)}]" for e, lo, hi in zip(frame["effect"], frame["ci_low"],
-                                                                               frame["ci_high"])]  # fmt: skip
+    names the level when every row shares one (``effect [98.4 % CI]``), else each cell does; a
+    pair of one seed has no interval, a study without verdicts not even an effect (``-``)."""
+    cells = [number(e) + (f" [{number(lo)}, {number(hi)}]" if pd.notna(lo) else "")
+             for e, lo, hi in zip(frame["effect"], frame["ci_low"], frame["ci_high"])]  # fmt: skip
     levels = frame["level"].dropna().unique()
     if len(levels) == 1:
         return f"{what} [{percent(levels[0])} CI]", cells
