@@ -645,14 +645,18 @@ def _reproduce_commands(tables: Tables, results_dir: Path) -> list[str]:
     return [f"glow-repro run {spec}", f"glow-repro status {results_dir}", f"glow-repro report {results_dir}"]
 
 
+def run_commits(finals: pd.DataFrame) -> list[str]:
+    """The git commits the runs were trained at (from their ``environment.json``), in order."""
+    return list(finals.get("env_git_commit", pd.Series(dtype=str)).dropna().astype(str).unique())
+
+
 def _setup_facts(tables: Tables) -> dict[str, str]:
     finals = tables.finals
     wall = pd.to_numeric(finals["wall_time"], errors="coerce")
-    commits = finals.get("env_git_commit", pd.Series(dtype=str)).dropna().astype(str).unique()
     return {
         "runs": f"{len(finals)} ({_states(finals)})",
         "total training time": f"{duration(wall.sum())} over all runs; {duration(wall.median())} median per run",
-        "code commit": ", ".join(commits) or "not recorded",
+        "code commit": ", ".join(run_commits(finals)) or "not recorded",
     }
 
 
@@ -843,7 +847,8 @@ def _write_latex_tables(a: Analysis, display: dict[str, Table], tables_dir: Path
         table.files = Files([(tables_dir / f"{csv}.csv", f"tables/{csv}.csv"), (path, f"tables/{path.name}")])
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The templates of the pages glow-repro writes (``templates/``), with the ``inline`` filter."""
     env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
     env.filters["inline"] = inline_html
@@ -884,7 +889,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                  f"generated {generated} by glow-repro {__version__}"),
         "sections": sections,
     }  # fmt: skip
-    env = _environment()
+    env = environment()
     (out / "report.md").write_text(env.get_template("report.md.j2").render(**context))
     html_path = out / "report.html"
     html_path.write_text(env.get_template("report.html.j2").render(**context))
