@@ -13,8 +13,9 @@ import pytest
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from glow_repro.analysis.report import claimed_order_clause, verdict_sentences
+from glow_repro.analysis.claim_view import claim_rows
 from glow_repro.analysis.pair_tests import MAX_SEEDS_NEEDED, seeds_needed_t
+from glow_repro.analysis.report import claimed_order_clause, verdict_sentences
 from glow_repro.analysis.verdicts import claim_summary, verdicts
 from glow_repro.config import ConfigError
 from glow_repro.study.spec import ClaimSpec, expand, load_study
@@ -133,19 +134,19 @@ def test_a_margin_loads_and_changes_no_run_id(tmp_path):
     assert [r.run_id for r in expand(spec)] == [r.run_id for r in plain]
 
 
+def analysis_of(d: np.ndarray) -> SimpleNamespace:
+    """What :func:`verdict_sentences` reads of a report's analysis, for the claim on ``d``."""
+    tables = SimpleNamespace(study={"claims": [claim().model_dump()]}, finals=finals(d), evals=NO_EVALS)
+    table = verdicts(tables.finals, NO_EVALS, [claim()], [KEY])
+    return SimpleNamespace(tables=tables, verdicts=table, claims=claim_rows(table, tables))
+
+
 def test_the_report_states_the_margin_and_what_went_against_it():
-    worse = differences(-0.05, 0.005, seeds=6)
-    spec = claim().model_dump()
-    analysis = SimpleNamespace(
-        tables=SimpleNamespace(study={"claims": [spec]}), verdicts=verdicts(finals(worse), NO_EVALS, [claim()], [KEY])
-    )
-    (sentence,) = verdict_sentences(analysis)
-    assert "class < none, or worse by at most 0.02 bpd, in `final_test_bpd`: **contradicted**" in sentence
+    (sentence,) = verdict_sentences(analysis_of(differences(-0.05, 0.005, seeds=6)))
+    assert "class < none, or worse by at most 0.02 bpd, in the test bpd of the last evaluation" in sentence
+    assert ": **contradicted**" in sentence
     assert "0 of 1 pair reproduced; 1 contradicted (class < none + 0.02)" in sentence
-    within = SimpleNamespace(
-        tables=SimpleNamespace(study={"claims": [spec]}),
-        verdicts=verdicts(finals(differences(-0.005, 0.002, seeds=6)), NO_EVALS, [claim()], [KEY]),
-    )
+    within = analysis_of(differences(-0.005, 0.002, seeds=6))
     assert "**reproduced**, 1 of 1 pair reproduced" in verdict_sentences(within)[0]
 
 

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
 from tests.test_tables import make_fake_study
@@ -47,6 +48,7 @@ def check_report(out: Path) -> str:
         if ref.startswith("#"):
             assert ref[1:] in links.ids, f"anchor {ref} has no target"
     assert set(SECTIONS) <= links.ids
+    assert "**" not in text, "Markdown emphasis left unconverted in the HTML"
     pngs = sorted((out / "figures").rglob("*.png"))
     assert pngs
     for png in pngs:
@@ -79,13 +81,23 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     # verdicts open the report, from the claims in study.yaml
     assert markdown.index("Verdicts on the paper's claims") < markdown.index("## 2. Summary")
     assert (
-        "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in `final_test_bpd`: **reproduced**, "
-        "2 of 2 pairs significant"
+        "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in the test bpd of the last evaluation "
+        "(step 400): **reproduced**, 2 of 2 pairs resolved"
     ) in markdown
+    assert "conv1x1 &lt; reverse in the test bpd of the last evaluation (step 400): <strong>reproduced</strong>" in text
+    # the metrics table names each metric in words, once: best equals final in every run here
+    assert (
+        "Left out as equal in every run to a metric shown: the lowest test bpd of any evaluation (steps 0, " in markdown
+    )
+    metrics = markdown[markdown.index("The same claims under the other metrics") : markdown.index("## 2. Summary")]
+    assert "| test bpd of the last evaluation (step 400) " in metrics and "| lowest test bpd" not in metrics
+    # the unpaired Welch table is labelled as description, not as the verdict test
+    assert "Descriptive, not the verdict test: differences of mean final test bpd" in markdown
+    assert "A seed fixes the initialisation, the data order and the dequantisation noise" in markdown
     # reverse/affine has one finished seed: no spread, so the claim cannot be resolved there
     assert (
-        "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in `final_test_bpd`: **inconclusive**"
-        in markdown
+        "Claim `affine-beats-additive` (Glow, Figure 3), affine < additive in the test bpd of the last evaluation "
+        "(step 400): **inconclusive**" in markdown
     )
     assert "the least resolved pair, affine < additive (permutation=reverse)" in markdown
     claims = pd.read_csv(out / "tables" / "verdict_claims.csv").set_index("claim")
@@ -238,6 +250,13 @@ def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monk
     assert markdown.index("## 7. Fidelity") < markdown.index("![toy_means]") < markdown.index("## 8. ")
     with pytest.raises(ValueError, match="registered already"):
         figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
+
+
+def test_prose_marks_become_html_and_marks_inside_code_stay():
+    assert inline_html("Claim `a<b`: **reproduced**, *absent* x") == (
+        "Claim <code>a&lt;b</code>: <strong>reproduced</strong>, <em>absent</em> x"
+    )
+    assert inline_html("`**kept**` and 2 * 3 * 4") == "<code>**kept**</code> and 2 * 3 * 4"
 
 
 def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:

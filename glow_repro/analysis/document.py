@@ -1,8 +1,8 @@
 """The report as data: sections of blocks, each block able to write itself as HTML and as
 Markdown, so every sentence of the report is written once (docs/architecture.md).
 
-Prose is Markdown-lite: `code` and *emphasis* are the only marks; HTML output escapes
-everything else. Figures are embedded in HTML as ``data:`` URIs (the file stands alone) and
+Prose is Markdown-lite: `code`, **strong** and *emphasis* are the only marks; HTML output
+escapes everything else. Figures are embedded in HTML as ``data:`` URIs (the file stands alone) and
 linked by relative path in Markdown. :func:`place_figures` puts each figure after the
 section or table its record names (:mod:`glow_repro.analysis.figures`).
 """
@@ -21,7 +21,9 @@ from typing import Literal, Protocol
 import pandas as pd
 
 _CODE = re.compile(r"`([^`]+)`")
-_EMPHASIS = re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
+#: One pass over escaped prose: a code span (left as written inside), **strong**, *emphasis*.
+_MARKS = re.compile(r"`([^`]+)`|\*\*([^*\s](?:[^*]*[^*\s])?)\*\*|(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
+_TAGS = ("code", "strong", "em")
 
 
 def code_spans(escaped: str) -> str:
@@ -29,9 +31,15 @@ def code_spans(escaped: str) -> str:
     return _CODE.sub(r"<code>\1</code>", escaped)
 
 
+def _mark(match: re.Match) -> str:
+    tag, inner = next((tag, inner) for tag, inner in zip(_TAGS, match.groups()) if inner is not None)
+    return f"<{tag}>{inner}</{tag}>"
+
+
 def inline_html(text: str) -> str:
-    """One line of prose as HTML: escaped, with `code` and *emphasis* marked up."""
-    return _EMPHASIS.sub(r"<em>\1</em>", code_spans(html.escape(str(text))))
+    """One line of prose as HTML: escaped, with `code`, **strong** and *emphasis* marked up
+    (marks inside a code span stay as written)."""
+    return _MARKS.sub(_mark, html.escape(str(text)))
 
 
 class Block(Protocol):

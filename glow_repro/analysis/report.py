@@ -33,6 +33,17 @@ from tqdm.auto import tqdm
 
 from glow_repro import __version__
 from glow_repro.analysis import aggregate, figures
+from glow_repro.analysis.claim_view import (
+    SEED_VARIANCE,
+    ci_text,
+    claim_labels,
+    claim_rows,
+    coinciding_metrics,
+    interval_column,
+    outcome_text,
+    pair_rows,
+    threshold_text,
+)
 from glow_repro.analysis.document import (
     Block,
     Code,
@@ -53,10 +64,7 @@ from glow_repro.analysis.published import compare, fidelity_table
 from glow_repro.analysis.sequential import recorded_look
 from glow_repro.analysis.verdicts import (
     Look,
-    claim_summary,
     claims_of,
-    format_verdicts,
-    level_text,
     metric_alternatives,
     number,
     seeds_text,
@@ -70,13 +78,13 @@ from glow_repro.study.tables import Tables, describe_differences, load_tables, s
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
 #: table's name -> (the name of its .tex, the CSV of the numbers it shows, its caption).
 LATEX_TABLES = {
-    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim: its pairs' verdicts (paired tests at the "
-                 "look's threshold), the weakest pair's effect with its interval at the decision level, and "
-                 "the seeds its open pairs would need at the smallest effect of interest."),
+    "verdicts": ("verdicts", "verdict_claims", "Verdict on each claim from paired tests on its own metric: its "
+                 "outcome, the weakest pair's effect with its interval at the level the pair was judged at (in "
+                 "the column header), that pair's p and threshold, and the seeds needed."),
     "final_bpd": ("final_bpd", "summary", r"Final test bits per dimension per variant: mean over finished runs "
                   r"with a two-sided 95\% Student-t interval."),
-    "pairwise": ("pairwise", "pairwise", r"Differences of mean final test bpd ($a - b$) with Welch's t-test and "
-                 r"its 95\% interval; p-values Holm-corrected over all pairs."),
+    "pairwise": ("pairwise", "pairwise", r"Descriptive, not the verdict test: differences of mean final test bpd "
+                 r"($a - b$) with Welch's unpaired t-test and its 95\% interval; p-values Holm-corrected over all pairs."),
     "comparable": ("comparison", "comparison", "Our mean final test bpd beside published numbers for the same "
                    "data pipeline."),
 }  # fmt: skip
@@ -110,7 +118,11 @@ class Analysis:
     comparison: pd.DataFrame
     differences: pd.DataFrame
     verdicts: pd.DataFrame
+    claims: pd.DataFrame
+    """One row per claim, as :func:`claim_rows` shows it."""
     metrics: pd.DataFrame
+    repeats: dict[tuple[str, str], str]
+    """``(claim, metric) -> the metric it equals in every run`` (:func:`coinciding_metrics`)."""
 
 
 def analyse(tables: Tables, look: Look | None = None, judged_seeds: Sequence[int] | None = None) -> Analysis:
@@ -123,6 +135,7 @@ def analyse(tables: Tables, look: Look | None = None, judged_seeds: Sequence[int
     pairs = aggregate.pairwise(tables.finals)
     worst = summary["final_mean"].max()
     threshold = float(np.ceil(worst * 100) / 100) if np.isfinite(worst) else float("nan")
+    verdicts, metrics = study_verdicts(judged, look), metric_alternatives(judged, look)
     return Analysis(
         tables=tables,
         summary=summary,
@@ -134,8 +147,10 @@ def analyse(tables: Tables, look: Look | None = None, judged_seeds: Sequence[int
         threshold=aggregate.time_to_threshold(tables.evals, threshold, keys),
         comparison=compare(tables.finals, tables.configs),
         differences=describe_differences(tables.configs, tables.swept),
-        verdicts=study_verdicts(judged, look),
-        metrics=metric_alternatives(judged, look),
+        verdicts=verdicts,
+        claims=claim_rows(verdicts, tables),
+        metrics=metrics,
+        repeats=coinciding_metrics(tables, metrics),
     )
 
 
@@ -226,33 +241,39 @@ def _budget(config: dict) -> str:
     return f"{format_value(config.get('train.steps'))} steps"
 
 
+def decision_clause(p: float, threshold: float) -> str:
+    """``p = 0.003 against a threshold of 0.0125``: a pair's p and the p it was judged at."""
+    if not is_number(p):
+        return ""
+    return p_clause(p) + (f" against a threshold of {threshold_text(threshold)}" if is_number(threshold) else "")
+
+
 def verdict_sentences(a: Analysis) -> list[str]:
-    """One sentence per claim of the study: its verdict and, unless reproduced, why in numbers
-    (docs/verdicts.md)."""
+    """One sentence per claim of the study: its verdict, its outcome and, when it is
+    contradicted or inconclusive, why in numbers (docs/verdicts.md)."""
     out = []
     claims = {claim.id: claim for claim in claims_of(a.tables.study)}
-    for row in claim_summary(a.verdicts).itertuples():
-        claim = claims[row.claim]
-        what = "divergence rate" if claim.kind == "divergence" else f"`{row.metric}`"
+    for _, row in a.claims.iterrows():
+        claim = claims[row["claim"]]
         order = " < ".join(map(format_value, claim.order))
         if claim.margin:
             order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
-            f"Claim `{row.claim}` ({row.source}), {order} in {what}: "
-            f"**{row.verdict}**, {row.outcome}, with {_plural(row.seeds, 'seed')} or more per pair "
-            f"({row.boundary}; each pair judged at p <= {number(row.threshold)})"
+            f"Claim `{row['claim']}` ({row['source']}), {order} in the {row['metric_label']}: "
+            f"**{row['verdict']}**, {outcome_text(row)}, with {_plural(row['seeds'], 'seed')} or more per pair"
         )
-        if row.verdict in ("inconclusive", "absent"):
+        text += f" ({row['boundary']})" if pd.notna(row["boundary"]) else ""
+        if row["verdict"] == "inconclusive":
             needed = (
-                f"seeds a fixed design would need to detect {number(row.min_effect)} with 80 % power: "
-                f"{seeds_text(row.seeds_needed)}"
-                if pd.notna(row.seeds_needed)
+                f"seeds a fixed design would need to detect {number(row['min_effect'])} with 80 % power: "
+                f"{seeds_text(row['seeds_needed'])}"
+                if pd.notna(row["seeds_needed"])
                 else "a pair needs two seeds or more before its spread, and so the seeds it needs, can be estimated"
             )
+            decision = decision_clause(row["p"], row["threshold"])
             text += (
-                f"; the least resolved pair, {row.weakest}, has an effect of {number(row.effect)} "
-                f"[{level_text(row.level)} CI {number(row.ci_low)}, {number(row.ci_high)}], p {p_text(row.p)}"
-                + (f"; {needed}" if row.verdict == "inconclusive" else "")
+                f"; the least resolved pair, {row['weakest']}, has an effect of {number(row['effect'])}"
+                f"{ci_text(row['ci_low'], row['ci_high'], row['level'])}{', ' + decision if decision else ''}; {needed}"
             )
         out.append(text + ".")
     return out
@@ -286,7 +307,7 @@ def summary_paragraphs(a: Analysis) -> list[str]:
         if len(ranked) > 2:
             out[-1] += (f" The last, `{worst['variant']}`, is {bpd(worst['final_mean'] - best['final_mean'])} bpd "
                         f"behind the best; {int(a.pairs['significant'].sum())} of {len(a.pairs)} pairwise "
-                        "differences are significant.")  # fmt: skip
+                        "differences are significant in that descriptive comparison.")  # fmt: skip
     elif len(ranked) == 1:
         row = ranked.iloc[0]
         which = f" of `{row['variant']}`" if n_variants > 1 else ""
@@ -337,13 +358,13 @@ def no_comparison(a: Analysis) -> str:
 
 
 def _test_clause(pair: pd.Series, n_pairs: int) -> str:
-    """`` (95% CI [...]), significant (Welch t-test, p = ...; Holm-adjusted ...)`` for the
-    pair ``best - second`` of the summary, or why it was not tested."""
+    """`` (95% CI [...]), significant in the descriptive comparison (Welch t-test, p = ...;
+    Holm-adjusted ...)`` for the pair ``best - second`` of the summary, or why it was not tested."""
     if not np.isfinite(pair["p_value"]):
         return ", not tested (a t-test needs two finished runs of each variant)"
     verdict = "significant" if pair["significant"] else "not significant"
-    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} "
-            f"({pair['test']}, {p_clause(pair['p_value'])}; Holm-adjusted over "
+    return (f" (95% CI [{bpd(-pair['ci_high'])}, {bpd(-pair['ci_low'])}]), {verdict} in the descriptive comparison "
+            f"({pair['test']} on final test bpd, unpaired, {p_clause(pair['p_value'])}; Holm-adjusted over "
             f"{_plural(n_pairs, 'pair')}: {p_clause(pair['p_holm'])})")  # fmt: skip
 
 
@@ -374,6 +395,49 @@ def _comparison_sentence(a: Analysis) -> str:
 
 
 # --------------------------------------------------------------------------- display tables
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """The verdict on each claim (rows of :func:`claim_rows`) as text: its outcome, its metric
+    in words, the weakest pair's effect with its interval at the level the pair was judged at,
+    that pair's p and threshold."""
+    header, effects = interval_column(claims)
+    return pd.DataFrame({
+        "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
+        "outcome": [outcome_text(row) for _, row in claims.iterrows()], "metric": claims["metric_label"],
+        "weakest pair": claims["weakest"], header: effects, "p": claims["p"].map(number),
+        "p threshold": claims["threshold"].map(threshold_text), "min effect": claims["min_effect"].map(number),
+        "seeds": claims["seeds"].astype(str), "seeds needed": claims["seeds_needed"].map(seeds_text),
+    })  # fmt: skip
+
+
+def pairs_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every pair's paired test on its claim's metric (rows of :func:`pair_rows`) as text."""
+    header, effects = interval_column(pairs)
+    return pd.DataFrame({
+        "claim": pairs["claim"], "within": pairs["within"], "pair": pairs["pair"],
+        "pair verdict": pairs["pair_verdict"].astype(object).fillna("-"), header: effects, "p": pairs["p"].map(number),
+        "p threshold": pairs["threshold"].map(threshold_text), "seeds": pairs["seeds"].astype(str),
+        "mde": pairs["mde"].map(lambda v: "none" if np.isinf(v) else number(v)),
+        "seeds needed": pairs["seeds_needed"].map(seeds_text),
+    })  # fmt: skip
+
+
+def metrics_table(a: Analysis) -> pd.DataFrame:
+    """The claims under each metric, each metric in words, without the metrics that repeat
+    another in every run (:func:`repeats_sentence` names them)."""
+    shown = [(claim, metric) not in a.repeats for claim, metric in zip(a.metrics["claim"], a.metrics["metric"])]
+    return a.metrics.assign(
+        metric=claim_labels(a.tables, a.metrics), median_sd=a.metrics["median_sd"].map(number),
+        declared=a.metrics["declared"].map({True: "yes", False: ""}),
+    )[shown]  # fmt: skip
+
+
+def repeats_sentence(a: Analysis) -> str:
+    """The one line naming the metrics left out of :func:`metrics_table` and the one each equals."""
+    labels = dict(zip(zip(a.metrics["claim"], a.metrics["metric"]), claim_labels(a.tables, a.metrics)))
+    same = dict.fromkeys(f"the {labels[key]}, equal to the {labels[(key[0], kept)]}" for key, kept in a.repeats.items())
+    return f"Left out as equal in every run to a metric shown: {'; '.join(same)}." if same else ""
 
 
 def _display_tables(a: Analysis) -> dict[str, Table]:
@@ -440,24 +504,10 @@ def _display_tables(a: Analysis) -> dict[str, Table]:
     runs = finals[["variant", "seed", "run_id", "state", "step"]].assign(
         final_test_bpd=finals["final_test_bpd"].map(bpd), wall_time=finals["wall_time"].map(duration)
     )
-    v, claims = a.verdicts, claim_summary(a.verdicts)
-    verdicts = pd.DataFrame({
-        "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
-        "pairs resolved": claims["resolved"].astype(str) + " / " + claims["pairs"].astype(str),
-        "weakest pair": claims["weakest"],
-        "outcome": claims["outcome"],
-        "effect [CI]": [f"{number(e)} [{number(lo)}, {number(hi)}]"
-                        for e, lo, hi in zip(claims["effect"], claims["ci_low"], claims["ci_high"])],
-        "CI level": claims["level"].map(level_text), "p": claims["p"].map(p_text),
-        "threshold": claims["threshold"].map(number), "seeds": claims["seeds"].astype(str),
-        "min effect": claims["min_effect"].map(number), "seeds needed": claims["seeds_needed"].map(seeds_text),
-    })  # fmt: skip
     tables = {
-        "verdicts": Table("verdicts", verdicts),
-        "verdict_pairs": Table("verdict_pairs", format_verdicts(v)),
-        "verdict_metrics": Table("verdict_metrics", a.metrics.assign(
-            median_sd=a.metrics["median_sd"].map(number),
-            declared=a.metrics["declared"].map({True: "yes", False: ""}))),
+        "verdicts": Table("verdicts", claims_table(a.claims)),
+        "verdict_pairs": Table("verdict_pairs", pairs_table(pair_rows(a.verdicts))),
+        "verdict_metrics": Table("verdict_metrics", metrics_table(a)),
         "final_bpd": Table("final_bpd", final),
         "ranking": Table("ranking", ranking),
         "pairwise": Table("pairwise", pairs),
@@ -594,14 +644,18 @@ def _reproduce_commands(tables: Tables, results_dir: Path) -> list[str]:
     return [f"glow-repro run {spec}", f"glow-repro status {results_dir}", f"glow-repro report {results_dir}"]
 
 
+def run_commits(finals: pd.DataFrame) -> list[str]:
+    """The git commits the runs were trained at (from their ``environment.json``), in order."""
+    return list(finals.get("env_git_commit", pd.Series(dtype=str)).dropna().astype(str).unique())
+
+
 def _setup_facts(tables: Tables) -> dict[str, str]:
     finals = tables.finals
     wall = pd.to_numeric(finals["wall_time"], errors="coerce")
-    commits = finals.get("env_git_commit", pd.Series(dtype=str)).dropna().astype(str).unique()
     return {
         "runs": f"{len(finals)} ({_states(finals)})",
         "total training time": f"{duration(wall.sum())} over all runs; {duration(wall.median())} median per run",
-        "code commit": ", ".join(commits) or "not recorded",
+        "code commit": ", ".join(run_commits(finals)) or "not recorded",
     }
 
 
@@ -615,8 +669,11 @@ def _comparison_blocks(a: Analysis, tables: dict[str, Table]) -> list[Block]:
               f"p-values are Holm-corrected over all {tested} pairs" if tested == len(a.pairs) else
               f"p-values are Holm-corrected over the {tested} pairs that could be tested" + why)  # fmt: skip
     return [
-        Paragraphs(["Differences of mean final test bpd (a − b) with Welch's unequal-variance t-test and its 95% "
-                    f"interval; {family}; \"significant\" means Holm-adjusted p < 0.05."], "note"),
+        Paragraphs(["Descriptive, not the verdict test: differences of mean final test bpd (a − b) between every "
+                    "two variants with Welch's unequal-variance t-test, unpaired, and its 95% interval; "
+                    f"{family}; \"significant\" means Holm-adjusted p < 0.05. The verdicts (section 1) pair "
+                    "runs by seed and use each claim's own metric, so a pair may be not significant here and "
+                    "resolved there."], "note"),
         tables["ranking"],
         Fold("All pairwise comparisons", [tables["pairwise"]], open=True),
     ]  # fmt: skip
@@ -639,20 +696,24 @@ def report_sections(
     margin_note = (" A pair `a < b + m` is a claim with a margin m: a is not worse than b by more than m bpd, "
                    "so an effect above -m supports it." if len(a.verdicts) and (a.verdicts["margin"] > 0).any()
                    else "")  # fmt: skip
+    boundary = "".join(f" Decision boundary: {b}." for b in a.claims["boundary"].dropna().unique())
     verdict_blocks = [
-        Paragraphs(["Each claim the study declares, tested on seed-matched differences of its metric with "
-                    "Holm's correction over the claim's pairs: *reproduced* when every pair is significant in "
-                    "the claimed direction, *contradicted* when one is significant the other way, else "
-                    "*inconclusive*. The effect is in the claimed direction (positive supports the claim); "
-                    "the weakest pair is shown, every pair below. docs/verdicts.md explains the tests, the "
-                    "power figures and `glow-repro run --until-resolved`." + margin_note], "note"),
+        Paragraphs(["Each claim the study declares, tested pair by pair with a paired test on seed-matched "
+                    "differences of the claim's own metric: each pair is judged at the p threshold of its look, "
+                    "and its interval is at the level of that decision (named in the column header). A claim "
+                    "is *reproduced*, *contradicted*, *absent* (no effect as large as its min effect) or "
+                    "*inconclusive* by the rules of docs/verdicts.md, which also explains the power figures "
+                    "and `glow-repro run --until-resolved`. The effect is in the claimed direction (positive "
+                    "supports the claim); the weakest pair is shown, every pair below. " + SEED_VARIANCE
+                    + boundary + margin_note], "note"),
         tables["verdicts"],
-        Fold(f"Every pair ({len(tables['verdict_pairs'].frame)})", [tables["verdict_pairs"]]),
+        Fold(f"Every pair: the paired test on its claim's metric ({len(tables['verdict_pairs'].frame)})",
+             [tables["verdict_pairs"]]),
         *([Fold("The same claims under the other metrics", [
             Paragraphs(["Each order claim judged again with the last evaluation, the best one and the mean "
                         "of the last evaluations as its metric, at the same alpha: a verdict that changes "
                         "with the metric rests on evaluation noise (docs/verdicts.md, \"Metrics\"). The "
-                        "claim's own metric is marked."], "note"),
+                        "claim's own metric is marked.", *filter(None, [repeats_sentence(a)])], "note"),
             tables["verdict_metrics"]])] if len(a.metrics) else []),
     ] if len(a.verdicts) else [
         Paragraphs(["This study declares no claims, so there is no verdict: list the paper's claims under "
@@ -785,7 +846,8 @@ def _write_latex_tables(a: Analysis, display: dict[str, Table], tables_dir: Path
         table.files = Files([(tables_dir / f"{csv}.csv", f"tables/{csv}.csv"), (path, f"tables/{path.name}")])
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The templates of the pages glow-repro writes (``templates/``), with the ``inline`` filter."""
     env = Environment(loader=PackageLoader("glow_repro.analysis", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)  # fmt: skip
     env.filters["inline"] = inline_html
@@ -807,7 +869,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     raw = {"summary": a.summary, "curves": a.curves, "pairwise": a.pairs, "ranking": a.ranking,
            "divergence": a.divergence, "threshold": a.threshold, "factor_effects": a.effects,
            "comparison": a.comparison, "config_differences": a.differences, "verdicts": a.verdicts,
-           "verdict_claims": claim_summary(a.verdicts), "verdict_metrics": a.metrics,
+           "verdict_claims": a.claims, "verdict_metrics": a.metrics,
            "fidelity": display["fidelity"].frame, "shared_settings": display["shared_settings"].frame}  # fmt: skip
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
@@ -826,7 +888,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
                  f"generated {generated} by glow-repro {__version__}"),
         "sections": sections,
     }  # fmt: skip
-    env = _environment()
+    env = environment()
     (out / "report.md").write_text(env.get_template("report.md.j2").render(**context))
     html_path = out / "report.html"
     html_path.write_text(env.get_template("report.html.j2").render(**context))

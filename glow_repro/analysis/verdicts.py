@@ -281,12 +281,8 @@ def seeds_text(value: float) -> str:
 
 
 def level_text(level: float) -> str:
-    """A confidence level as a percentage with the digits it needs (95.0 %, 98.4 %, 99.93 %)."""
-    percent = 100 * float(level)
-    if not 0 < percent < 100:
-        return "-"
-    digits = max(1, int(np.ceil(-np.log10(100 - percent))))
-    return f"{percent:.{digits}f} %"
+    """A confidence level as a percentage to four significant digits (95 %, 98.75 %, 99.93 %)."""
+    return f"{100 * float(level):.4g} %" if pd.notna(level) else "-"
 
 
 def outcome_text(pairs: pd.DataFrame) -> str:

@@ -1,6 +1,7 @@
 """Click commands, one module per topic; ``ALL_COMMANDS`` is what ``glow-repro`` registers."""
 
 from glow_repro.commands.bench import bench_command
+from glow_repro.commands.board import board_command
 from glow_repro.commands.manipulate import manipulate_command
 from glow_repro.commands.report import compare_command, report_command
 from glow_repro.commands.sample import sample_command
@@ -19,5 +20,6 @@ ALL_COMMANDS: list = [
     bench_command,
     sample_command,
     verdict_command,
+    board_command,
     manipulate_command,
 ]

@@ -99,7 +99,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
     if not results_dir.is_dir():
-        raise ResultsDirError(f"{results_dir}: no such directory")
+        raise ResultsDirError(
+            f"{results_dir}: no such directory; expected results/<study> as written by `glow-repro run STUDY.yaml`"
+        )
     runs = results_dir / "runs"
     if not runs.is_dir():
         raise ResultsDirError(
