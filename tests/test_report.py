@@ -82,7 +82,7 @@ def test_report_from_a_fake_study(tmp_path: Path) -> None:
     assert markdown.index("Verdicts on the paper's claims") < markdown.index("## 2. Summary")
     assert (
         "Claim `permutation-order` (Glow, Figure 3), conv1x1 < reverse in the test bpd of the last evaluation "
-        "(step 400): **reproduced**, 2 of 2 pairs resolved"
+        "(step 400): **reproduced**, 2 of 2 pairs reproduced"
     ) in markdown
     assert "conv1x1 &lt; reverse in the test bpd of the last evaluation (step 400): <strong>reproduced</strong>" in text
     # the metrics table names each metric in words, once: best equals final in every run here

@@ -416,3 +416,26 @@ def test_until_resolved_needs_claims(tmp_path):
             judge=SeedJudge(max_seeds=9),
         )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("spending", ["obrien-fleming", "pocock"])
+@pytest.mark.parametrize("scores", [[-1, 1, 1, 2, 2, 3, 3, 3], [-1, -1, 1, 2, 2, 3, 3, 3]], ids=["7-vs-1", "6-vs-2"])
+def test_the_scale_studys_pattern_is_not_stopped_at_its_first_look(spending, scores):
+    """8 seeds whose scores (in thirds of the 3 learning rates) go 7 or 6 ways to 1 or 2, as in
+    the first scale study, with looks at 8 and 16: not resolved yet, so the next look trains
+    (the former rule stopped for futility here)."""
+    claim = ClaimSpec(id="exp", source="s", kind="divergence", key="model.scale", order=["sigmoid", "exp"])
+    lrs, seeds = [3e-3, 5e-3, 7e-3], range(100, 108)
+    diverged = {("exp", seed): max(score, 0) for seed, score in zip(seeds, scores)}
+    diverged |= {("sigmoid", seed): max(-score, 0) for seed, score in zip(seeds, scores)}
+    rows = [
+        {"run_id": f"{scale}-{lr}-{seed}", "variant": scale, "seed": seed, "model.scale": scale, "train.lr": lr,
+         "state": "diverged" if index < diverged[scale, seed] else "done", "final_test_bpd": 5.0,
+         "best_test_bpd": 5.0}
+        for scale in ("exp", "sigmoid") for seed in seeds for index, lr in enumerate(lrs)
+    ]  # fmt: skip
+    plan = SeedPlan.extend(list(seeds), max_seeds=16, spending=spending)
+    decision, table = decide(pd.DataFrame(rows), NO_EVALS, [claim], ["model.scale", "train.lr"], plan, look=0)
+    assert table["effect"].iloc[0] == pytest.approx(np.mean(scores) / 3)
+    assert table["p"].iloc[0] > table["threshold"].iloc[0] and table["pair_verdict"].iloc[0] == "open"
+    assert decision.action == "continue" and decision.add_seeds == list(range(108, 116))
