@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from glow_repro.analysis.verdicts import seeds_needed_t
+from glow_repro.analysis.pair_tests import seeds_needed_t
 from glow_repro.config import load_run_config
 from glow_repro.data import load_split
 from glow_repro.engine import build_model
