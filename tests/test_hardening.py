@@ -578,6 +578,62 @@ def test_wrong_a_second_ctrl_c_stops_at_once_and_leaves_runs_resumable(tmp_path)
         assert [row["step"] for row in RunDir(run).metrics.read()] == list(range(1, 201))
 
 
+def _signal_trial(home: Path, first: signal.Signals, delay: float | None) -> str:
+    """One ``glow-repro run --workers 1`` of two runs: ``first`` to the process group once the
+    first run has logged 25 rows, SIGINT again ``delay`` s later; '' when it ended cleanly."""
+    import time
+
+    home.mkdir()
+    base = tiny(steps=5000, eval_every=5000, checkpoint_every=10)
+    study = write_yaml(home / "tiny.yaml", {"name": "tiny", "base": base, "seeds": [0, 1]})
+    results = home / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        _wait(lambda: any(p.read_bytes().count(b"\n") >= 25 for p in results.glob("runs/*/metrics.jsonl")), 60)
+        os.killpg(proc.pid, first)
+        if delay is not None:
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=40)
+    except (AssertionError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return f"hung: {err[-300:]!r}"
+    runs = [RunDir(p) for p in (results / "runs").iterdir()]
+    states = sorted(run.state() for run in runs)
+    trained = [run for run in runs if run.metrics.path.exists()]
+    steps = [row["step"] for row in trained[0].metrics.read()] if len(trained) == 1 else []
+    if proc.returncode != 130 or "Traceback" in err + out or "interrupted: " not in err:
+        return f"exit {proc.returncode}: {err[-600:]!r}"
+    if states != ["interrupted"] or steps != list(range(1, len(steps) + 1)) or len(steps) < 25:
+        return f"runs {states}, steps {steps[:3]}...{steps[-3:]}"
+    return ""
+
+
+@pytest.mark.slow
+def test_wrong_two_ctrl_c_or_a_sigterm_at_random_moments_always_end_cleanly(tmp_path):
+    """The real ``glow-repro run``: a second Ctrl-C 0.05-1 s after the first, at random, hung
+    it or gave tracebacks in most trials; SIGTERM gave a worker's traceback. Each trial must
+    exit 130 within its timeout, with no traceback, the first run ``interrupted`` with its
+    history whole and the queued run untouched. Trials run three at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    trials = [(signal.SIGINT, rng.uniform(0.05, 1.0)) for _ in range(12)] + [(signal.SIGTERM, None)] * 3
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda i: _signal_trial(tmp_path / str(i), *trials[i]), range(len(trials))))
+    failed = [(first.name, delay, result) for (first, delay), result in zip(trials, results) if result]
+    assert not failed, f"random seed {seed}: {failed}"
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

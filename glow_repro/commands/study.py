@@ -141,7 +141,7 @@ def run_command(
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
     tables/verdicts.* (docs/verdicts.md).
-    Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
+    Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C or SIGTERM).
     """
     from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
