@@ -422,6 +422,75 @@ def test_unclear_booleans_are_strict(tmp_path, key, value):
     assert_one_line(cli("train", config, "--out", tmp_path / "out", "--set", f"{key}={value}"), key)
 
 
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("model.depth=true", "model.depth: must be a number, not true or false"),
+        ("train.lr=false", "train.lr: must be a number, not true or false"),
+        ("seed=true", "seed: must be a number, not true or false"),
+        ("train.steps=1000000000", "train.steps: Input should be less than or equal to 100000000"),
+        ("train.steps=null", "no budget: give train.steps or train.epochs (both are null)"),
+        ("train.eval_every=null", "no evaluation cadence: give train.eval_every or train.eval_every_epochs"),
+    ],
+)
+def test_unclear_a_flag_for_a_number_a_huge_budget_or_none_is_refused(tmp_path, setting, expected):
+    config = run_config_file(tmp_path, tiny())
+    assert_one_line(cli("train", config, "--out", tmp_path / "out", "--set", setting), str(config), expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_a_batch_larger_than_the_training_set_is_refused_not_clamped(tmp_path):
+    config = run_config_file(tmp_path, tiny(batch_size=33))  # 32 synthetic images
+    result = cli("train", config, "--out", tmp_path / "out")
+    assert_one_line(result, "train.batch_size=33", "32 training images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unclear_a_torn_last_line_of_a_finished_run_is_said_on_the_console(study, tmp_path):
+    _, _, run = study
+    config = run_config_file(tmp_path, yaml.safe_load(run.config.read_text()))
+    rows = run.metrics.read()
+    with open(run.metrics.path, "a") as handle:
+        handle.write('{"step": 5, "train_')
+    result = cli("train", config, "--out", run.path)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "dropped the torn last line of metrics.jsonl" in warnings[0], result.output
+    assert run.metrics.read() == rows
+    assert [e["kind"] for e in run.events.read()].count("repair") == 1
+
+
+def test_unclear_an_unwritable_tensorboard_directory_is_one_warning(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tensorboard").symlink_to("/proc/1")  # no file can be made there, not even by root
+    result = cli("train", run_config_file(tmp_path, tiny()), "--out", out, "--tensorboard")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "TensorBoard: could not open its event file" in warnings[0], result.output
+    assert RunDir(out).state() == "done"
+
+
+def test_unclear_a_damaged_checkpoint_in_a_study_fails_its_run_with_a_remedy_that_works(study):
+    """Not ``interrupted`` with "run the same command again" (which fails the same way), and
+    not a remedy that only fits ``glow-repro train --out``."""
+    study_file, results, run = study
+    run.write_status("interrupted", step=2)  # as a Ctrl-C leaves it
+    run.checkpoint.write_bytes(b"not a checkpoint")
+    logs = {log: log.read_bytes() for log in (run.metrics.path, run.evals.path)}
+    result = cli("run", study_file, "--results", results, "--workers", "1")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Run the same command again" not in result.output
+    assert f"failed: {run.path.name}: " in result.output and "checkpoint.pt" in result.output
+    assert "move the run directory away" in result.output and "--out" not in result.output
+    assert run.state() == "failed"
+    assert {log: log.read_bytes() for log in logs} == logs
+    shutil.move(run.path, results / "moved-away")  # the remedy: the run trains again from the start
+    again = cli("run", study_file, "--results", results, "--workers", "1")
+    assert again.exit_code == 0 and RunDir(run.path).state() == "done", again.output
+
+
 # -- random corruption of every file of a finished run -------------------------------------------
 
 CORRUPTED = [

@@ -203,7 +203,11 @@ def run_command(
             error = report.outcomes.get(planned.run.run_id)
             reason = (error.error if error and error.error else "failed earlier").splitlines()[0]
             click.echo(f"  failed: {planned.run.run_id}: {reason}", err=True)
-        click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again", err=True)
+        click.echo(
+            "details in runs/<id>/status.json; once what an error names is fixed, "
+            "rerun with --retry-failed to train them again",
+            err=True,
+        )
         click.get_current_context().exit(1)
 
 

@@ -176,6 +176,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
     if stop:
         return early or Outcome(task.run_id, RunState.ELSEWHERE)
     started = False
+    recorded = run_dir.status()  # to tell train's own `interrupted` from one it found
     try:
         _worker.training = True  # from here a signal interrupts, while torch is imported too
         try:
@@ -196,7 +197,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
         return Outcome(task.run_id, RunState.INTERRUPTED)
     except Exception as err:
         state = run_dir.state()
-        if state is RunState.INTERRUPTED:  # train turned a signal into its own error
+        if state is RunState.INTERRUPTED and run_dir.status() != recorded:  # train turned a signal into its own error
             return Outcome(task.run_id, RunState.INTERRUPTED)
         if state is not RunState.FAILED and main:
             _keep_status(
