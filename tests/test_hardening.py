@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, dump_run_config
-from glow_repro.rundir import RunDir, atomic_write_text
+from glow_repro.rundir import RunDir, RunLock, atomic_write_text
 from glow_repro.study.runner import run_study
 from glow_repro.train import train
 
@@ -165,6 +165,15 @@ def test_history_a_finished_run_without_its_checkpoint_is_refused(study, tmp_pat
     assert snapshot(run.path) == before
 
 
+def test_unclear_sampling_a_finished_run_without_its_checkpoint_says_restore_not_wait(study, tmp_path):
+    _, _, run = study
+    run.checkpoint.unlink()
+    before = snapshot(run.path)
+    line = assert_one_line(cli("sample", run.path, "--out", tmp_path / "s"), str(run.path), "checkpoint.pt", "backup")
+    assert "once training" not in line
+    assert snapshot(run.path) == before and not (tmp_path / "s").exists()
+
+
 def _half_trained(tmp_path: Path) -> tuple[Path, RunDir]:
     """A run trained to step 2 of 4 whose config asks for 4: the next ``train`` resumes it."""
     out = RunDir(tmp_path / "run")
@@ -216,6 +225,56 @@ def test_wrong_a_damaged_status_is_shown_as_unreadable_not_pending(study):
     dry = cli("run", study_file, "--results", results, "--dry-run")
     assert_no_traceback(dry)
     assert "unreadable" in dry.output and "would train 0 of 1 runs" in dry.output
+
+
+def test_unclear_a_damaged_status_makes_run_exit_1_with_the_remedy(study):
+    study_file, results, run = study
+    run.status_file.write_bytes(b'{"state": "do\xff')
+    before = snapshot(results / "runs")
+    result = cli("run", study_file, "--results", results, "--workers", "1")
+    assert_no_traceback(result)
+    assert result.exit_code == 1, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("  unreadable: "))
+    assert run.path.name in line and "status.json" in line and "delete it and run the study again" in line
+    assert snapshot(results / "runs") == before
+
+
+def read_only(monkeypatch, root: Path) -> None:
+    """Opening or making anything under ``root`` for writing fails as on a read-only mount
+    (checked by hand on a real one, which a test cannot mount)."""
+    real_open, real_mkdir = os.open, os.mkdir
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(root)) and flags & writing:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(root)) and not os.path.isdir(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+
+def test_wrong_status_and_dry_run_read_a_read_only_half_finished_study(study, monkeypatch):
+    study_file, results, run = study
+    run.write_status("running", step=2)  # killed mid-run: its lock file is there
+    RunLock(run.path).acquire()
+    RunLock(run.path).release()
+    before = snapshot(results)
+    read_only(monkeypatch, results)
+    status = cli("status", results)
+    assert status.exit_code == 0 and "1 runs: 1 killed" in status.output, status.output
+    dry = cli("run", study_file, "--results", results, "--dry-run")
+    assert dry.exit_code == 0 and "would train 1 of 1 runs" in dry.output, dry.output
+    monkeypatch.undo()
+    assert snapshot(results) == before
 
 
 def test_wrong_another_study_with_the_same_name_is_refused_unless_forced(study, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import user_errors
-from glow_repro.rundir import RunState
+from glow_repro.rundir import RunDir, RunState
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -141,7 +141,8 @@ def run_command(
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
     tables/verdicts.* (docs/verdicts.md).
-    Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C or SIGTERM).
+    Exit status: 0 all selected runs finished, 1 some failed or have an unreadable status,
+    130 interrupted (Ctrl-C or SIGTERM).
     """
     from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
@@ -208,6 +209,10 @@ def run_command(
             "rerun with --retry-failed to train them again",
             err=True,
         )
+    unreadable = report.runs_in(RunState.UNREADABLE)
+    for planned in unreadable:  # not trained: that could overwrite a finished run
+        click.echo(f"  unreadable: {planned.run.run_id}: {RunDir(planned.run_dir).status()['error']}", err=True)
+    if failed or unreadable:
         click.get_current_context().exit(1)
 
 
