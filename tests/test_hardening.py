@@ -550,6 +550,79 @@ def test_unclear_a_damaged_checkpoint_in_a_study_fails_its_run_with_a_remedy_tha
     assert again.exit_code == 0 and RunDir(run.path).state() == "done", again.output
 
 
+@pytest.fixture(scope="module")
+def claimed(tmp_path_factory) -> Path:
+    """A finished study of two permutations x two seeds with a claim on them."""
+    home = tmp_path_factory.mktemp("claimed")
+    claim = {"id": "shuffle-first", "source": "test", "key": "model.permutation", "order": ["shuffle", "reverse"]}
+    spec = {"name": "claimed", "base": tiny(), "grid": {"model.permutation": ["reverse", "shuffle"]},
+            "seeds": [0, 1], "claims": [claim]}  # fmt: skip
+    report = run_study(write_yaml(home / "claimed.yaml", spec), home / "results", launcher="inprocess")
+    assert report.counts["done"] == 4, report.outcomes
+    return home / "results"
+
+
+@pytest.fixture
+def claimed_copy(claimed, tmp_path) -> Path:
+    return Path(shutil.copytree(claimed, tmp_path / "results"))
+
+
+def _warnings(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("warning: ")]
+
+
+def test_unclear_runs_left_out_are_named_with_why_by_status_verdict_compare_and_report(claimed_copy, tmp_path):
+    """A result that is not a number and a run whose config.yaml is gone were dropped silently:
+    5 seeds judged, "trained 11 runs", while status counted them all done."""
+    results = claimed_copy
+    abc, gone = sorted((results / "runs").iterdir())[:2]
+    summary = json.loads((abc / "summary.json").read_text())
+    (abc / "summary.json").write_text(json.dumps({**summary, "final_test_bpd": "abc"}))
+    (gone / "config.yaml").unlink()
+    before = snapshot(results / "runs")
+    for args in (["status"], ["verdict"], ["compare"], ["report", "--out", tmp_path / "report"]):
+        result = cli(*args[:1], results, *args[1:])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        assert len(_warnings(result)) == 2, result.output
+        named = dict(line.removeprefix("warning: run ").split(" is left out: ") for line in _warnings(result))
+        assert "final_test_bpd: 'abc', not a number" in named[abc.name], named
+        assert "config.yaml is gone" in named[gone.name], named
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"`{abc.name}`: summary.json holds final_test_bpd" in report and f"`{gone.name}`: its config" in report
+    assert snapshot(results / "runs") == before
+
+
+def test_unclear_a_deleted_results_study_yaml_is_not_read_as_declaring_no_claims(claimed_copy, tmp_path):
+    results = claimed_copy
+    (results / "study.yaml").unlink()
+    line = assert_one_line(cli("verdict", results), f"{results}/study.yaml is gone", "claims")
+    assert "declares no claims" not in line
+    report = cli("report", results, "--out", tmp_path / "report")
+    assert report.exit_code == 0 and any("study.yaml is gone" in w for w in _warnings(report)), report.output
+
+
+def test_wrong_a_claim_edited_outside_the_grid_in_the_results_study_yaml_is_refused(claimed_copy, tmp_path):
+    results = claimed_copy
+    study = yaml.safe_load((results / "study.yaml").read_text())
+    study["claims"][0]["order"] = ["conv1x1", "reverse"]
+    write_yaml(results / "study.yaml", study)
+    expected = (f"{results}/study.yaml", "claims.0.order: conv1x1 is not a value of model.permutation",
+                "allowed: reverse, shuffle")  # fmt: skip
+    assert_one_line(cli("verdict", results), *expected)
+    assert_one_line(cli("report", results, "--out", tmp_path / "report"), *expected)
+    assert not (tmp_path / "report").exists()
+
+
+def test_unclear_runs_of_two_specs_after_force_spec_are_said_to_be_mixed(study, tmp_path):
+    _, results, _ = study
+    other = write_yaml(tmp_path / "other.yaml", {"name": "tiny", "base": tiny(lr=2e-3), "seeds": [0]})
+    assert cli("run", other, "--results", results, "--force-spec", "--workers", "1").exit_code == 0
+    for args in (["status", results], ["verdict", results], ["report", results, "--out", tmp_path / "report"]):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert any("come from 2 different specs of the study (--force-spec)" in w for w in _warnings(result))
+
+
 # -- random corruption of every file of a finished run -------------------------------------------
 
 CORRUPTED = [

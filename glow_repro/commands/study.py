@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import user_errors, warn_about_results
 from glow_repro.rundir import RunDir, RunState
 
 
@@ -185,6 +185,10 @@ def run_command(
             f"look {decision.look} ({decision.seeds} seeds, alpha {decision.alpha:.3g}): "
             f"{decision.action}: {decision.reason}"
         )
+    if report.tables_dir is not None:
+        from glow_repro.study.tables import left_out_runs
+
+        warn_about_results(report.results_dir, left_out_runs(report.results_dir))
     if report.tables_dir is not None and report.spec.claims:
         from glow_repro.analysis.verdicts import write_verdicts
         from glow_repro.commands.verdict import echo_verdicts
@@ -254,6 +258,7 @@ def status_command(results_dir: Path) -> None:
     """Show every run of RESULTS_DIR: state, step, last test bpd and wall time, and where
     the long tables are once a `glow-repro run` has written them."""
     from glow_repro.study.runner import collect_status, tables_dir
+    from glow_repro.study.tables import left_out_runs
 
     runs = collect_status(results_dir)
     rows = [
@@ -278,3 +283,4 @@ def status_command(results_dir: Path) -> None:
             click.echo(f"  {r.state} {r.run_id}: {r.error.splitlines()[0][:300]}")
     if any(r.state is RunState.KILLED for r in runs):
         click.echo("  killed: status says running but no process holds the run; `glow-repro run` resumes it")
+    warn_about_results(results_dir, left_out_runs(results_dir))

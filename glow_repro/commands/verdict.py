@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import STUDY_GONE, UserError, user_errors, warn_about_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,4 +42,8 @@ def verdict_command(results_dir: Path) -> None:
     from glow_repro.analysis.verdicts import recorded_alpha, study_verdicts
     from glow_repro.study.tables import load_tables
 
-    echo_verdicts(study_verdicts(load_tables(results_dir), recorded_alpha(results_dir)))
+    tables = load_tables(results_dir)
+    if not (results_dir / "study.yaml").is_file():  # the claims to judge are in it
+        raise UserError(STUDY_GONE.format(results_dir=results_dir))
+    warn_about_results(results_dir, tables.left_out)
+    echo_verdicts(study_verdicts(tables, recorded_alpha(results_dir)))

@@ -231,8 +231,10 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec]) -
     with FileLock(results_dir / ".manifest.lock", timeout=60):
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
         manifest = read_manifest(results_dir) or {"runs": {}}
+        earlier = manifest.get("specs") or ([manifest["spec_hash"]] if "spec_hash" in manifest else [])
         manifest["study"] = spec.name
         manifest["spec_hash"] = spec_hash(spec)
+        manifest["specs"] = list(dict.fromkeys([*earlier, manifest["spec_hash"]]))  # more than one: --force-spec
         for run in runs:
             manifest["runs"][run.run_id] = {"variant": run.variant, "seed": run.seed, "overrides": run.overrides}
         atomic_write_json(results_dir / MANIFEST, manifest)

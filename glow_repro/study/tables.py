@@ -37,11 +37,13 @@ from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     RunDir,
     RunState,
+    UnreadableFileError,
     atomic_write_bytes,
     atomic_write_text,
     read_json,
 )
 from glow_repro.study.labels import format_value, table_cell, variant_name
+from glow_repro.study.spec import load_study
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
 NOT_SWEPT = ("seed", *EXECUTION_ONLY_KEYS)
@@ -70,6 +72,9 @@ class Tables:
     """Swept config keys, in grid order; each is a column of every table."""
     study: dict[str, Any] = field(default_factory=dict)
     """The parsed ``study.yaml`` (empty when the directory has none)."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Runs that started but that the tables leave out, or whose result they blank, each with
+    why (:func:`left_out_runs`); the commands print them as warnings."""
 
     @property
     def name(self) -> str:
@@ -86,6 +91,34 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = table_cell(value)
     return flat
+
+
+#: summary.json fields that must be numbers (or null) for a run's result to count.
+NUMERIC_SUMMARY = ("final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_time")
+
+
+def _why_left_out(run: RunDir) -> str | None:
+    """Why the tables leave out a run that has started (it wrote more than its lock), or blank
+    its result; None when they take it as it is."""
+    if not run.config.is_file():
+        started = any(not p.name.startswith(".lock") for p in run.path.iterdir())
+        return "its config.yaml is gone, so it is in no table (restore it from a backup)" if started else None
+    try:
+        summary = run.summary()
+    except UnreadableFileError as err:
+        return str(err)
+    for key in NUMERIC_SUMMARY:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"summary.json holds {key}: {value!r}, not a number, so its result is left out (train it again)"
+    return None
+
+
+def left_out_runs(results_dir: str | Path) -> dict[str, str]:
+    """Every run of ``results_dir`` that the tables leave out or whose result they blank, with why."""
+    runs = Path(results_dir) / "runs"
+    folders = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return {folder.name: why for folder in folders if (why := _why_left_out(RunDir(folder)))}
 
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
@@ -171,7 +204,11 @@ def _sort_columns(values: pd.Series, order: list[str]) -> list[pd.Series]:
 
 
 def _read_study(results_dir: Path) -> dict[str, Any]:
+    """The parsed ``study.yaml``, validated as a study file is (a claim edited to a value the
+    study does not sweep is a one-line error); ``{}`` without one."""
     study_file = results_dir / "study.yaml"
+    if study_file.is_file():
+        load_study(study_file)
     study = read_yaml(study_file) if study_file.is_file() else {}
     study = study if isinstance(study, dict) else {}
     study.setdefault("name", results_dir.name)
@@ -230,6 +267,8 @@ def _final_row(
     for key in SUMMARY_COLUMNS:
         row[key] = summary.get(key)
     row.update({k: v for k, v in summary.items() if k not in row and k != "state"})
+    if _why_left_out(run):  # a result that is not a number is no result
+        row.update(dict.fromkeys(NUMERIC_SUMMARY))
     if row["diverged"] is None:
         row["diverged"] = row["state"] == RunState.DIVERGED
     if row["wall_time"] is None and steps:
@@ -269,6 +308,7 @@ def load_tables(results_dir: str | Path) -> Tables:
         configs=configs,
         swept=swept,
         study=study,
+        left_out=left_out_runs(results_dir),
     )
 
 
