@@ -344,6 +344,14 @@ class RunDir:
         record = {**fields, "state": RunState(state), "updated": time.time()}
         atomic_write_json(self.status_file, record)
 
+    def observed_state(self) -> RunState:
+        """:meth:`state`, except that a ``running`` status whose lock nobody holds reads as
+        ``killed`` (its trainer died; ``glow-repro run`` resumes it)."""
+        state = self.state()
+        if state is RunState.RUNNING and not RunLock(self.path).held_elsewhere():
+            return RunState.KILLED
+        return state
+
     def is_finished(self) -> bool:
         return self.state().finished
 

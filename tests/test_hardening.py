@@ -592,6 +592,27 @@ def test_unclear_runs_left_out_are_named_with_why_by_status_verdict_compare_and_
     assert snapshot(results / "runs") == before
 
 
+def test_unclear_a_killed_run_reads_as_killed_not_running_in_the_report(claimed_copy, tmp_path):
+    results = claimed_copy
+    killed = RunDir(sorted((results / "runs").iterdir())[0])
+    killed.write_status("running", step=2)  # its trainer was SIGKILLed: nobody holds its lock
+    result = cli("report", results, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"1 run killed (`{killed.path.name}`)" in report and "still running" not in report
+
+
+def test_unclear_a_half_finished_study_names_what_it_sweeps(claimed_copy, tmp_path):
+    """Only one permutation has runs yet: its variant is still named by the swept key."""
+    results = claimed_copy
+    for run in (results / "runs").glob("shuffle-*"):
+        shutil.rmtree(run)
+    result = cli("report", results, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "1 variant (swept: `model.permutation`)" in report and "swept: nothing" not in report
+
+
 def test_unclear_a_deleted_results_study_yaml_is_not_read_as_declaring_no_claims(claimed_copy, tmp_path):
     results = claimed_copy
     (results / "study.yaml").unlink()

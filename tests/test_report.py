@@ -15,6 +15,7 @@ from PIL import Image
 
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
+from glow_repro.rundir import RunLock
 from tests.test_tables import make_fake_study
 
 SECTIONS = ("verdicts", "summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
@@ -310,6 +311,7 @@ def test_a_report_with_every_run_finished_says_none_is_left_out(tmp_path: Path) 
 
 def test_report_before_any_run_finished(tmp_path: Path) -> None:
     results = _study_of(tmp_path, (12, 16), (0, 1))
+    locks = []
     for run in (results / "runs").iterdir():
         (run / "summary.json").unlink()
         if run.name.startswith("width12"):  # never started: only its config is there
@@ -317,8 +319,12 @@ def test_report_before_any_run_finished(tmp_path: Path) -> None:
                 (run / log).unlink()
         else:
             _rewrite(run / "status.json", state="running")
+            locks.append(RunLock(run))  # its trainer holds it (else the run reads as killed)
+            assert locks[-1].acquire()
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["report", str(results), "--out", str(out)])
+    for lock in locks:
+        lock.release()
     assert result.exit_code == 0, result.output
     check_report(out)
     markdown = (out / "report.md").read_text()

@@ -39,7 +39,6 @@ from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     JsonlLog,
     RunDir,
-    RunLock,
     RunState,
     UnreadableFileError,
     atomic_write_json,
@@ -145,14 +144,6 @@ class StudyReport:
         return [p for p in self.plan if self.final_state(p) == state]
 
 
-def run_state(run_dir: Path) -> RunState:
-    """The run's state; a ``running`` status whose lock nobody holds reads as ``killed``."""
-    state = RunDir(run_dir).state()
-    if state is RunState.RUNNING and not RunLock(run_dir).held_elsewhere():
-        return RunState.KILLED
-    return state
-
-
 def select_runs(runs: list[RunSpec], only: Sequence[str], source: str) -> list[RunSpec]:
     """Runs matching every ``--only key=value`` (several values for one key: any of them).
     A key is ``seed``, a full config path, or the last part of a swept key."""
@@ -220,7 +211,7 @@ def plan_study(
     plan = []
     for run in runs:
         run_dir = results_dir / "runs" / run.run_id
-        state = run_state(run_dir)
+        state = RunDir(run_dir).observed_state()
         plan.append(PlannedRun(run, run_dir, state, state.action(retry_failed)))
     return plan
 
@@ -415,7 +406,7 @@ def _number(value: Any) -> float | None:
 def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
     """One row of ``status``; a run whose records cannot be read is ``unreadable``, with why."""
     run_dir = RunDir(path)
-    status, state = run_dir.status(), run_state(path)
+    status, state = run_dir.status(), run_dir.observed_state()
     try:
         summary = run_dir.summary()
         evals = [row for row in run_dir.evals.read() if _number(row.get("test_bpd")) is not None]

@@ -10,8 +10,9 @@
 ``events``  one row per stability event (``events.jsonl``)
 
 Every table starts with ``run_id``, ``variant``, ``seed`` and one column per *swept* setting:
-the flattened config keys (``model.permutation``) whose values differ across runs, except the
-seed and execution-only keys (:data:`NOT_SWEPT`). ``variant`` names those values
+the flattened config keys (``model.permutation``) whose values differ across runs or that the
+study's grid or variants set (so a half-finished study names its variants as the finished one
+will), except the seed and execution-only keys (:data:`NOT_SWEPT`). ``variant`` names those values
 (``permutation=conv1x1, coupling=affine``) by :func:`glow_repro.study.labels.variant_name`, the
 rule ``glow-repro status`` shows too: a run of a labelled variant of the study is named by its
 label instead of the settings the label stands for (``wide, coupling=affine``). Rows are ordered by the study's grid order (from
@@ -223,6 +224,8 @@ def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataF
     orders = _grid_orders(study)
     grid_keys = list(orders)
     swept = [k for k in varying_keys(configs) if k not in NOT_SWEPT]
+    # a half-finished study: a key it sweeps may have runs of one value only so far
+    swept += [k for k in grid_keys if k in configs and k not in swept and k not in NOT_SWEPT]
     swept.sort(key=lambda k: (grid_keys.index(k) if k in grid_keys else len(grid_keys), k))
     configs["variant"] = _variant_names(configs, swept, study)
     keys = [c for k in swept for c in _sort_columns(configs[k], orders.get(k, []))]
@@ -251,7 +254,7 @@ def _status(run: RunDir) -> dict[str, Any]:
     status = run.status()
     if status["state"] == RunState.UNREADABLE:
         return {**status, "error": f"{run.status_file.name} could not be read"}
-    return status
+    return {**status, "state": run.observed_state()}
 
 
 def _final_row(
