@@ -289,8 +289,11 @@ def test_report_names_the_runs_it_leaves_out_and_why(tmp_path: Path) -> None:
     (results / "runs" / "con-aff-s0" / "status.json").write_text('{"state": "do')  # torn by hand
     (results / "runs" / "con-aff-s1" / "status.json").unlink()
     _rewrite(results / "runs" / "con-aff-s2" / "status.json", state="running")
+    trainer = RunLock(results / "runs" / "con-aff-s2")  # it runs: its trainer holds the lock
+    assert trainer.acquire()
     out = tmp_path / "report"
     build_report(results, out)
+    trainer.release()
     text = check_report(out)
     sentence = ("Left out of these statistics: 1 run diverged (`rev-aff-s1`); 1 run still running (`con-aff-s2`); "
                 "1 run failed with an error (`rev-add-s2`); 1 run not started (`con-aff-s1`); "
