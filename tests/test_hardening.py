@@ -579,6 +579,8 @@ def test_unclear_runs_left_out_are_named_with_why_by_status_verdict_compare_and_
     summary = json.loads((abc / "summary.json").read_text())
     (abc / "summary.json").write_text(json.dumps({**summary, "final_test_bpd": "abc"}))
     (gone / "config.yaml").unlink()
+    (results / "runs" / "never-s9").mkdir()
+    RunDir(results / "runs" / "never-s9").write_status("failed", error="no data")  # failed before its config
     before = snapshot(results / "runs")
     for args in (["status"], ["verdict"], ["compare"], ["report", "--out", tmp_path / "report"]):
         result = cli(*args[:1], results, *args[1:])

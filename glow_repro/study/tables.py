@@ -99,11 +99,11 @@ NUMERIC_SUMMARY = ("final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_
 
 
 def _why_left_out(run: RunDir) -> str | None:
-    """Why the tables leave out a run that has started (it wrote more than its lock), or blank
-    its result; None when they take it as it is."""
+    """Why the tables leave out a run that trained (it has logs, a checkpoint or a summary), or
+    blank its result; None when they take it as it is."""
     if not run.config.is_file():
-        started = any(not p.name.startswith(".lock") for p in run.path.iterdir())
-        return "its config.yaml is gone, so it is in no table (restore it from a backup)" if started else None
+        trained = any(path.exists() for path in (run.metrics.path, run.evals.path, run.checkpoint, run.summary_file))
+        return "its config.yaml is gone, so it is in no table (restore it from a backup)" if trained else None
     try:
         summary = run.summary()
     except UnreadableFileError as err:
