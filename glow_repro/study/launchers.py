@@ -339,12 +339,13 @@ def launch_local(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOpti
     """Up to ``options.workers`` worker processes at once, one per run; a dead worker fails its
     run, not the study. Signals as in the module docstring."""
     threads = local_threads(options.workers)
-    queue = deque(
-        task if task.config.train.threads else dataclasses.replace(task, threads=threads) for task in deal_gpus(tasks)
-    )
     context = multiprocessing.get_context("spawn")
     workers: dict[Connection, _Worker] = {}
-    with _ParentSignals() as signals:
+    with _ParentSignals() as signals:  # from here: deal_gpus imports torch, which takes a while
+        queue = deque(
+            task if task.config.train.threads else dataclasses.replace(task, threads=threads)
+            for task in deal_gpus(tasks)
+        )
         while workers or (queue and not signals.count):
             while queue and not signals.count and len(workers) < options.workers:
                 worker = _start_worker(context, queue.popleft(), signals)
