@@ -57,6 +57,11 @@ def parse_attribute(attribute: str, names: tuple[str, ...], dataset: str, per_im
             f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
             f"two classes as A{VS}B; its classes are {listed_classes(names)}"
         )
+    if vs and indices[0] == indices[1]:
+        raise UserFacingError(
+            f"attribute {attribute!r} of {dataset}: both sides are class {indices[0]} {names[indices[0]]}; "
+            f"name two different classes as A{VS}B"
+        )
     return Attribute(indices[0], indices[1] if vs else None, False)  # type: ignore[arg-type]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,6 +20,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -46,6 +49,20 @@ MAX_LEVELS = 10
 MAX_IMAGE_SIZE = 4096
 MAX_BATCH = 65536
 MAX_IMAGES = 10_000_000
+#: The paper's longest runs are a few million steps (CIFAR-10: thousands of epochs at batch 64).
+MAX_STEPS = 100_000_000
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field holds numbers only: ``int``, ``float`` or a ``Literal`` of numbers, or None."""
+    options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    numeric = [
+        option in (int, float)
+        or (get_origin(option) is Literal and not any(isinstance(v, (bool, str)) for v in get_args(option)))
+        for option in options
+        if option is not type(None)
+    ]
+    return bool(numeric) and all(numeric)
 
 
 def _true_or_false(value: Any) -> Any:
@@ -65,9 +82,17 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    """Unknown keys, infinities and NaN are refused in every section."""
+    """Unknown keys, infinities and NaN are refused in every section, and so is true or false
+    for a number (which pydantic would read as 1 or 0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class DataConfig(_Section):
@@ -121,7 +146,7 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(0, ge=0)
     warmup_epochs: float | None = Field(None, gt=0, description="warmup in epochs; replaces warmup_steps")
-    steps: int | None = Field(1000, ge=1, description="budget in optimisation steps")
+    steps: int | None = Field(1000, ge=1, le=MAX_STEPS, description="budget in optimisation steps")
     epochs: float | None = Field(None, gt=0, description="budget in passes over the training set; replaces steps")
     batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None disables")
@@ -175,11 +200,15 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
-        if (self.steps is None) == (self.epochs is None):
+        if self.steps is None and self.epochs is None:
+            raise ValueError("no budget: give train.steps or train.epochs (both are null)")
+        if self.steps is not None and self.epochs is not None:
             raise ValueError("give the budget as train.steps or as train.epochs, not both (set the other to null)")
         if self.warmup_epochs is not None and self.warmup_steps:
             raise ValueError("give the warmup as train.warmup_steps or as train.warmup_epochs, not both")
-        if (self.eval_every is None) == (self.eval_every_epochs is None):
+        if self.eval_every is None and self.eval_every_epochs is None:
+            raise ValueError("no evaluation cadence: give train.eval_every or train.eval_every_epochs (both are null)")
+        if self.eval_every is not None and self.eval_every_epochs is not None:
             raise ValueError(
                 "give the evaluation cadence as train.eval_every or as train.eval_every_epochs, "
                 "not both (set the other to null)"

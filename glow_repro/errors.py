@@ -11,3 +11,8 @@ class DataUnavailableError(UserFacingError):
 
 class ResultsDirError(UserFacingError):
     """The path given is not a results directory written by ``glow-repro run``."""
+
+
+class UserFacingWarning(RuntimeWarning):
+    """Something a user should know that does not stop the command (a repair made, a view of the
+    logs turned off); the CLI prints it as one ``warning:`` line."""

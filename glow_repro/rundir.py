@@ -32,6 +32,7 @@ are not UTF-8, a decode error, a value of the wrong shape or a foreign file beco
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 import socket
@@ -343,6 +344,14 @@ class RunDir:
         record = {**fields, "state": RunState(state), "updated": time.time()}
         atomic_write_json(self.status_file, record)
 
+    def observed_state(self) -> RunState:
+        """:meth:`state`, except that a ``running`` status whose lock nobody holds reads as
+        ``killed`` (its trainer died; ``glow-repro run`` resumes it)."""
+        state = self.state()
+        if state is RunState.RUNNING and not RunLock(self.path).held_elsewhere():
+            return RunState.KILLED
+        return state
+
     def is_finished(self) -> bool:
         return self.state().finished
 
@@ -423,10 +432,17 @@ class RunLock:
         return f"pid {owner['pid']} on {owner.get('host', 'an unknown host')}"
 
     def held_elsewhere(self) -> bool:
-        """True while another process (or another lock object here) holds this run's lock."""
-        if not (self.run_dir / LOCK_NAME).exists():
+        """True while another process (or another lock object here) holds this run's lock.
+        It only looks: the lock file is opened read-only, so that a read-only results
+        directory can be read (``flock`` needs no write access, and conflicts as filelock's)."""
+        try:
+            fd = os.open(self.run_dir / LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:
             return False
-        if self._try():
-            self._lock.release()
-            return False
-        return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # which lets go of the flock taken here
+        return False

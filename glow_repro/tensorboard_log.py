@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glow_repro.errors import UserFacingError
+from glow_repro.errors import UserFacingError, UserFacingWarning
 
 #: Log name -> {row key: TensorBoard tag}.
 SCALARS = {
@@ -54,10 +55,14 @@ class TensorBoardMirror:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
+        def open_writer() -> None:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory):  # unwritable: say so here, not in the writer's thread
+                pass
+            self.writer = SummaryWriter(log_dir=str(directory))
+
         self.writer: Any = None
-        self._guard(
-            "open its event file", lambda: setattr(self, "writer", SummaryWriter(log_dir=str(directory))), opening=True
-        )
+        self._guard("open its event file", open_writer, opening=True)
 
     def _guard(self, action: str, write: Any, opening: bool = False) -> None:
         if self.writer is None and not opening:
@@ -68,7 +73,7 @@ class TensorBoardMirror:
             warnings.warn(
                 f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
                 "the run goes on without TensorBoard logging",
-                RuntimeWarning,
+                UserFacingWarning,
                 stacklevel=3,
             )
             self.close()

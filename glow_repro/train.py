@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from glow_repro.config import (
 from glow_repro.data import ImageData, load_split
 from glow_repro.distributed import DistContext, from_environment, shutdown
 from glow_repro.engine import Engine, numerics
-from glow_repro.errors import UserFacingError
+from glow_repro.errors import UserFacingError, UserFacingWarning
 from glow_repro.evaluation import bpd_sum, class_sums
 from glow_repro.objective import preprocess
 from glow_repro.rundir import (
@@ -198,7 +199,10 @@ class _Run:
         return torn
 
     def record_repairs(self, repairs: list[str]) -> None:
-        """One ``repair`` event per repair made on resume, at the step training goes on from."""
+        """One ``repair`` event per repair made on resume, at the step training goes on from,
+        and a warning for each."""
+        for detail in repairs:
+            warnings.warn(f"{self.run.path}: {detail} (recorded as a repair event)", UserFacingWarning, stacklevel=2)
         self.write(
             self.run.events, [{**self.monitor.event(self.step, "repair", None), "detail": detail} for detail in repairs]
         )
@@ -324,7 +328,8 @@ class _Run:
 
 #: What to do about a checkpoint that cannot be used.
 CHECKPOINT_REMEDY = (
-    "restore it from a backup, or train into another --out directory (the run's logs stay here as they are)"
+    "restore it from a backup, or move the run directory away and train the run again from the start "
+    "(a study's `glow-repro run` then trains it in a new one)"
 )
 
 
@@ -443,6 +448,11 @@ def train(config: RunConfig, run_dir: str | Path, *, threads: int | None = None,
     _check_same_run(run, config)
     dist = from_environment(device.type)
     device = dist.device(device.type)
+    if config.train.batch_size > len(train_data.images):
+        raise UserFacingError(
+            f"train.batch_size={config.train.batch_size} is more than the {len(train_data.images)} training "
+            f"images of {config.data.dataset}; lower train.batch_size or give it more images"
+        )
     if config.train.batch_size % dist.world_size:
         raise UserFacingError(
             f"train.batch_size={config.train.batch_size} is not divisible by "

@@ -143,10 +143,16 @@ def test_command_writes_the_figure_and_its_record(run_dir, tmp_path):
     "args, expected",
     [
         (["--attribute", "zigzag"], "unknown attribute 'zigzag' of synthetic"),
-        (["--attribute", "blob", "--alphas", "1,x"], "--alphas: expected numbers"),
+        (["--attribute", "blob", "--alphas", "1,x"], "--alphas: expected finite numbers"),
+        (["--attribute", "blob", "--alphas", "inf,nan"], "--alphas: expected finite numbers"),
+        (["--attribute", "blob", "--alphas", "-1,1e999"], "--alphas: expected finite numbers"),
+        (["--attribute", "stripes-vs-1"], "both sides are class 1 stripes; name two different classes"),
     ],
 )
 def test_command_mistakes_are_one_line(run_dir, tmp_path, args, expected):
-    result = CliRunner().invoke(main, ["manipulate", str(run_dir), "--out", str(tmp_path), *args])
-    assert result.exit_code == 2 and expected in result.output
-    assert "0 blob, 1 stripes" in result.output or "alphas" in expected
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["manipulate", str(run_dir), "--out", str(out), *args])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ")
+    assert "0 blob, 1 stripes" in result.output or "alphas" in expected or "both sides" in expected
+    assert not out.exists()

@@ -16,6 +16,7 @@ from PIL import Image
 from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
+from glow_repro.rundir import RunLock
 from tests.test_tables import make_fake_study
 
 SECTIONS = ("verdicts", "summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
@@ -307,8 +308,11 @@ def test_report_names_the_runs_it_leaves_out_and_why(tmp_path: Path) -> None:
     (results / "runs" / "con-aff-s0" / "status.json").write_text('{"state": "do')  # torn by hand
     (results / "runs" / "con-aff-s1" / "status.json").unlink()
     _rewrite(results / "runs" / "con-aff-s2" / "status.json", state="running")
+    trainer = RunLock(results / "runs" / "con-aff-s2")  # it runs: its trainer holds the lock
+    assert trainer.acquire()
     out = tmp_path / "report"
     build_report(results, out)
+    trainer.release()
     text = check_report(out)
     sentence = ("Left out of these statistics: 1 run diverged (`rev-aff-s1`); 1 run still running (`con-aff-s2`); "
                 "1 run failed with an error (`rev-add-s2`); 1 run not started (`con-aff-s1`); "
@@ -329,6 +333,7 @@ def test_a_report_with_every_run_finished_says_none_is_left_out(tmp_path: Path) 
 
 def test_report_before_any_run_finished(tmp_path: Path) -> None:
     results = _study_of(tmp_path, (12, 16), (0, 1))
+    locks = []
     for run in (results / "runs").iterdir():
         (run / "summary.json").unlink()
         if run.name.startswith("width12"):  # never started: only its config is there
@@ -336,8 +341,12 @@ def test_report_before_any_run_finished(tmp_path: Path) -> None:
                 (run / log).unlink()
         else:
             _rewrite(run / "status.json", state="running")
+            locks.append(RunLock(run))  # its trainer holds it (else the run reads as killed)
+            assert locks[-1].acquire()
     out = tmp_path / "report"
     result = CliRunner().invoke(main, ["report", str(results), "--out", str(out)])
+    for lock in locks:
+        lock.release()
     assert result.exit_code == 0, result.output
     check_report(out)
     markdown = (out / "report.md").read_text()

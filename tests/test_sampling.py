@@ -118,10 +118,19 @@ def test_samples_are_reproducible_and_grids_have_the_expected_size(runs, tmp_pat
     assert len(pairs) == 2 and len({i for pair in pairs for i in pair}) == 4
 
 
-def test_default_output_folder_is_the_runs_samples_folder(runs, tmp_path):
+def test_default_output_folder_is_the_runs_samples_folder_unless_the_grids_would_change(runs, tmp_path):
+    """Training's own grids (described by its samples.json) are rewritten only as they were;
+    ``--seed 5 -n 2`` or ``-t 0.5`` goes to ``samples/custom``."""
     run = shutil.copytree(runs / "plain", tmp_path / "run")
-    assert cli(run, "-t", 0.5).exit_code == 0
-    assert (run / "samples" / "samples_T0.5.png").is_file() and (run / "samples" / "interpolation.png").is_file()
+    trained = {p.name: p.read_bytes() for p in (run / "samples").iterdir()}
+    assert cli(run).exit_code == 0
+    assert (run / "samples" / "interpolation.png").is_file() and (run / "samples" / "sample.json").is_file()
+    for args in (["--seed", 5, "-n", 2], ["-t", 0.5]):
+        result = cli(run, *args)
+        assert result.exit_code == 0 and f"to {run / 'samples' / 'custom'}" in result.output, result.output
+        assert {name: (run / "samples" / name).read_bytes() for name in trained} == trained
+    assert json.loads((run / "samples" / "custom" / "sample.json").read_text())["temperatures"] == [0.5]
+    assert (run / "samples" / "custom" / "samples_T0.5.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -220,12 +220,14 @@ def _states(finals: pd.DataFrame) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in _state_order(finals))
 
 
-def left_out_sentence(finals: pd.DataFrame, shown: int = 5) -> str:
-    """Which runs the statistics over finished runs leave out, and why (their state)."""
-    left = finals[finals["state"] != RunState.DONE]
-    if left.empty:
+def left_out_sentence(finals: pd.DataFrame, shown: int = 5, named: dict[str, str] | None = None) -> str:
+    """Which runs the statistics over finished runs leave out, and why (their state, or what
+    the tables found wrong with them: ``named``, ``Tables.left_out``)."""
+    named = named or {}
+    left = finals[(finals["state"] != RunState.DONE) & ~finals["run_id"].isin(named)]
+    if left.empty and not named:
         return "No run is left out: every run finished."
-    parts = []
+    parts = [f"run `{run_id}`: {why}" for run_id, why in named.items()]
     for state in _state_order(left):
         runs = left[left["state"] == state]
         ids = ", ".join(f"`{run_id}`" for run_id in runs["run_id"].head(shown))
@@ -753,7 +755,7 @@ def report_sections(
                     [
                         "Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
                         "are excluded here and counted under Stability.",
-                        left_out_sentence(a.tables.finals),
+                        left_out_sentence(a.tables.finals, named=a.tables.left_out),
                     ],
                     "note",
                 ),

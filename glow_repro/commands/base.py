@@ -72,3 +72,34 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def warn_about_results(results_dir: Path, left_out: dict[str, str]) -> None:
+    """A ``warning:`` line for each thing a reader of RESULTS_DIR's tables must know: a
+    ``study.yaml`` that is gone, runs of several specs of the study (``--force-spec``), and each
+    run the tables leave out, with why (glow_repro.study.tables.left_out_runs)."""
+    from glow_repro.rundir import UnreadableFileError
+    from glow_repro.study.runner import read_manifest
+
+    if not (results_dir / "study.yaml").is_file():
+        click.echo(f"warning: {STUDY_GONE.format(results_dir=results_dir)}", err=True)
+    try:
+        specs = (read_manifest(results_dir) or {}).get("specs", [])
+    except UnreadableFileError as err:  # status and run refuse it with the remedy
+        specs = []
+        click.echo(f"warning: {err}", err=True)
+    if len(specs) > 1:
+        click.echo(
+            f"warning: the runs of {results_dir} come from {len(specs)} different specs of the study "
+            "(--force-spec): two variants may differ in more than their swept settings",
+            err=True,
+        )
+    for run_id, why in left_out.items():
+        click.echo(f"warning: run {run_id} is left out: {why}", err=True)
+
+
+#: What a results directory without its ``study.yaml`` cannot tell (the runner writes it).
+STUDY_GONE = (
+    "{results_dir}/study.yaml is gone, so the study's claims and grid order are unknown here; "
+    "`glow-repro run STUDY.yaml --results {results_dir}` writes it again (finished runs are skipped)"
+)

@@ -3,6 +3,7 @@ direction in latent space (Glow, section 5.3)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -14,11 +15,12 @@ def _alphas(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     if value is None:
         return None
     try:
-        return tuple(float(part) for part in value.split(","))
+        alphas = tuple(float(part) for part in value.split(","))
     except ValueError:
-        raise UserError(
-            f"--alphas: expected numbers separated by commas, e.g. -1,-0.5,0,0.5,1 (got {value!r})"
-        ) from None
+        alphas = ()
+    if not alphas or not all(math.isfinite(alpha) for alpha in alphas):
+        raise UserError(f"--alphas: expected finite numbers separated by commas, e.g. -1,-0.5,0,0.5,1 (got {value!r})")
+    return alphas
 
 
 @click.command("manipulate")

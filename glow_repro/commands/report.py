@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import user_errors, warn_about_results
 
 
 @click.command("report")
@@ -21,8 +21,10 @@ def report_command(results_dir: Path, out_dir: Path | None) -> None:
     RESULTS_DIR is the folder `glow-repro run` wrote, e.g. results/permutation_ablation.
     """
     from glow_repro.analysis.report import build_report
+    from glow_repro.study.tables import left_out_runs
 
     path = build_report(results_dir, out_dir)
+    warn_about_results(results_dir, left_out_runs(results_dir))
     click.echo(f"wrote {path} and {path.with_suffix('.md')} (figures/, tables/ beside them)")
 
 
@@ -42,6 +44,7 @@ def compare_command(results_dir: Path, show_all: bool) -> None:
     from glow_repro.study.tables import load_tables
 
     tables = load_tables(results_dir)
+    warn_about_results(results_dir, tables.left_out)
     rows = compare(tables.finals, tables.configs)
     shown = rows if show_all else rows[rows["comparable"]]
     hidden = len(rows) - len(shown)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import device_option, out_dir_option, user_errors
+from glow_repro.commands.base import device_option, user_errors
 
 
 @click.command("sample")
@@ -34,7 +34,13 @@ from glow_repro.commands.base import device_option, out_dir_option, user_errors
     help="a class of a class-conditional run, by index or name (7, Sneaker), repeatable; each gets "
     "samples_T<t>_class<k>_<name>.png at each temperature",
 )
-@out_dir_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output folder [default: RUN_DIR/samples, or RUN_DIR/samples/custom when --seed, -n or -t would "
+    "change the grids training wrote there]",
+)
 @click.option("--seed", type=click.IntRange(min=0), help="sampling and pair-drawing seed [default: the run's seed]")
 @click.option(
     "--interpolations",
@@ -76,7 +82,11 @@ def sample_command(
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     labels = resolve_classes(classes, config, model)
+    train = config.train
+    asked = (config.seed if seed is None else seed, n or train.n_samples, temperatures or train.sample_temperatures)
     out = out_dir or RunDir(run_dir).samples
+    if out_dir is None and asked != (config.seed, train.n_samples, train.sample_temperatures):
+        out = out / "custom"  # keep the grids training wrote, which its samples.json describes
     about = {"run_dir": str(run_dir), "run_status": RunDir(run_dir).status()}
     record = write_samples(
         model,

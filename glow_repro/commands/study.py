@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors
-from glow_repro.rundir import RunState
+from glow_repro.commands.base import user_errors, warn_about_results
+from glow_repro.rundir import RunDir, RunState
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -142,7 +142,8 @@ def run_command(
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
     tables/verdicts.* (docs/verdicts.md).
-    Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
+    Exit status: 0 all selected runs finished, 1 some failed or have an unreadable status,
+    130 interrupted (Ctrl-C or SIGTERM).
     """
     from glow_repro.analysis.sequential import SeedJudge
     from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
@@ -188,6 +189,10 @@ def run_command(
             f"p <= {decision.threshold:.3g}, alpha spent {decision.alpha_spent:.3g} of {decision.alpha:g}): "
             f"{decision.action}: {decision.reason}"
         )
+    if report.tables_dir is not None:
+        from glow_repro.study.tables import left_out_runs
+
+        warn_about_results(report.results_dir, left_out_runs(report.results_dir))
     if report.tables_dir is not None and report.spec.claims:
         from glow_repro.analysis.sequential import write_verdicts
         from glow_repro.commands.verdict import echo_verdicts
@@ -207,7 +212,15 @@ def run_command(
             error = report.outcomes.get(planned.run.run_id)
             reason = (error.error if error and error.error else "failed earlier").splitlines()[0]
             click.echo(f"  failed: {planned.run.run_id}: {reason}", err=True)
-        click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again", err=True)
+        click.echo(
+            "details in runs/<id>/status.json; once what an error names is fixed, "
+            "rerun with --retry-failed to train them again",
+            err=True,
+        )
+    unreadable = report.runs_in(RunState.UNREADABLE)
+    for planned in unreadable:  # not trained: that could overwrite a finished run
+        click.echo(f"  unreadable: {planned.run.run_id}: {RunDir(planned.run_dir).status()['error']}", err=True)
+    if failed or unreadable:
         click.get_current_context().exit(1)
 
 
@@ -249,6 +262,7 @@ def status_command(results_dir: Path) -> None:
     """Show every run of RESULTS_DIR: state, step, last test bpd and wall time, and where
     the long tables are once a `glow-repro run` has written them."""
     from glow_repro.study.runner import collect_status, tables_dir
+    from glow_repro.study.tables import left_out_runs
 
     runs = collect_status(results_dir)
     rows = [
@@ -273,3 +287,4 @@ def status_command(results_dir: Path) -> None:
             click.echo(f"  {r.state} {r.run_id}: {r.error.splitlines()[0][:300]}")
     if any(r.state is RunState.KILLED for r in runs):
         click.echo("  killed: status says running but no process holds the run; `glow-repro run` resumes it")
+    warn_about_results(results_dir, left_out_runs(results_dir))

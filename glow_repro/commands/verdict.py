@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import STUDY_GONE, UserError, user_errors, warn_about_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,5 +43,10 @@ def verdict_command(results_dir: Path) -> None:
     p against the look's threshold, the minimum detectable effect and the seeds a fixed design
     would need at the claim's smallest effect of interest (docs/verdicts.md)."""
     from glow_repro.analysis.sequential import results_verdicts
+    from glow_repro.study.tables import load_tables
 
-    echo_verdicts(results_verdicts(results_dir).table)
+    tables = load_tables(results_dir)
+    if not (results_dir / "study.yaml").is_file():  # the claims to judge are in it
+        raise UserError(STUDY_GONE.format(results_dir=results_dir))
+    warn_about_results(results_dir, tables.left_out)
+    echo_verdicts(results_verdicts(results_dir, tables).table)

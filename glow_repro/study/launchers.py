@@ -1,7 +1,7 @@
 """Launchers: how a study's runs get trained.
 
 - ``inprocess``: one run after another in this process (tests, debugging).
-- ``local``: a ``ProcessPoolExecutor`` (spawn) of N workers, the CPU threads split among them.
+- ``local``: up to N worker processes at once, one per run, the CPU threads split among them.
 - ``slurm``: a submitit array job; ``submitit-local`` / ``submitit-debug`` run the same code
   path through submitit's local and debug executors (tests, machines without SLURM). With
   ``processes_per_run`` > 1 each job's tasks train their run together with DDP.
@@ -10,33 +10,41 @@ Every launcher calls :func:`execute_run` for each task, which takes the run's lo
 ``train`` and turns whatever happens into an :class:`Outcome`; one failing run never stops
 the others. The parent shows one overall progress bar (:class:`Tracker`).
 
-Each pool worker trains one run and exits (``max_tasks_per_child=1``): every run gets a
-fresh process (its own thread count, memory given back), and a worker never outlives the
-run it was given. Ctrl-C (SIGINT) reaches the workers at any moment of their life: before
-``train`` starts (while torch is imported) the run is cancelled untouched; inside it, ``train``
-checkpoints, writes ``interrupted`` and raises. The parent sets a shared stop event so that no
-worker starts another run, waits for them, and reports which runs were interrupted; a second
-Ctrl-C kills the workers at once and marks their runs ``interrupted`` (each resumes from its
-last checkpoint). SIGTERM, and the parent's death (Linux ``PR_SET_PDEATHSIG``), make a worker
-checkpoint its run and exit.
+Each local worker is a fresh process (spawn) that trains one run and exits: every run gets
+its own thread count, memory is given back, and a worker never outlives the run it was given.
+The parent starts and reaps the workers itself, one pipe each, with no executor thread to
+hang. Signals (SIGINT from the terminal's Ctrl-C reaches every process of the group; SIGTERM):
+
+- a worker starts with both ignored, installs its own handlers and then says it is ready; a
+  signal before ``train`` starts cancels the run untouched; inside it, ``train`` checkpoints
+  and writes ``interrupted``, and the worker sends that outcome; any later signal is noted and nothing raised, so a worker
+  always exits quietly with status 0. SIGTERM from the parent's death (Linux
+  ``PR_SET_PDEATHSIG``) does the same.
+- the parent turns both into a count checked between waits, never an exception. The first
+  starts no further run, passes SIGINT on to every ready worker (and to one that gets ready
+  later) and waits for their outcomes; a second kills the workers at once and marks their runs
+  ``interrupted`` (each resumes from its last checkpoint). Once interrupted, the parent keeps
+  ignoring both signals: it is on its way out, and a late Ctrl-C must not leave it half-done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,35 +97,45 @@ class LaunchOptions:
 
 
 class _WorkerState:
-    stop: Any = None  # the pool's shared stop event (None outside a pool)
     signalled = False  # a signal arrived: start no run, raise at most once
-    training = False  # inside train(): a signal raises KeyboardInterrupt there
+    training = False  # inside train(): the first signal raises KeyboardInterrupt there
 
 
 _worker = _WorkerState()
 
+#: What a worker sends once its signal handlers are in, before its outcome.
+READY = "ready"
+#: Seconds a worker has to exit after sending its outcome before it is killed.
+EXIT_TIMEOUT = 30.0
+
 
 def _on_signal(signum: int, frame: Any) -> None:
-    """Pool workers: the first signal during a run interrupts it (``train`` installs its own,
-    gentler handler around its step loop); an idle worker ignores SIGINT, exits on SIGTERM."""
+    """A local worker's SIGINT and SIGTERM: the first one during a run interrupts it (``train``
+    installs its own, gentler handler around its step loop); any other is only noted."""
     first = not _worker.signalled
     _worker.signalled = True
-    if _worker.training:
-        if first:
-            raise KeyboardInterrupt
-    elif signum == signal.SIGTERM:
-        raise SystemExit(128 + signum)
+    if _worker.training and first:
+        raise KeyboardInterrupt
 
 
-def _worker_init(parent_pid: int, stop: Any) -> None:
-    """Pool worker setup: signal handlers, the stop event, and dying with the parent."""
-    _worker.stop = stop
+def _worker_main(task: RunTask, conn: Connection, parent_pid: int) -> None:
+    """A local worker's life: its signal handlers, dying with the parent, ``ready``, one run and
+    its outcome. Signals were ignored from its start until here (:func:`_start_worker`)."""
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        raise SystemExit(1)
+        return
+    try:
+        conn.send(READY)
+        outcome = execute_run(task)
+        try:
+            conn.send(outcome)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:  # a summary that cannot go back
+            conn.send(Outcome(task.run_id, RunState.FAILED, error=f"{type(err).__name__}: {err}"))
+    except OSError:  # the parent is gone; the run's own files say what happened
+        pass
 
 
 def _default_train() -> TrainFn:
@@ -138,7 +156,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
     In a data-parallel ``group`` (a multi-process SLURM job) only rank 0 takes the lock and
     writes a failed status; it decides for every rank whether the run is trained at all.
     """
-    if _worker.signalled or (_worker.stop is not None and _worker.stop.is_set()):
+    if _worker.signalled:
         return Outcome(task.run_id, RunState.CANCELLED)
     main = group is None or group.is_main
     lock = RunLock(task.run_dir)
@@ -158,6 +176,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
     if stop:
         return early or Outcome(task.run_id, RunState.ELSEWHERE)
     started = False
+    recorded = run_dir.status()  # to tell train's own `interrupted` from one it found
     try:
         _worker.training = True  # from here a signal interrupts, while torch is imported too
         try:
@@ -178,7 +197,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
         return Outcome(task.run_id, RunState.INTERRUPTED)
     except Exception as err:
         state = run_dir.state()
-        if state is RunState.INTERRUPTED:  # train turned a signal into its own error
+        if state is RunState.INTERRUPTED and run_dir.status() != recorded:  # train turned a signal into its own error
             return Outcome(task.run_id, RunState.INTERRUPTED)
         if state is not RunState.FAILED and main:
             _keep_status(
@@ -317,107 +336,162 @@ def local_threads(workers: int) -> int:
 
 
 def launch_local(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions) -> None:
-    """A process pool of ``options.workers``; a dead worker fails its run, not the study."""
+    """Up to ``options.workers`` worker processes at once, one per run; a dead worker fails its
+    run, not the study. Signals as in the module docstring."""
     threads = local_threads(options.workers)
-    remaining = [
-        task if task.config.train.threads else dataclasses.replace(task, threads=threads) for task in deal_gpus(tasks)
-    ]
-    while remaining and not tracker.interrupted:
-        remaining = _pool_round(remaining, tracker, options.workers)
+    context = multiprocessing.get_context("spawn")
+    workers: dict[Connection, _Worker] = {}
+    with _ParentSignals() as signals:  # from here: deal_gpus imports torch, which takes a while
+        queue = deque(
+            task if task.config.train.threads else dataclasses.replace(task, threads=threads)
+            for task in deal_gpus(tasks)
+        )
+        while workers or (queue and not signals.count):
+            while queue and not signals.count and len(workers) < options.workers:
+                worker = _start_worker(context, queue.popleft(), signals)
+                workers[worker.conn] = worker
+            answered = wait(list(workers), timeout=0.2)
+            if signals.count and not tracker.interrupted:
+                tracker.interrupted = True
+                tracker.write("interrupted: stopping workers, saving checkpoints ... (Ctrl-C again stops at once)")
+                for worker in workers.values():
+                    if worker.ready:
+                        worker.interrupt()
+            if signals.count > 1:
+                _stop_at_once(list(workers.values()), tracker)
+                return
+            for conn in answered:
+                worker = workers[conn]
+                message = _receive(conn)
+                if message == READY:
+                    worker.ready = True
+                    if tracker.interrupted:
+                        worker.interrupt()
+                    continue
+                del workers[conn]
+                outcome = worker.finish(sent=message)
+                tracker.record(outcome)
+                if outcome.state in (RunState.INTERRUPTED, RunState.CANCELLED):
+                    signals.count = max(signals.count, 1)  # a signal the parent missed while starting a worker
+        tracker.interrupted = tracker.interrupted or bool(signals.count)
 
 
-def _interrupt_children() -> None:
-    for child in multiprocessing.active_children():
-        if child.pid is not None:
+class _ParentSignals:
+    """The parent's SIGINT and SIGTERM during a local launch: counted, never raised. After an
+    interrupted launch they stay ignored (the module docstring says why)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: dict[int, Any] = {}
+
+    def _count(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def __enter__(self) -> _ParentSignals:
+        for sig in self.SIGNALS:
             try:
-                os.kill(child.pid, signal.SIGINT)
+                self.previous[sig] = signal.signal(sig, self._count)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, signal.SIG_IGN if self.count else old)
+
+    @contextlib.contextmanager
+    def ignored(self) -> Iterator[None]:
+        """Ignore both for a moment (:func:`_start_worker`)."""
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            for sig in self.previous:
+                signal.signal(sig, self._count)
+
+
+@dataclass
+class _Worker:
+    """One worker process as the parent sees it: its run, the pipe it answers on, whether its
+    signal handlers are in."""
+
+    task: RunTask
+    process: Any
+    conn: Connection
+    ready: bool = False
+
+    def interrupt(self) -> None:
+        if self.process.pid is not None:
+            try:
+                os.kill(self.process.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
-
-def _pool_round(tasks: list[RunTask], tracker: Tracker, workers: int) -> list[RunTask]:
-    """Run ``tasks`` in a fresh pool; return those to run again after a worker died."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)),
-        mp_context=context,
-        initializer=_worker_init,
-        initargs=(os.getpid(), stop),
-        max_tasks_per_child=1,
-    )
-    futures = {pool.submit(execute_run, task): task for task in tasks}
-    before = len(tracker.outcomes)
-    try:
-        for future in as_completed(futures):
-            if not isinstance(future.exception(), BrokenProcessPool):
-                tracker.record(_result(future, futures[future]))
-    except KeyboardInterrupt:
-        tracker.interrupted = True
-        tracker.write("interrupted: stopping workers, saving checkpoints ... (Ctrl-C again stops at once)")
-        stop.set()
-        _interrupt_children()
-        for future in futures:
-            future.cancel()
-        try:
-            for future, task in futures.items():
-                if not future.cancelled() and task.run_id not in tracker.outcomes:
-                    try:
-                        tracker.record(_result(future, task))
-                    except BrokenProcessPool:
-                        pass
-            pool.shutdown(wait=True, cancel_futures=True)
-        except KeyboardInterrupt:
-            _stop_at_once(pool, futures, tracker)
-        return []
-    pool.shutdown(wait=True)
-    retry, crashed = [], 0
-    for task in tasks:
-        if task.run_id in tracker.outcomes:
-            continue
-        run_dir = RunDir(task.run_dir)
-        if run_dir.state() is RunState.RUNNING:  # its worker died mid-run
+    def finish(self, sent: object = None, killed: bool = False) -> Outcome:
+        """Reap the process and return the outcome it sent; without one, a run it left
+        ``running`` failed, or, when the parent ``killed`` it (a second Ctrl-C), is marked
+        ``interrupted`` (it resumes from its last checkpoint, as after any kill)."""
+        self.process.join(timeout=EXIT_TIMEOUT)
+        if self.process.is_alive():  # it sent its outcome but does not exit
+            self.process.kill()
+            self.process.join()
+        while not isinstance(sent, Outcome) and self.conn.poll():
+            sent = _receive(self.conn)
+            if sent is None:
+                break
+        self.conn.close()
+        if isinstance(sent, Outcome):
+            return sent
+        run_dir = RunDir(self.task.run_dir)
+        state = run_dir.state()
+        if killed:
+            if state is RunState.RUNNING:
+                _keep_status(run_dir, RunState.INTERRUPTED)
+                state = RunState.INTERRUPTED
+            return Outcome(self.task.run_id, RunState.CANCELLED if state is RunState.PENDING else state)
+        if state is RunState.RUNNING:
             error = "worker process died (killed, or out of memory?)"
             _keep_status(run_dir, RunState.FAILED, error=error)
-            tracker.record(Outcome(task.run_id, RunState.FAILED, error=error))
-            crashed += 1
         else:
-            retry.append(task)
-    if retry and not crashed and len(tracker.outcomes) == before:
-        for task in retry:  # workers die before training anything: do not loop forever
-            tracker.record(Outcome(task.run_id, RunState.FAILED, error="worker process died at start"))
-        return []
-    return retry
+            error = f"worker process died at start (exit code {self.process.exitcode})"
+        return Outcome(self.task.run_id, RunState.FAILED, error=error)
 
 
-def _stop_at_once(pool: ProcessPoolExecutor, futures: dict[Any, RunTask], tracker: Tracker) -> None:
-    """A second Ctrl-C: kill the workers (further Ctrl-C ignored meanwhile) and mark their
-    runs ``interrupted``; each resumes from its last checkpoint, as after any kill."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_worker(context: Any, task: RunTask, signals: _ParentSignals) -> _Worker:
+    """Start a worker with SIGINT and SIGTERM ignored (it inherits that through exec), so that a
+    Ctrl-C while the interpreter starts gives no traceback; it reports ``ready`` once its own
+    handlers are in. A signal to the parent in these few milliseconds is lost, but reaches the
+    running workers too, whose interrupted outcomes stop the launch all the same."""
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_worker_main, args=(task, writer, os.getpid()), name=f"run {task.run_id}")
     try:
-        tracker.write("stopping at once: workers killed; each run resumes from its last checkpoint")
-        children = multiprocessing.active_children()
-        for child in children:
-            child.kill()
-        for child in children:
-            child.join(timeout=10)
-        for task in futures.values():
-            run_dir = RunDir(task.run_dir)
-            if task.run_id not in tracker.outcomes and run_dir.state() is RunState.RUNNING:
-                _keep_status(run_dir, RunState.INTERRUPTED)
-                tracker.record(Outcome(task.run_id, RunState.INTERRUPTED))
-        pool.shutdown(wait=False, cancel_futures=True)
+        with signals.ignored():
+            process.start()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        writer.close()
+    return _Worker(task, process, reader)
 
 
-def _result(future: Any, task: RunTask) -> Outcome:
+def _receive(conn: Connection) -> object:
+    """The next message from a worker, or None once it has died without one."""
     try:
-        return future.result()
-    except BrokenProcessPool:
-        raise
-    except Exception as err:  # e.g. a result that cannot be pickled back
-        return Outcome(task.run_id, RunState.FAILED, error=f"{type(err).__name__}: {err}")
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _stop_at_once(workers: list[_Worker], tracker: Tracker) -> None:
+    """A second Ctrl-C: kill the workers; their runs resume from their last checkpoints."""
+    if not workers:
+        return
+    tracker.write("stopping at once: workers killed; each run resumes from its last checkpoint")
+    for worker in workers:
+        worker.process.kill()
+    for worker in workers:
+        tracker.record(worker.finish(killed=True))
 
 
 def launch_submitit(tasks: Sequence[RunTask], tracker: Tracker, options: LaunchOptions, *, cluster: str) -> None:

@@ -38,7 +38,6 @@ from glow_repro.config import ConfigError, parse_override, validate_model
 from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     RunDir,
-    RunLock,
     RunState,
     UnreadableFileError,
     atomic_write_json,
@@ -147,14 +146,6 @@ class StudyReport:
         return [p for p in self.plan if self.final_state(p) == state]
 
 
-def run_state(run_dir: Path) -> RunState:
-    """The run's state; a ``running`` status whose lock nobody holds reads as ``killed``."""
-    state = RunDir(run_dir).state()
-    if state is RunState.RUNNING and not RunLock(run_dir).held_elsewhere():
-        return RunState.KILLED
-    return state
-
-
 def select_runs(runs: list[RunSpec], only: Sequence[str], source: str) -> list[RunSpec]:
     """Runs matching every ``--only key=value`` (several values for one key: any of them).
     A key is ``seed``, a full config path, or the last part of a swept key."""
@@ -222,7 +213,7 @@ def plan_study(
     plan = []
     for run in runs:
         run_dir = results_dir / "runs" / run.run_id
-        state = run_state(run_dir)
+        state = RunDir(run_dir).observed_state()
         plan.append(PlannedRun(run, run_dir, state, state.action(retry_failed)))
     return plan
 
@@ -234,9 +225,11 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec], u
     with FileLock(results_dir / ".manifest.lock", timeout=60):
         atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
         manifest = read_manifest(results_dir) or {"runs": {}}
+        earlier = manifest.get("specs") or ([manifest["spec_hash"]] if "spec_hash" in manifest else [])
         manifest["study"] = spec.name
         manifest["spec_hash"] = spec_hash(spec)
         manifest["until_resolved"] = bool(manifest.get("until_resolved")) or until_resolved
+        manifest["specs"] = list(dict.fromkeys([*earlier, manifest["spec_hash"]]))  # more than one: --force-spec
         for run in runs:
             manifest["runs"][run.run_id] = {"variant": run.variant, "seed": run.seed, "overrides": run.overrides}
         atomic_write_json(results_dir / MANIFEST, manifest)
@@ -442,7 +435,7 @@ def _number(value: Any) -> float | None:
 def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
     """One row of ``status``; a run whose records cannot be read is ``unreadable``, with why."""
     run_dir = RunDir(path)
-    status, state = run_dir.status(), run_state(path)
+    status, state = run_dir.status(), run_dir.observed_state()
     try:
         summary = run_dir.summary()
         evals = [row for row in run_dir.evals.read() if _number(row.get("test_bpd")) is not None]

@@ -10,8 +10,9 @@
 ``events``  one row per stability event (``events.jsonl``)
 
 Every table starts with ``run_id``, ``variant``, ``seed`` and one column per *swept* setting:
-the flattened config keys (``model.permutation``) whose values differ across runs, except the
-seed and execution-only keys (:data:`NOT_SWEPT`). ``variant`` names those values
+the flattened config keys (``model.permutation``) whose values differ across runs or that the
+study's grid or variants set (so a half-finished study names its variants as the finished one
+will), except the seed and execution-only keys (:data:`NOT_SWEPT`). ``variant`` names those values
 (``permutation=conv1x1, coupling=affine``) by :func:`glow_repro.study.labels.variant_name`, the
 rule ``glow-repro status`` shows too: a run of a labelled variant of the study is named by its
 label instead of the settings the label stands for (``wide, coupling=affine``). Rows are ordered by the study's grid order (from
@@ -39,11 +40,13 @@ from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     RunDir,
     RunState,
+    UnreadableFileError,
     atomic_write_bytes,
     atomic_write_text,
     read_json,
 )
 from glow_repro.study.labels import format_value, table_cell, variant_name
+from glow_repro.study.spec import load_study
 
 #: Keys that may differ between runs without making a variant (seed is its own column).
 NOT_SWEPT = ("seed", *EXECUTION_ONLY_KEYS)
@@ -72,6 +75,9 @@ class Tables:
     """Swept config keys, in grid order; each is a column of every table."""
     study: dict[str, Any] = field(default_factory=dict)
     """The parsed ``study.yaml`` (empty when the directory has none)."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Runs that started but that the tables leave out, or whose result they blank, each with
+    why (:func:`left_out_runs`); the commands print them as warnings."""
 
     @property
     def name(self) -> str:
@@ -95,6 +101,34 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = table_cell(value)
     return flat
+
+
+#: summary.json fields that must be numbers (or null) for a run's result to count.
+NUMERIC_SUMMARY = ("final_test_bpd", "best_test_bpd", "initial_test_bpd", "wall_time")
+
+
+def _why_left_out(run: RunDir) -> str | None:
+    """Why the tables leave out a run that trained (it has logs, a checkpoint or a summary), or
+    blank its result; None when they take it as it is."""
+    if not run.config.is_file():
+        trained = any(path.exists() for path in (run.metrics.path, run.evals.path, run.checkpoint, run.summary_file))
+        return "its config.yaml is gone, so it is in no table (restore it from a backup)" if trained else None
+    try:
+        summary = run.summary()
+    except UnreadableFileError as err:
+        return str(err)
+    for key in NUMERIC_SUMMARY:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"summary.json holds {key}: {value!r}, not a number, so its result is left out (train it again)"
+    return None
+
+
+def left_out_runs(results_dir: str | Path) -> dict[str, str]:
+    """Every run of ``results_dir`` that the tables leave out or whose result they blank, with why."""
+    runs = Path(results_dir) / "runs"
+    folders = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return {folder.name: why for folder in folders if (why := _why_left_out(RunDir(folder)))}
 
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
@@ -182,7 +216,11 @@ def _sort_columns(values: pd.Series, order: list[str]) -> list[pd.Series]:
 
 
 def _read_study(results_dir: Path) -> dict[str, Any]:
+    """The parsed ``study.yaml``, validated as a study file is (a claim edited to a value the
+    study does not sweep is a one-line error); ``{}`` without one."""
     study_file = results_dir / "study.yaml"
+    if study_file.is_file():
+        load_study(study_file)
     study = read_yaml(study_file) if study_file.is_file() else {}
     study = study if isinstance(study, dict) else {}
     study.setdefault("name", results_dir.name)
@@ -197,6 +235,8 @@ def _read_configs(run_dirs: list[Path], study: dict[str, Any]) -> tuple[pd.DataF
     orders = _grid_orders(study)
     grid_keys = list(orders)
     swept = [k for k in varying_keys(configs) if k not in NOT_SWEPT]
+    # a half-finished study: a key it sweeps may have runs of one value only so far
+    swept += [k for k in grid_keys if k in configs and k not in swept and k not in NOT_SWEPT]
     swept.sort(key=lambda k: (grid_keys.index(k) if k in grid_keys else len(grid_keys), k))
     configs["variant"] = _variant_names(configs, swept, study)
     keys = [c for k in swept for c in _sort_columns(configs[k], orders.get(k, []))]
@@ -225,7 +265,7 @@ def _status(run: RunDir) -> dict[str, Any]:
     status = run.status()
     if status["state"] == RunState.UNREADABLE:
         return {**status, "error": f"{run.status_file.name} could not be read"}
-    return status
+    return {**status, "state": run.observed_state()}
 
 
 def _final_row(
@@ -241,6 +281,8 @@ def _final_row(
     for key in SUMMARY_COLUMNS:
         row[key] = summary.get(key)
     row.update({k: v for k, v in summary.items() if k not in row and k != "state"})
+    if _why_left_out(run):  # a result that is not a number is no result
+        row.update(dict.fromkeys(NUMERIC_SUMMARY))
     if row["diverged"] is None:
         row["diverged"] = row["state"] == RunState.DIVERGED
     if row["wall_time"] is None and steps:
@@ -280,6 +322,7 @@ def load_tables(results_dir: str | Path) -> Tables:
         configs=configs,
         swept=swept,
         study=study,
+        left_out=left_out_runs(results_dir),
     )
 
 
