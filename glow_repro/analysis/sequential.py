@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from glow_repro.analysis.boundaries import Boundary, Spending
 from glow_repro.analysis.verdicts import ALPHA, Look, study_verdicts, verdicts
 from glow_repro.config import ConfigError
 from glow_repro.errors import ResultsDirError
-from glow_repro.study.record import RecordedLook, SeedRecord
+from glow_repro.study.record import REMEDY, RecordedLook, SeedRecord
 from glow_repro.study.runner import TABLES, read_manifest
 from glow_repro.study.spec import PILOT_SEEDS_START, ClaimSpec, StudySpec
 from glow_repro.study.tables import Tables, load_tables, write_frame
@@ -142,16 +143,16 @@ def decide(
 class SeedJudge:
     """The judge of ``glow-repro run --until-resolved``: :func:`decide` on the results so far,
     with the looks planned from the study's seeds, ``max_seeds`` (when None: the study's own
-    ``max_seeds``, else :data:`DEFAULT_MAX_SEEDS`) and the study's spending function."""
+    ``max_seeds``, else :data:`DEFAULT_MAX_SEEDS`) and the study's spending function, at
+    overall alpha :data:`ALPHA`."""
 
     max_seeds: int | None = None
-    alpha: float = ALPHA
 
     def limit(self, spec: StudySpec) -> int:
         return self.max_seeds or spec.max_seeds or DEFAULT_MAX_SEEDS
 
     def plan(self, spec: StudySpec) -> SeedPlan:
-        return SeedPlan.extend(spec.seeds, self.limit(spec), self.alpha, spec.spending)
+        return SeedPlan.extend(spec.seeds, self.limit(spec), ALPHA, spec.spending)
 
     def check(self, spec: StudySpec) -> None:
         if not spec.claims:
@@ -174,7 +175,7 @@ class SeedJudge:
     def resume(self, spec: StudySpec, results_dir: Path) -> tuple[int, list[int], list[RecordedLook]]:
         """Where a study resumes: the next look to take, the seeds it trains, and the looks
         already recorded. A record of another plan is refused: alpha is never spent twice."""
-        plan, rows = self.plan(spec), SeedRecord(results_dir).read()
+        plan, rows = self.plan(spec), checked_record(results_dir)
         if not rows:
             return 0, plan.seeds_at(0), rows
         recorded = SeedPlan.recorded(rows[-1])
@@ -210,12 +211,29 @@ class ResultsVerdict:
     seeds: list[int] | None
 
 
+def checked_record(results_dir: Path) -> list[RecordedLook]:
+    """The record's looks, each checked against the boundary its plan implies: a threshold or
+    alpha spent that the plan does not give (a hand edit) is a :class:`ResultsDirError`."""
+    record = SeedRecord(results_dir)
+    rows = record.read()
+    for number, row in enumerate(rows, 1):
+        plan = SeedPlan.recorded(row)
+        expected = (ALPHA, plan.boundary.t_thresholds()[row.look], plan.boundary.cumulative[row.look])
+        if not np.allclose((row.alpha, row.threshold, row.alpha_spent), expected, rtol=1e-9, atol=0):
+            raise ResultsDirError(
+                f"{record.path}: line {number}: alpha {row.alpha:g}, threshold {row.threshold:g} and alpha spent "
+                f"{row.alpha_spent:g} are not what its plan gives ({expected[0]:g}, {expected[1]:g}, "
+                f"{expected[2]:g}); {REMEDY}"
+            )
+    return rows
+
+
 def recorded_look(results_dir: str | Path) -> tuple[Look | None, list[int] | None]:
     """The look a results directory's record ends on and its seeds, or (None, None) for a
     study run without ``--until-resolved``. A directory whose seeds were added by looking
     but whose record is missing, empty or damaged is a :class:`ResultsDirError`."""
     results_dir = Path(results_dir)
-    rows = SeedRecord(results_dir).read()
+    rows = checked_record(results_dir)
     if not rows:
         manifest = read_manifest(results_dir) or {}
         if manifest.get("until_resolved"):
