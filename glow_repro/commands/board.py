@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import UserError, user_errors
+from glow_repro.config import ConfigError
+from glow_repro.errors import UserFacingError
 
 
 @click.command("board")
@@ -23,12 +25,21 @@ def board_command(results_dirs: tuple[Path, ...], out_dir: Path) -> None:
     Each RESULTS_DIR is a folder `glow-repro run` wrote for a study with claims, e.g.
     results/permutation_ablation.
     """
-    from glow_repro.analysis.board import board_html, board_markdown, board_page, study_claims
+    import pandas as pd
+
+    from glow_repro.analysis.board import StudyClaims, board_html, board_markdown, board_page, study_claims
     from glow_repro.study.tables import load_tables
 
     studies = []
     for results in results_dirs:
-        tables = load_tables(results)
+        if not results.is_dir():
+            load_tables(results)  # its one-line error says what a results directory is
+        try:
+            tables = load_tables(results)
+        except (UserFacingError, ConfigError) as err:  # a study this version cannot read stays, with why
+            why = f"verdicts could not be computed: {err}"
+            studies.append(StudyClaims(_study_name(results), pd.DataFrame(), error=why))
+            continue
         if not tables.study.get("claims"):
             raise UserError(f"{results}: its study declares no claims; the board lists claims, so give results "
                             "directories of studies with `claims:` (docs/verdicts.md)")  # fmt: skip
@@ -41,3 +52,15 @@ def board_command(results_dirs: tuple[Path, ...], out_dir: Path) -> None:
     (out_dir / "index.html").write_text(board_html(board))
     click.echo(f"wrote {out_dir / 'README.md'} and {out_dir / 'index.html'}: "
                f"{len(board.frame)} claims of {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")  # fmt: skip
+
+
+def _study_name(results: Path) -> str:
+    """The name in a results directory's study.yaml, even one that no longer validates; else
+    the directory's name."""
+    import yaml
+
+    try:
+        name = yaml.safe_load((results / "study.yaml").read_text()).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    return name if isinstance(name, str) else results.name
