@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -151,6 +152,7 @@ def run_command(
         raise click.UsageError("--max-seeds only applies with --until-resolved")
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
+    started = time.perf_counter()
     report = run_study(
         study,
         results_dir=results_dir,
@@ -193,6 +195,8 @@ def run_command(
         from glow_repro.commands.verdict import echo_verdicts
 
         echo_verdicts(write_verdicts(report.results_dir))
+    if not report.interrupted:
+        click.echo(_time_to_verdict(report, time.perf_counter() - started))
     if report.interrupted:
         stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
         click.echo(
@@ -209,6 +213,20 @@ def run_command(
             click.echo(f"  failed: {planned.run.run_id}: {reason}", err=True)
         click.echo("details in runs/<id>/status.json; rerun with --retry-failed to train them again", err=True)
         click.get_current_context().exit(1)
+
+
+def _time_to_verdict(report, wall: float) -> str:
+    """What the command cost, in one line: its wall time, the CPU-minutes of the runs it
+    trained and, with --until-resolved, the looks taken (docs/cost.md)."""
+    cpu, unknown = report.training_cpu_seconds()
+    spent = f"{cpu / 60:.1f} CPU-minutes in training"
+    if unknown:
+        spent += f" ({unknown} trained run{'s' * (unknown != 1)} without a recorded thread count left out)"
+    parts = [f"{_duration(wall)} wall", spent]
+    if report.decisions:
+        looks = len(report.decisions)
+        parts.append(f"{looks} look{'s' * (looks != 1)} ({report.decisions[-1].seeds} seeds)")
+    return f"{'time to verdict' if report.spec.claims else 'time'}: {', '.join(parts)}"
 
 
 def _accounting(report) -> str:
