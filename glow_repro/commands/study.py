@@ -8,13 +8,8 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors
+from glow_repro.commands.base import text_table, user_errors
 from glow_repro.rundir import RunState
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def _duration(seconds: float | None) -> str:
@@ -174,7 +169,7 @@ def run_command(
             f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) -> {report.results_dir}"
         )
         rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
-        click.echo(_table(["run id", "variant", "seed", "state", "action"], rows))
+        click.echo(text_table(["run id", "variant", "seed", "state", "action"], rows))
         n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
         click.echo(f"would train {n_launch} of {len(plan)} runs")
         return
@@ -281,7 +276,7 @@ def status_command(results_dir: Path) -> None:
         ]
         for r in runs
     ]
-    click.echo(_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
+    click.echo(text_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
     click.echo(f"{len(runs)} runs: {_counts([r.state for r in runs]) or 'none started'}")
     tables = tables_dir(results_dir)
     if tables is not None:
