@@ -35,8 +35,8 @@ def wall_minutes(study: Path, seeds: int, images_per_s: float, workers: int) -> 
     [("permutation_ablation", 8, 21.4), ("depth_ablation", 8, 12.5)],
 )
 def test_plan_reproduces_the_measured_wall_time_of_the_cpu_studies(study, seeds, measured_minutes):
-    """Measured on the 2-core machine with 2 workers of 1 thread (figures of the issue that
-    asked for this plan): the permutation study's 48 runs (6 variants x 8 seeds) of 400 steps
+    """Measured on the 2-core development machine with 2 workers of 1 thread: the permutation
+    study's 48 runs (6 variants x 8 seeds) of 400 steps
     of batch 64 took 21.4 min, 48 x 400 x 64 / (21.4 x 60) = 957 images/s in all, about 480 per
     worker; the depth study's 32 runs (4 variants x 8 seeds, K = 2 to 16) took 12.5 min. At
     480 images/s per worker the plan gives 21.3 and 14.2 min: within 25 %, although the depth

@@ -1,7 +1,7 @@
 """What a study costs at a given training throughput, and the seeds its claims need
 (docs/cost.md).
 
-Arithmetic on the study's expanded runs, no torch and no files beyond the study's own: a run
+Arithmetic on the study's expanded runs, no torch and no dataset files read: a run
 trains ``train.steps`` steps, or ``train.epochs`` passes of the drop-last batches of its
 training split (as ``train()`` counts them), of ``train.batch_size`` images each. At a
 throughput of ``images_per_s`` per worker (one run training at a time: a GPU, or one worker of

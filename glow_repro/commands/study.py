@@ -137,7 +137,8 @@ def run_command(
     At the end (unless interrupted) the long tables of every run, failed ones included, are
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
-    tables/verdicts.* (docs/verdicts.md).
+    tables/verdicts.* (docs/verdicts.md). The last line is the time to a verdict: wall time,
+    CPU-minutes of the runs trained, looks taken (docs/cost.md).
     Exit status: 0 all selected runs finished, 1 some failed, 130 interrupted (Ctrl-C).
     """
     from glow_repro.analysis.sequential import SeedJudge
