@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -37,6 +38,25 @@ PEAK_TFLOPS = {
     "H100": {"bf16": 989.4, "tf32": 494.7, "float32": 66.9},
     "A100": {"bf16": 312.0, "tf32": 156.0, "float32": 19.5},
 }
+
+
+#: CPU flags (Linux /proc/cpuinfo) of native bf16 matrix products: AMX tiles or AVX-512 BF16.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether ``train.precision: bf16`` computes natively on ``device`` (README, "Bigger
+    machines"): on CUDA, ``torch.cuda.is_bf16_supported`` without emulation; on a CPU, one of
+    :data:`BF16_CPU_FLAGS` among the flags of ``cpuinfo``; None where that file cannot be read
+    (not Linux). Without it, bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 class _ScalarReads(TorchDispatchMode):
@@ -98,6 +118,7 @@ class BenchResult:
     monitor_fraction: float | None = None
     arithmetic: str = "float32"
     host_reads_per_step: int | None = None
+    native_bf16: bool | None = None
 
     @property
     def fraction_of_peak(self) -> float | None:
@@ -205,6 +226,7 @@ def measure(
             monitor_fraction=statistics.median(monitor_costs) / step_seconds if monitor else None,
             arithmetic=arithmetic(config, device),
             host_reads_per_step=reads.count,
+            native_bf16=native_bf16(device),
         )
 
 

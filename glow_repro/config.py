@@ -9,6 +9,7 @@ allowed, so the CLI can print it on one line instead of a traceback.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -219,6 +220,11 @@ class TrainConfig(_Section):
                 "rollback returns to would depend on wall time; checkpoint by train.checkpoint_every only"
             )
         return self
+
+    def budget_steps(self, per_epoch: int) -> int:
+        """The run's training steps: ``steps``, or ``epochs`` passes of ``per_epoch`` drop-last
+        batches, rounded up."""
+        return self.steps or math.ceil(self.epochs * per_epoch)
 
 
 class MonitorConfig(_Section):

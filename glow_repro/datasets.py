@@ -132,6 +132,7 @@ class Dataset:
     generate: Callable[[DataConfig, Split], Arrays] | None = None  # images made in memory
     origin: str = ""  # the ``source`` of a generated dataset's images
     test_size: int | None = None  # images in the full test split, to tell a subset from it
+    train_size: int | Callable[[DataConfig], int] | None = None  # images in the training split; None: unknown unread
     labels: LabelKind | None = None  # what its labels are; None: it has none
     label_names: tuple[str, ...] = ()  # class or attribute names; () where the files name them
 
@@ -143,6 +144,16 @@ class Dataset:
     def has_classes(self) -> bool:
         """Whether each image has one class index (what class conditioning needs)."""
         return self.labels == "classes"
+
+
+def train_images(cfg: DataConfig) -> int | None:
+    """Images an epoch of ``cfg`` passes over: the training split, or its first
+    ``data.train_limit``; None when only reading the files can tell (an image folder)."""
+    size = DATASETS[cfg.dataset].train_size
+    size = size(cfg) if callable(size) else size
+    if size is None:
+        return None
+    return min(size, cfg.train_limit) if cfg.train_limit else size
 
 
 def label_names(cfg: DataConfig) -> tuple[str, ...]:
@@ -189,6 +200,10 @@ def _synthetic(n: int, size: tuple[int, int], split: Split) -> Arrays:
     return frozen(levels.to(torch.uint8).unsqueeze(1).numpy(), kind.numpy())
 
 
+#: Images in scikit-learn's digits (``load_digits``), both splits together.
+DIGITS_IMAGES = 1797
+
+
 @lru_cache(maxsize=1)
 def _digits_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
@@ -202,7 +217,7 @@ def _digits_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _digits(split: Split) -> Arrays:
     """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255); a fixed 80/20 split (seed 0)."""
     images, labels, order = _digits_all()
-    n_test = len(order) // 5
+    n_test = DIGITS_IMAGES // 5
     chosen = order[:-n_test] if split == "train" else order[-n_test:]
     return images[chosen], labels[chosen]
 
@@ -370,7 +385,15 @@ def _imagefolder_files() -> FileSource:
 
 DATASETS.register(
     "mnist",
-    Dataset((1, 28, 28), "MNIST", files=_mnist_files, test_size=10_000, labels="classes", label_names=DIGIT_NAMES),
+    Dataset(
+        (1, 28, 28),
+        "MNIST",
+        files=_mnist_files,
+        test_size=10_000,
+        train_size=60_000,
+        labels="classes",
+        label_names=DIGIT_NAMES,
+    ),
 )
 DATASETS.register(
     "fashion-mnist",
@@ -379,6 +402,7 @@ DATASETS.register(
         "Fashion-MNIST",
         files=_fashion_mnist_files,
         test_size=10_000,
+        train_size=60_000,
         labels="classes",
         label_names=FASHION_MNIST_NAMES,
     ),
@@ -386,14 +410,37 @@ DATASETS.register(
 DATASETS.register(
     "cifar10",
     Dataset(
-        (3, 32, 32), "CIFAR-10", files=_cifar10_files, test_size=10_000, labels="classes", label_names=CIFAR10_NAMES
+        (3, 32, 32),
+        "CIFAR-10",
+        files=_cifar10_files,
+        test_size=10_000,
+        train_size=50_000,
+        labels="classes",
+        label_names=CIFAR10_NAMES,
     ),
 )
 DATASETS.register(
-    "svhn", Dataset((3, 32, 32), "SVHN", files=_svhn_files, test_size=26_032, labels="classes", label_names=DIGIT_NAMES)
+    "svhn",
+    Dataset(
+        (3, 32, 32),
+        "SVHN",
+        files=_svhn_files,
+        test_size=26_032,
+        train_size=73_257,
+        labels="classes",
+        label_names=DIGIT_NAMES,
+    ),
 )
 DATASETS.register(
-    "celeba", Dataset((3, 64, 64), "CelebA", files=_celeba_files, labels="attributes", label_names=CELEBA_ATTRIBUTES)
+    "celeba",
+    Dataset(
+        (3, 64, 64),
+        "CelebA",
+        files=_celeba_files,
+        train_size=162_770,
+        labels="attributes",
+        label_names=CELEBA_ATTRIBUTES,
+    ),
 )
 DATASETS.register("imagefolder", Dataset((3, 64, 64), "imagefolder", files=_imagefolder_files, labels="classes"))
 DATASETS.register(
@@ -403,6 +450,7 @@ DATASETS.register(
         "digits",
         generate=lambda cfg, split: _digits(split),
         origin="sklearn",
+        train_size=DIGITS_IMAGES - DIGITS_IMAGES // 5,
         labels="classes",
         label_names=DIGIT_NAMES,
     ),
@@ -416,5 +464,6 @@ DATASETS.register(
         labels="classes",
         label_names=SYNTHETIC_NAMES,
         generate=lambda cfg, split: _synthetic(cfg.synthetic_size, cfg.shape[1:], split),
+        train_size=lambda cfg: cfg.synthetic_size,
     ),
 )

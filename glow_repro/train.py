@@ -135,7 +135,7 @@ class _Run:
         )
         cfg = config.train
         # budgets given in epochs become steps of this training set (drop-last batches)
-        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.per_epoch)
+        self.total_steps = cfg.budget_steps(self.batches.per_epoch)
         self.warmup_steps = (
             cfg.warmup_steps if cfg.warmup_epochs is None else round(cfg.warmup_epochs * self.batches.per_epoch)
         )

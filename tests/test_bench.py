@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -26,8 +29,9 @@ def test_measure_reports_rates_memory_and_parameters():
     assert result.arithmetic == "float32" and result.host_reads_per_step == 1
 
 
-def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
+def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path, monkeypatch):
     runner = CliRunner()
+    monkeypatch.setattr(benchmark, "native_bf16", lambda device: False)
     args = [
         "bench",
         "--device",
@@ -48,11 +52,17 @@ def test_bench_command_prints_a_summary_and_rejects_bad_overrides(tmp_path):
         "data.image_size=8",
         "--set",
         "model.levels=2",
+        "--json",
+        str(tmp_path / "bench.json"),
     ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "parameters" in result.output and "evaluate" in result.output
     assert "float32 arithmetic" in result.output and "host reads 1 per training step" in result.output
+    assert "bf16       not native on this CPU: train.precision: bf16 would be emulated" in result.output
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["native_bf16"] is False and written["train_images_per_s"] > 0
+    assert written["config"]["model"]["width"] == 8 and written["model"].startswith("1x8x8, K=1, L=2, width 8")
     bad = runner.invoke(main, ["bench", "--set", "model.coupling=both"])
     assert bad.exit_code == 2 and "model.coupling: must be one of" in bad.output
 
@@ -89,3 +99,36 @@ def test_a_class_conditional_config_is_timed_on_its_own_objective(monkeypatch):
     assert labels and all(y is not None and y.shape == (config.train.batch_size,) for y in labels)
     assert all(int(y.min()) >= 0 and int(y.max()) < 2 for y in labels)  # synthetic: blob, stripes
     assert seen["class_sums"] == 2 and result.eval_images_per_s > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),
+        ("fpu avx2 amx_tile amx_bf16 amx_int8", True),
+        ("fpu avx2 avx512f avx512bw avx512_vnni", False),  # AVX-512 without its BF16 extension
+        ("fpu avx2 avx512_bf16x", False),  # a whole flag, not a prefix
+    ],
+)
+def test_native_bf16_reads_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpu = "processor\t: {n}\nmodel name\t: a CPU with avx512_bf16 in its name\nflags\t\t: {flags}\n\n"
+    cpuinfo.write_text("".join(cpu.format(n=n, flags=flags) for n in range(2)))
+    assert benchmark.native_bf16(torch.device("cpu"), cpuinfo) is native
+
+
+def test_native_bf16_is_unknown_without_cpuinfo(tmp_path):
+    assert benchmark.native_bf16(torch.device("cpu"), tmp_path / "absent") is None
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_native_bf16_on_cuda_asks_torch_without_emulation(monkeypatch, supported):
+    """``torch.cuda.is_bf16_supported()`` counts emulation as support by default: asked without."""
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return True if including_emulation else supported  # any GPU emulates bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert benchmark.native_bf16(torch.device("cuda")) is supported and asked == [False]

@@ -61,6 +61,28 @@ def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
         assert got.name == f"fashion-mnist/{split}" and got.source == str(DEBIAN)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"dataset": "synthetic", "synthetic_size": 40},
+        {"dataset": "digits"},
+        {"dataset": "digits", "train_limit": 100},
+        {"dataset": "digits", "train_limit": 5000},  # a limit beyond the split takes the split
+        pytest.param(
+            {"dataset": "fashion-mnist"}, marks=pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"{DEBIAN} absent")
+        ),
+    ],
+)
+def test_train_images_without_reading_is_the_loaded_split(data, tmp_path: Path) -> None:
+    """What an epoch covers, as known before loading (glow-repro plan), is what training loads."""
+    cfg = DataConfig(**data)
+    assert datasets.train_images(cfg) == len(load_split(cfg, "train", cache_dir=tmp_path).images)
+
+
+def test_train_images_of_an_image_folder_is_unknown_until_read() -> None:
+    assert datasets.train_images(DataConfig(dataset="imagefolder", root="folder", train_limit=10)) is None
+
+
 def test_cached_arrays_are_not_shared_with_callers(mnist_root, tmp_path: Path) -> None:
     root, train, _ = mnist_root
     cfg = DataConfig(dataset="mnist", root=root)

@@ -17,8 +17,9 @@ import yaml
 
 from glow_repro.config import ConfigError, dump_run_config
 from glow_repro.errors import DataUnavailableError, ResultsDirError
-from glow_repro.rundir import RunDir, RunLock, atomic_write_json, atomic_write_text
-from glow_repro.study.runner import collect_status, run_study, tables_dir
+from glow_repro.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text
+from glow_repro.study.launchers import Outcome
+from glow_repro.study.runner import StudyReport, collect_status, run_study, tables_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -325,3 +326,34 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
     for run_dir in (results / "runs").iterdir():
         steps = [row["step"] for row in RunDir(run_dir).metrics.read()]
         assert steps == list(range(1, 101))
+
+
+def test_training_cpu_seconds_reads_what_each_trained_run_recorded(tmp_path):
+    """Wall time from summary.json, else the last logged step; times threads x processes from
+    environment.json. Runs not trained now are left out; so is a run stopped before its first
+    logged step (nothing spent); one without a readable thread count is counted as such."""
+    runs = tmp_path / "runs"
+    records = {
+        "done": ({"wall_time": 10.0}, [], {"threads": 2}),  # 20 CPU-seconds
+        "failed": ({}, [{"step": 1, "wall_time": 1.0}, {"step": 2, "wall_time": 5.0}], {"threads": 1, "world_size": 3}),
+        "at-start": ({}, [], {"threads": 4}),  # failed before its first step: nothing spent
+        "no-threads": ({"wall_time": 7.0}, [], None),
+        "damaged": ({"wall_time": 7.0}, [], "{not json"),
+        "cancelled": ({"wall_time": 100.0}, [], {"threads": 8}),
+        "elsewhere": ({"wall_time": 100.0}, [], {"threads": 8}),
+    }
+    for run_id, (summary, steps, environment) in records.items():
+        run = RunDir(runs / run_id)
+        run.path.mkdir(parents=True)
+        if summary:
+            atomic_write_json(run.summary_file, summary)
+        for row in steps:
+            run.metrics.append(row)
+        if isinstance(environment, dict):
+            atomic_write_json(run.environment, environment)
+        elif environment is not None:
+            run.environment.write_text(environment)
+    states = {"cancelled": RunState.CANCELLED, "elsewhere": RunState.ELSEWHERE, "failed": RunState.FAILED}
+    report = StudyReport(spec=None, results_dir=tmp_path, plan=[])
+    report.outcomes = {run_id: Outcome(run_id, states.get(run_id, RunState.DONE)) for run_id in records}
+    assert report.training_cpu_seconds() == (20.0 + 15.0, 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +363,39 @@ def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp
                                       "--launcher", "inprocess", "--until-resolved", "--max-seeds", "9"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert decisions(results) == rows  # a rerun after the last look adds no row
+
+
+def timed_train(config, run_dir, **kwargs):
+    """effect_train whose runs took 30 s of wall time each on 2 threads (width 16) or 3
+    processes of 1 thread (width 12); width 12 with seed 0 records no environment.json."""
+    summary = {**effect_train(config, run_dir, **kwargs), "wall_time": 30.0}
+    atomic_write_json(RunDir(run_dir).summary_file, summary)
+    if config.model.width == 16:
+        atomic_write_json(RunDir(run_dir).environment, {"threads": 2, "world_size": 1})
+    elif config.seed != 0:
+        atomic_write_json(RunDir(run_dir).environment, {"threads": 1, "world_size": 3})
+    return summary
+
+
+def test_run_ends_with_its_time_to_a_verdict(tmp_path, monkeypatch):
+    """Wall time of the command, CPU-minutes of the runs it trained (3 x 30 s x 2 threads +
+    2 x 30 s x 3 processes = 6.0 minutes, the run without a thread count named), and the looks."""
+    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: timed_train)
+    once = ["run", str(claim_study(tmp_path, lr=2e-3)), "--launcher", "inprocess"]
+    args = [*once, "--results", str(tmp_path / "results"), "--until-resolved", "--max-seeds", "9"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    last = first.output.rstrip().splitlines()[-1]
+    assert re.fullmatch(
+        r"time to verdict: 0m\d\ds wall, 6\.0 CPU-minutes in training \(1 trained run without a recorded "
+        r"thread count left out\), 1 look \(3 seeds\)",
+        last,
+    ), last
+    again = CliRunner().invoke(main, args)  # nothing left to train: no CPU spent, the same look
+    assert again.output.rstrip().splitlines()[-1].endswith("s wall, 0.0 CPU-minutes in training, 1 look (3 seeds)")
+    without_looks = CliRunner().invoke(main, [*once, "--results", str(tmp_path / "once")])
+    assert without_looks.output.rstrip().endswith("6.0 CPU-minutes in training (1 trained run without a "
+                                                  "recorded thread count left out)")  # fmt: skip
 
 
 def test_the_report_judges_at_the_recorded_look_and_under_every_metric(tmp_path):

@@ -195,8 +195,7 @@ def _power_columns(
         return mde, np.nan, np.nan
     if not sd > 0:
         return mde, np.inf, np.inf
-    size = claim.margin if claim.margin else claim.smallest_effect
-    needed = seeds_needed_t(np.array([size / sd, abs(shifted) / sd]), look.next_threshold(claim.test))
+    needed = seeds_needed_t(np.array([claim.sizing_effect / sd, abs(shifted) / sd]), look.next_threshold(claim.test))
     return mde, float(needed[0]), float(needed[1])
 
 

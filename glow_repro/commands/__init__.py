@@ -3,6 +3,7 @@
 from glow_repro.commands.bench import bench_command
 from glow_repro.commands.board import board_command
 from glow_repro.commands.manipulate import manipulate_command
+from glow_repro.commands.plan import plan_command
 from glow_repro.commands.report import compare_command, report_command
 from glow_repro.commands.sample import sample_command
 from glow_repro.commands.stability import replay_command
@@ -18,6 +19,7 @@ ALL_COMMANDS: list = [
     compare_command,
     replay_command,
     bench_command,
+    plan_command,
     sample_command,
     verdict_command,
     board_command,

@@ -52,6 +52,12 @@ device_option = click.option(
 )
 
 
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Rows of text cells under a header, in left-aligned columns."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's user-facing exceptions and the file system's errors (read-only,
     disk full, not a directory) into one-line CLI errors (no traceback); Ctrl-C outside a

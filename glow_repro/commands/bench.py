@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -40,6 +41,12 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per timed block.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the figures and the config measured to this JSON file (glow-repro plan --bench reads it).",
+)
 @user_errors
 def bench_command(
     config_path: Path | None,
@@ -49,6 +56,7 @@ def bench_command(
     steps: int,
     repeats: int,
     threads: int | None,
+    json_path: Path | None,
 ) -> None:
     """Print training and sampling images/s, peak memory and, on a GPU, achieved TFLOP/s
     against the device's peak, for a run config. Data is random: no dataset is loaded."""
@@ -56,6 +64,7 @@ def bench_command(
 
     from glow_repro.benchmark import measure
     from glow_repro.config import load_run_config
+    from glow_repro.rundir import atomic_write_json
     from glow_repro.runinfo import resolve_device
 
     config = load_run_config(config_path or REPOSITORY / PRESETS[preset], overrides)
@@ -64,12 +73,13 @@ def bench_command(
     result = measure(config, resolve_device(device, "--device"), steps=steps, repeats=repeats)
     c, h, w = config.data.shape
     m = config.model
-    click.echo(
-        f"model      {c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, "
-        f"{m.coupling}/{m.permutation}, batch {config.train.batch_size}, "
-        f"{result.n_params:,} parameters"
+    model = (
+        f"{c}x{h}x{w}, K={m.depth}, L={m.levels}, width {m.width}, {m.coupling}/{m.permutation}, "
+        f"batch {config.train.batch_size}, {result.n_params:,} parameters"
     )
+    click.echo(f"model      {model}")
     click.echo(f"device     {result.device} ({result.threads} threads), {result.arithmetic} arithmetic")
+    click.echo(f"bf16       {_bf16_text(result.native_bf16, result.device)}")
     click.echo(f"train      {result.train_images_per_s:,.1f} images/s (median of {repeats} x {steps} steps)")
     click.echo(f"sample     {result.sample_images_per_s:,.1f} images/s")
     click.echo(
@@ -80,3 +90,16 @@ def bench_command(
     if result.train_tflops is not None:
         peak = f" of {result.peak_tflops:.0f} peak ({result.fraction_of_peak:.1%})" if result.peak_tflops else ""
         click.echo(f"compute    {result.train_tflops:.1f} TFLOP/s{peak}")
+    if json_path is not None:
+        atomic_write_json(json_path, {"model": model, "config": config.to_dict(), **dataclasses.asdict(result)})
+        click.echo(f"written    {json_path}")
+
+
+def _bf16_text(native: bool | None, device: str) -> str:
+    """Whether ``train.precision: bf16`` would run natively (glow_repro.benchmark.native_bf16)."""
+    where = "this GPU" if device.startswith("cuda") else "this CPU"
+    if native is None:
+        return "native support unknown (no /proc/cpuinfo to read the CPU's flags)"
+    if native:
+        return f"native on {where}"
+    return f"not native on {where}: train.precision: bf16 would be emulated and slower than float32"

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import user_errors, warn_about_results
+from glow_repro.commands.base import text_table, user_errors, warn_about_results
 from glow_repro.rundir import RunDir, RunState
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def _duration(seconds: float | None) -> str:
@@ -141,7 +137,8 @@ def run_command(
     At the end (unless interrupted) the long tables of every run, failed ones included, are
     written to tables/ in the results directory, as parquet and CSV.
     When the study declares claims, their verdicts are printed and written to
-    tables/verdicts.* (docs/verdicts.md).
+    tables/verdicts.* (docs/verdicts.md). The last line is the time to a verdict: wall time,
+    CPU-minutes of the runs trained, looks taken (docs/cost.md).
     Exit status: 0 all selected runs finished, 1 some failed or have an unreadable status,
     130 interrupted (Ctrl-C or SIGTERM).
     """
@@ -152,6 +149,7 @@ def run_command(
         raise click.UsageError("--max-seeds only applies with --until-resolved")
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
+    started = time.perf_counter()
     report = run_study(
         study,
         results_dir=results_dir,
@@ -173,7 +171,7 @@ def run_command(
             f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) -> {report.results_dir}"
         )
         rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
-        click.echo(_table(["run id", "variant", "seed", "state", "action"], rows))
+        click.echo(text_table(["run id", "variant", "seed", "state", "action"], rows))
         n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
         click.echo(f"would train {n_launch} of {len(plan)} runs")
         return
@@ -198,6 +196,8 @@ def run_command(
         from glow_repro.commands.verdict import echo_verdicts
 
         echo_verdicts(write_verdicts(report.results_dir))
+    if not report.interrupted:
+        click.echo(_time_to_verdict(report, time.perf_counter() - started))
     if report.interrupted:
         stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
         click.echo(
@@ -222,6 +222,20 @@ def run_command(
         click.echo(f"  unreadable: {planned.run.run_id}: {RunDir(planned.run_dir).status()['error']}", err=True)
     if failed or unreadable:
         click.get_current_context().exit(1)
+
+
+def _time_to_verdict(report, wall: float) -> str:
+    """What the command cost, in one line: its wall time, the CPU-minutes of the runs it
+    trained and, with --until-resolved, the looks taken (docs/cost.md)."""
+    cpu, unknown = report.training_cpu_seconds()
+    spent = f"{cpu / 60:.1f} CPU-minutes in training"
+    if unknown:
+        spent += f" ({unknown} trained run{'s' * (unknown != 1)} without a recorded thread count left out)"
+    parts = [f"{_duration(wall)} wall", spent]
+    if report.decisions:
+        looks = len(report.decisions)
+        parts.append(f"{looks} look{'s' * (looks != 1)} ({report.decisions[-1].seeds} seeds)")
+    return f"{'time to verdict' if report.spec.claims else 'time'}: {', '.join(parts)}"
 
 
 def _accounting(report) -> str:
@@ -277,7 +291,7 @@ def status_command(results_dir: Path) -> None:
         ]
         for r in runs
     ]
-    click.echo(_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
+    click.echo(text_table(["run id", "variant", "seed", "state", "step", "test bpd", "wall"], rows))
     click.echo(f"{len(runs)} runs: {_counts([r.state for r in runs]) or 'none started'}")
     tables = tables_dir(results_dir)
     if tables is not None:

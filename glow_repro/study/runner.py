@@ -145,6 +145,34 @@ class StudyReport:
     def runs_in(self, state: RunState) -> list[PlannedRun]:
         return [p for p in self.plan if self.final_state(p) == state]
 
+    def training_cpu_seconds(self) -> tuple[float, int]:
+        """CPU-seconds spent training the runs this invocation trained: each run's recorded
+        wall time (summary.json, else its last logged step; a resumed run's earlier sessions
+        included) times its threads and processes (environment.json). Also how many of those
+        runs have a wall time but no readable thread count (left out of the sum)."""
+        total, unknown = 0.0, 0
+        for run_id, outcome in self.outcomes.items():
+            if outcome.state in (RunState.CANCELLED, RunState.ELSEWHERE):
+                continue
+            run = RunDir(self.results_dir / "runs" / run_id)
+            try:
+                wall = run.summary().get("wall_time")
+                if wall is None:
+                    steps = run.metrics.read()
+                    wall = steps[-1].get("wall_time") if steps else None
+                environment = read_json(run.environment, default={}, expect=dict)
+            except UnreadableFileError:
+                unknown += 1
+                continue
+            threads, processes = _number(environment.get("threads")), _number(environment.get("world_size", 1))
+            if _number(wall) is None:
+                continue  # stopped before its first logged step: nothing measurable spent
+            if threads is None or processes is None:
+                unknown += 1
+                continue
+            total += wall * threads * processes
+        return total, unknown
+
 
 def select_runs(runs: list[RunSpec], only: Sequence[str], source: str) -> list[RunSpec]:
     """Runs matching every ``--only key=value`` (several values for one key: any of them).

@@ -181,6 +181,13 @@ class ClaimSpec(BaseModel):
         """``min_effect``, or the default for the claim's kind."""
         return self.min_effect if self.min_effect is not None else DEFAULT_MIN_EFFECT[self.kind]
 
+    @property
+    def sizing_effect(self) -> float:
+        """The effect the seeds needed are sized for (docs/verdicts.md, "The smallest effect of
+        interest"): the margin of a non-inferiority claim (at no true difference), else
+        ``smallest_effect``."""
+        return self.margin if self.margin else self.smallest_effect
+
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
