@@ -24,11 +24,13 @@ def echo_verdicts(table: pd.DataFrame) -> None:
         return
     from glow_repro.analysis.verdicts import claim_summary, number
 
+    margins = table.groupby("claim", sort=False)["margin"].first()
     for row in claim_summary(table).itertuples():
+        margin = margins[row.claim]
+        size = f"margin {margin:g}" if margin else f"smallest effect of interest {number(row.min_effect)}"
         click.echo(
             f"{row.claim}: {row.verdict.upper()}: {row.outcome} ({row.source}; {row.boundary}, look threshold "
-            f"p <= {number(row.threshold)}, alpha {table['alpha'].iloc[0]:g}; metric {row.metric}; "
-            f"smallest effect of interest {number(row.min_effect)})"
+            f"p <= {number(row.threshold)}, alpha {table['alpha'].iloc[0]:g}; metric {row.metric}; {size})"
         )
     with pd.option_context("display.width", 200, "display.max_colwidth", 40):
         click.echo(format_verdicts(table).drop(columns=["metric"]).to_string(index=False))
