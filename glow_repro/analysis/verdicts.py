@@ -248,7 +248,7 @@ def verdicts(
                 "claim": claim.id, "source": claim.source, "kind": claim.kind,
                 "metric": "diverged" if claim.kind == "divergence" else claim.metric,
                 "verdict": verdict, "pair_verdict": str(pair), "within": within,
-                "pair": pair_text(better, worse, claim.margin), "margin": margin, "min_effect": claim.smallest_effect,
+                "pair": pair_text(better, worse, claim.margin), "margin": margin, "min_effect": claim.sizing_effect,
                 "effect": e - margin, "sd": s, "ci_low": low, "ci_high": high, "level": 1 - levels[0],
                 "p": pv, "threshold": levels[0], "significant": pair in ("reproduced", "contradicted"),
                 "p_equivalence": pe, "seeds": len(d), "look": look.index + 1, "boundary": look.boundary.describe(),
