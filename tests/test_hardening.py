@@ -612,7 +612,7 @@ def test_unclear_a_half_finished_study_names_what_it_sweeps(claimed_copy, tmp_pa
     result = cli("report", results, "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "1 variant (swept: `model.permutation`)" in report and "swept: nothing" not in report
+    assert "1 of 2 variants (swept: `model.permutation`)" in report and "swept: nothing" not in report
 
 
 def test_unclear_a_deleted_results_study_yaml_is_not_read_as_declaring_no_claims(claimed_copy, tmp_path):
@@ -644,6 +644,7 @@ def test_unclear_runs_of_two_specs_after_force_spec_are_said_to_be_mixed(study, 
         result = cli(*args)
         assert result.exit_code == 0, result.output
         assert any("come from 2 different specs of the study (--force-spec)" in w for w in _warnings(result))
+    assert "**The runs come from 2 different specs of this study**" in (tmp_path / "report" / "report.md").read_text()
 
 
 # -- random corruption of every file of a finished run -------------------------------------------

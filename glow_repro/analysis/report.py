@@ -20,6 +20,7 @@ are the records of :mod:`glow_repro.analysis.figures` that apply to the study.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from collections.abc import Sequence
@@ -72,7 +73,7 @@ from glow_repro.analysis.verdicts import (
 )
 from glow_repro.rundir import RunState, UnreadableFileError, read_json
 from glow_repro.study.labels import format_value, short_names
-from glow_repro.study.runner import MANIPULATIONS
+from glow_repro.study.runner import MANIPULATIONS, read_manifest
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
 
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
@@ -123,6 +124,11 @@ class Analysis:
     metrics: pd.DataFrame
     repeats: dict[tuple[str, str], str]
     """``(claim, metric) -> the metric it equals in every run`` (:func:`coinciding_metrics`)."""
+    planned_variants: int | None = None
+    """Variants the results directory's manifest plans (None: unknown); more than have runs
+    while a study is half-finished."""
+    specs: int = 1
+    """Specs of the study whose runs the directory holds (more than one after ``--force-spec``)."""
 
 
 def analyse(tables: Tables, look: Look | None = None, judged_seeds: Sequence[int] | None = None) -> Analysis:
@@ -289,9 +295,20 @@ def summary_paragraphs(a: Analysis) -> list[str]:
     config = a.tables.configs.iloc[0]
     swept = ", ".join(f"`{k}`" for k in a.tables.swept) or "nothing (one configuration)"
     data = a.comparison.iloc[0] if len(a.comparison) else {"dataset": config["data.dataset"], "pipeline": "?"}
+    variants = _plural(n_variants, "variant")
+    if a.planned_variants and a.planned_variants > n_variants:
+        variants = f"{n_variants} of {a.planned_variants} variants"
     out = [
         *verdict_sentences(a),
-        f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {_plural(n_variants, 'variant')} "
+        *(
+            [
+                f"**The runs come from {a.specs} different specs of this study** (`--force-spec`): two variants "
+                "may differ in more than their swept settings, so their comparisons can be confounded."
+            ]
+            if a.specs > 1
+            else []
+        ),
+        f"This study {'trained' if started else 'has'} {_plural(len(finals), 'run')}: {variants} "
         f"(swept: {swept}) x {_plural(len(seeds), 'seed')}, on {data['dataset']} ({data['pipeline']}) for "
         f"{_budget(config)} each. Outcome: {_states(finals)}.",
     ]
@@ -862,7 +879,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     results_dir = Path(results_dir)
     tables = load_tables(results_dir)
     out = Path(out_dir) if out_dir is not None else Path("reports") / tables.name
-    a = analyse(tables, *recorded_look(results_dir))
+    manifest = read_manifest(results_dir) or {}
+    a = dataclasses.replace(
+        analyse(tables, *recorded_look(results_dir)),
+        planned_variants=len({run["variant"] for run in manifest.get("runs", {}).values()}) or None,
+        specs=max(len(manifest.get("specs", [])), 1),
+    )
     out.mkdir(parents=True, exist_ok=True)
     figure_files = _make_figures(a, out)
     samples = _copy_samples(a, results_dir, out)
