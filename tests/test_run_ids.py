@@ -34,6 +34,8 @@ PINNED = [
         "exp-lr0.007-s107-68830ba4",
         "ad379b268190",
     ),
+    ("studies/conditional.yaml", 8, "none-s100-f49dedc3", "class-s103-8738fd7b", "b6b6e63d6834"),
+    ("studies/precision.yaml", 8, "float32-s100-f49dedc3", "bf16-s103-e61dc86c", "eeaea68b0ef9"),
     # The paper studies' budgets moved from steps to the paper's epochs (configs/paper_cifar10.yaml),
     # which moved these ids on purpose: 1406250 steps were 1800.6 epochs of 781 batches, past
     # Figure 3's last epoch, so `compare` had no paper value to set beside the final bpd.
