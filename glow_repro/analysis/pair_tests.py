@@ -30,7 +30,6 @@ POWER = 0.8
 MAX_SEEDS_NEEDED = 1000
 EXACT_FLIPS_UP_TO = 16
 RANDOM_FLIPS = 1 << 16
-TESTS = ("t", "sign-flip", "wilcoxon")
 
 
 def paired_tests(differences: np.ndarray, test: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -60,7 +60,6 @@ from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec
 from glow_repro.study.tables import Tables
 
 ALPHA = 0.05
-PAIR_VERDICTS = ("reproduced", "contradicted", "absent", "open")
 COLUMNS = [
     "claim", "source", "kind", "metric", "verdict", "pair_verdict", "within", "pair", "margin", "min_effect",
     "effect", "sd", "ci_low", "ci_high", "level", "p", "threshold", "significant", "p_equivalence", "seeds",
