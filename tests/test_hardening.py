@@ -870,3 +870,14 @@ def test_traceback_study_values_out_of_range_are_refused(tmp_path, text, expecte
     path = tmp_path / "study.yaml"
     path.write_text(text)
     assert_one_line(cli("run", path, "--dry-run"), str(path), expected)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`glow-repro run STUDY --dry-run | head -1`: the pipe closes before the table is written;
+    the command stops with the shell's status for it (141), no `error:` line, no traceback."""
+    study = Path(__file__).resolve().parents[1] / "studies" / "scale_ablation.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "glow_repro", "run", str(study), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == "", stderr

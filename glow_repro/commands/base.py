@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except (ConfigError, UserFacingError) as err:
             raise UserError(str(err)) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as shell tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except OSError as err:
             raise UserError(describe_os_error(err)) from None
         except KeyboardInterrupt:
