@@ -24,10 +24,12 @@ data:
 	  || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
 	fi
 
-# ruff check (rules in pyproject.toml) and a formatting check; `ruff format .` applies the format.
+# ruff check (rules in pyproject.toml), a formatting check (`ruff format .` applies the format)
+# and mypy over the modules [tool.mypy] lists.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -39,4 +41,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_step.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache

@@ -135,7 +135,7 @@ class BatchStream:
         being prepared before this returns."""
         ahead, self._ahead = self._ahead, None
         batch = ahead[1].result() if ahead is not None else None  # the order's cache is not shared
-        x, y = batch if ahead is not None and ahead[0] == step else self._host_batch(step)
+        x, y = batch if batch is not None and ahead is not None and ahead[0] == step else self._host_batch(step)
         if prefetch_next:
             self._ahead = (step + 1, self._worker.submit(self._host_batch, step + 1))
         x = x.to(self.device, memory_format=self.memory_format, non_blocking=self.pin)

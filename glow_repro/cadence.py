@@ -20,6 +20,7 @@ def eval_due(step: int, cfg: TrainConfig, steps_per_epoch: int) -> bool:
     steps. Epochs are taken as the decimal written in the config (0.3 is 3/10 exactly), so an
     evaluation never slips a step through float rounding."""
     if cfg.eval_every_epochs is None:
+        assert cfg.eval_every is not None, "one cadence, checked by TrainConfig"
         return step % cfg.eval_every == 0
     interval = Fraction(str(cfg.eval_every_epochs)) * steps_per_epoch
     return step // interval > (step - 1) // interval

@@ -91,7 +91,8 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and _numbers_only(cls.model_fields[info.field_name].annotation):
+        name = info.field_name  # always set for a field validator
+        if isinstance(value, bool) and name is not None and _numbers_only(cls.model_fields[name].annotation):
             raise ValueError("must be a number, not true or false")
         return value
 
@@ -224,7 +225,10 @@ class TrainConfig(_Section):
     def budget_steps(self, per_epoch: int) -> int:
         """The run's training steps: ``steps``, or ``epochs`` passes of ``per_epoch`` drop-last
         batches, rounded up."""
-        return self.steps or math.ceil(self.epochs * per_epoch)
+        if self.steps:
+            return self.steps
+        assert self.epochs is not None, "checked by _one_budget"
+        return math.ceil(self.epochs * per_epoch)
 
 
 class MonitorConfig(_Section):

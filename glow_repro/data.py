@@ -123,7 +123,7 @@ def _from_files(
             "(a folder holding train/<class>/<images> and test/<class>/<images>)"
         )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    bases = [cfg.root] if source.needs_root else [b for b in (cfg.root, cache) if b is not None]
+    bases = [b for b in ((cfg.root,) if source.needs_root else (cfg.root, cache)) if b is not None]
     candidates = _candidates(source, bases) + [(f, f) for f in source.fallbacks]
     found = _find(source, candidates, split)
     failure = ""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -85,8 +85,10 @@ class ExponentialMovingAverage(AveragedModel):
                 means, values = groups.setdefault((mean.device, mean.dtype), ([], []))
                 means.append(mean)
                 values.append(value)
+        average = self.multi_avg_fn
+        assert average is not None  # given in __init__
         for means, values in groups.values():  # one multi-tensor kernel per device and dtype
-            self.multi_avg_fn(means, values, self.n_averaged)
+            average(means, values, self.n_averaged)
         self.n_averaged += 1
         self.updates += 1
 
@@ -101,7 +103,9 @@ def build_model(config: RunConfig, device: torch.device | str) -> Glow:
     one tells apart the classes of the run's dataset."""
     layout = memory_format(config.train.channels_last)
     classes = {"n_classes": len(label_names(config.data))} if config.model.conditioning == "class" else {}
-    return Glow(config.model, config.data.shape, **classes).to(device, memory_format=layout)
+    model = Glow(config.model, config.data.shape, **classes)
+    # Module.to takes a device and a memory format together; torch's stub has no overload for it
+    return model.to(device, memory_format=layout)  # type: ignore[call-overload]
 
 
 def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
@@ -142,7 +146,7 @@ class Engine:
         self.memory_format = memory_format(config.train.channels_last)
         self.model = build_model(config, device)
         self.model.grad_checkpointing = config.train.grad_checkpointing
-        self.forward: torch.nn.Module = self.model  # see wrap
+        self.forward: Callable[..., Any] = self.model  # see wrap
         self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
         decay = config.train.ema_decay
@@ -151,7 +155,8 @@ class Engine:
     @property
     def eval_model(self) -> Glow:
         """The weights evaluations and samples use: the EMA's when the run keeps one."""
-        return self.ema.module if self.ema is not None else self.model
+        # AveragedModel types its copy as a plain Module; it is a deep copy of the Glow
+        return cast(Glow, self.ema.module) if self.ema is not None else self.model
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, memory_format=self.memory_format)
@@ -205,8 +210,8 @@ class Engine:
         # over ranks, so every rank takes the same branch, and the gradient norm, in float64
         # (exact for float32 values)
         losses = [loss] if bits_y is None else [loss, bits_y]
-        sums = self.dist.total(torch.stack([value.detach().double() for value in losses]))
-        *sums, norm = torch.cat([sums, grad_norm.detach().double().reshape(1)]).tolist()
+        totals = self.dist.total(torch.stack([value.detach().double() for value in losses]))
+        *sums, norm = torch.cat([totals, grad_norm.detach().double().reshape(1)]).tolist()
         mean_loss = sums[0] / self.dist.world_size
         class_loss = None if bits_y is None else sums[1] / self.dist.world_size
         fault = None if math.isfinite(mean_loss) else "nonfinite_loss"

@@ -16,6 +16,8 @@ log p(y)] under the uniform class prior p(y) = 1 / n_classes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,6 +41,12 @@ class _Level(nn.Module):
         self.squeeze = Squeeze()
         self.steps = nn.ModuleList(FlowStep(channels * 4, config) for _ in range(config.depth))
         self.split = Split(channels * 4, config.zero_conv_logscale_factor, split_classes) if split else None
+
+    @property
+    def flow_steps(self) -> Sequence[FlowStep]:
+        """``steps`` as the type checker should see them (torch types a ModuleList's items as
+        plain Modules)."""
+        return cast("Sequence[FlowStep]", self.steps)
 
 
 class Glow(nn.Module):
@@ -71,14 +79,19 @@ class Glow(nn.Module):
         #: official code does; saves memory, costs one more forward.
         self.grad_checkpointing = False
 
+    @property
+    def _levels(self) -> Sequence[_Level]:
+        """``levels`` as the type checker should see them (see :attr:`_Level.flow_steps`)."""
+        return cast("Sequence[_Level]", self.levels)
+
     def _flow(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         """The latents ``[z_1, ..., z_L]``, the kept half each split's prior reads, the log-det."""
         logdet = x.new_zeros(x.shape[0])
         zs, kept = [], []
-        for level in self.levels:
+        for level in self._levels:
             x, _ = level.squeeze(x)
-            log_abs_dets = dense_log_abs_dets([step.permutation for step in level.steps])
-            for step, log_abs_det in zip(level.steps, log_abs_dets, strict=True):
+            log_abs_dets = dense_log_abs_dets([step.permutation for step in level.flow_steps])
+            for step, log_abs_det in zip(level.flow_steps, log_abs_dets, strict=True):
                 if self.grad_checkpointing and torch.is_grad_enabled():
                     x, step_logdet = checkpoint(step, x, log_abs_det, use_reentrant=False)
                 else:
@@ -94,7 +107,7 @@ class Glow(nn.Module):
     def _log_prior(self, zs: list[torch.Tensor], kept: list[torch.Tensor], y: torch.Tensor | None) -> torch.Tensor:
         """Every latent's prior log-density, given the labels ``y`` where the priors read them."""
         log_prior = zs[-1].new_zeros(zs[-1].shape[0])
-        splits = [level.split for level in self.levels if level.split is not None]
+        splits = [level.split for level in self._levels if level.split is not None]
         for split, z1, z2 in zip(splits, kept, zs[:-1], strict=True):
             log_prior = log_prior + split.log_density(z1, z2, y=y)
         return log_prior + self.top_prior.log_density(zs[-1], y=y)
@@ -156,10 +169,10 @@ class Glow(nn.Module):
         y: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = top
-        for level, z in zip(reversed(self.levels), reversed([*factored, None]), strict=True):
+        for level, z in zip(reversed(self._levels), reversed([*factored, None]), strict=True):
             if level.split is not None:
                 x = level.split.merge(x, z, temperature, y=y)
-            for step in reversed(level.steps):
+            for step in reversed(level.flow_steps):
                 x, _ = step.inverse(x)
             x, _ = level.squeeze.inverse(x)
         return x

@@ -36,6 +36,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -66,7 +67,16 @@ class RunLockedError(UserFacingError):
     """Another process holds the run's lock: it is training the run now."""
 
 
-class RunState(enum.StrEnum):
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # enum.StrEnum is new in 3.11: what RunState needs of it, a str whose str() is its value
+
+    class StrEnum(str, enum.Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class RunState(StrEnum):
     """Where a run stands. The values are the strings of ``status.json`` and of the tables;
     members are listed in display order (finished, in progress, stopped, not started).
 

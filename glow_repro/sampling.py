@@ -77,13 +77,13 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
         raise RunNotReadyError(f"{run.path}: not a run directory (no config.yaml){hint}")
     config = load_run_config(run.config)
     if not run.checkpoint.is_file():
-        state = run.state()
-        if state.finished:
+        run_state = run.state()
+        if run_state.finished:
             raise RunNotReadyError(
-                f"{run.path}: the run is {state} but its checkpoint.pt is gone; restore it from a backup to sample it"
+                f"{run.path}: the run is {run_state} but its checkpoint.pt is gone; restore it from a backup to sample it"
             )
         raise RunNotReadyError(
-            f"{run.path}: no checkpoint yet (run state: {state}); sample again once training has saved one"
+            f"{run.path}: no checkpoint yet (run state: {run_state}); sample again once training has saved one"
         )
     load = functools.partial(torch.load, map_location=device, weights_only=True)
     state = read_torch_file(

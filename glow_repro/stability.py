@@ -92,7 +92,7 @@ def locate_nonfinite(
         handles.append(module.register_forward_hook(forward_hook))
         handles.append(module.register_full_backward_hook(backward_hook))
     # backward hooks wrap module outputs, which autograd forbids modifying in place
-    in_place = [module for module in model.modules() if getattr(module, "inplace", False)]
+    in_place: list[Any] = [module for module in model.modules() if getattr(module, "inplace", False)]
     for module in in_place:
         module.inplace = False
     try:
@@ -246,7 +246,7 @@ class StabilityMonitor:
         self,
         step: int,
         kind: str,
-        value: float,
+        value: float | None,
         threshold: float | None = None,
         layer: str | None = None,
         lr: float | None = None,

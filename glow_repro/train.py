@@ -293,10 +293,10 @@ class _Run:
         started in, then apply ``train.on_nonfinite``; returns True when the run has diverged."""
         step, lr = self.step, row["lr"]
         model = self.engine.model
-        batch, labels = batch
+        images, labels = batch
         finding = locate_nonfinite(
             model,
-            batch,
+            images,
             self.config.data.n_bits,
             self.config.train.precision,
             labels=labels,
@@ -307,7 +307,7 @@ class _Run:
                 self.run.capsules / f"step_{step:07d}.pt",
                 config=self.config,
                 model=model,
-                batch=batch,
+                batch=images,
                 step=step,
                 lr=lr,
                 finding=finding,
@@ -524,7 +524,7 @@ def _train(
         dynamic_ncols=True,
         leave=False,
     )
-    state = RunState.DONE
+    state: RunState = RunState.DONE
     with _stop_on_signals() as signals, bar, work.stream:
         while work.step < work.total_steps:
             started = time.perf_counter()

@@ -20,6 +20,7 @@ sign-flip tests they are the t approximation on the scores.
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -49,7 +50,7 @@ def paired_tests(differences: np.ndarray, test: str) -> tuple[np.ndarray, np.nda
     return effect, sd, np.asarray(p, dtype=float)
 
 
-def one_sided_t_p(differences: np.ndarray, shift: float, alternative: str) -> np.ndarray:
+def one_sided_t_p(differences: np.ndarray, shift: float, alternative: Literal["less", "greater"]) -> np.ndarray:
     """One-sided p of the paired t-test of mean ``shift`` (``less``: mean < shift)."""
     d = np.asarray(differences, dtype=float)
     with warnings.catch_warnings():

@@ -21,6 +21,8 @@ class ActNorm(FlowLayer):
     parameter's effective step size).
     """
 
+    initialized: torch.Tensor  # a buffer
+
     def __init__(self, channels: int, logscale_factor: float = 1.0, scale: float = 1.0):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -34,6 +35,12 @@ class FlowSequence(FlowLayer):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
+    @property
+    def flow_layers(self) -> Sequence[FlowLayer]:
+        """``layers`` as the type checker should see them: torch types a ModuleList's items as
+        plain Modules (it is not generic), and this one holds FlowLayers only."""
+        return cast("Sequence[FlowLayer]", self.layers)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = x.new_zeros(x.shape[0])
         for layer in self.layers:
@@ -43,7 +50,7 @@ class FlowSequence(FlowLayer):
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = y.new_zeros(y.shape[0])
-        for layer in reversed(self.layers):
+        for layer in reversed(self.flow_layers):
             y, logdet = layer.inverse(y)
             total = total + logdet
         return y, total

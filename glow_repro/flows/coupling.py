@@ -16,7 +16,7 @@ Both scale functions use the official composition ``yb = (xb + shift) * scale``:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class ZeroConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, logscale_factor: float = 3.0):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        assert self.conv.bias is not None  # made with a bias
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
@@ -41,7 +42,9 @@ class ZeroConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # conv(x) * s == conv with weight * s and bias * s: one pass instead of two
         scale = torch.exp(self.logs * self.logscale_factor).flatten()
-        return F.conv2d(x, self.conv.weight * scale.view(-1, 1, 1, 1), self.conv.bias * scale, padding=1)
+        bias = self.conv.bias
+        assert bias is not None  # made with a bias
+        return F.conv2d(x, self.conv.weight * scale.view(-1, 1, 1, 1), bias * scale, padding=1)
 
 
 class _NormedConv(nn.Module):
@@ -160,7 +163,7 @@ class Coupling(FlowLayer):
     every coupling's ``state_dict`` holds just the network under ``nn.``.
     """
 
-    def __init__(self, channels: int, width: int, transform: ElementwiseMap, **nn_options: float | bool):
+    def __init__(self, channels: int, width: int, transform: ElementwiseMap, **nn_options: Any):
         super().__init__()
         self.transform = transform
         out_channels = transform.params * (channels - channels // 2)

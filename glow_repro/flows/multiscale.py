@@ -63,7 +63,7 @@ class FlowStep(FlowSequence):
 
     @property
     def permutation(self) -> FlowLayer:
-        return self.layers[1]
+        return self.flow_layers[1]
 
     def forward(
         self, x: torch.Tensor, conv1x1_log_abs_det: torch.Tensor | None = None

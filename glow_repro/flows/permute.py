@@ -37,6 +37,9 @@ class Reverse(FlowLayer):
 class Shuffle(FlowLayer):
     """A fixed random channel permutation, kept in ``state_dict``; volume-preserving."""
 
+    perm: torch.Tensor  # buffers
+    inverse_perm: torch.Tensor
+
     def __init__(self, channels: int):
         super().__init__()
         perm = torch.randperm(channels)
@@ -109,6 +112,11 @@ def dense_log_abs_dets(layers: Sequence[FlowLayer]) -> list[torch.Tensor | None]
 
 class InvConv1x1LU(FlowLayer):
     """LU-parametrised invertible 1x1 convolution: log|det W| = sum(log|s|) (Glow, eq. 10)."""
+
+    p: torch.Tensor  # buffers
+    sign_s: torch.Tensor
+    lower_mask: torch.Tensor
+    eye: torch.Tensor
 
     def __init__(self, channels: int):
         super().__init__()
