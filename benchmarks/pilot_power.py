@@ -36,16 +36,17 @@ from glow_repro.config import load_run_config
 from glow_repro.data import load_split
 from glow_repro.engine import build_model
 from glow_repro.evaluation import bpd_sum
+from glow_repro.rundir import RunDir, StudyDir
 from glow_repro.sampling import load_trained_model
 from glow_repro.study.tables import load_tables
 
 
-def _post_hoc(run: Path, config, test_images: torch.Tensor) -> dict[str, float]:
+def _post_hoc(run: RunDir, config, test_images: torch.Tensor) -> dict[str, float]:
     """Final-checkpoint evaluations that the run did not make, with the seconds each took."""
     cfg = config.train
     raw = build_model(config, "cpu")
-    raw.load_state_dict(torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
-    _, ema = load_trained_model(run)
+    raw.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=True)["model"])
+    _, ema = load_trained_model(run.path)
     out = {}
     for name, model, images in (
         ("raw_last", raw, test_images[: cfg.eval_limit]),
@@ -79,8 +80,8 @@ def estimates(results: Path, steps: list[int], pair_key: str) -> pd.DataFrame:
             cpu_min = float(upto["wall_time"].iloc[-1]) / 60
             for name, bpd in (("ema_last", upto["test_bpd"].iloc[-1]), ("ema_mean3", upto["test_bpd"].tail(3).mean())):
                 rows.append({**base, "step": step, "estimator": name, "bpd": bpd, "cpu_min": cpu_min})
-        run = results / "runs" / run_id
-        config = load_run_config(run / "config.yaml")
+        run = StudyDir(results).run(run_id)
+        config = load_run_config(run.config)
         test = load_split(config.data, "test").images if test is None else test
         post = _post_hoc(run, config, test)
         cpu_min = float(evals["wall_time"].iloc[-1]) / 60

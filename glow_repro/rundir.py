@@ -1,4 +1,5 @@
-"""The run directory: its layout, its states, crash-safe writers, append-only logs and its lock.
+"""The run directory: its layout, its states, crash-safe writers, append-only logs and its lock;
+and the study directory that holds run directories (:class:`StudyDir`).
 
 The lowest layer of the harness: training writes through it, the study runner plans with it,
 and the analysis reads through it, so it never imports torch. A run directory holds::
@@ -379,6 +380,57 @@ class RunDir:
                 temporary.unlink(missing_ok=True)
                 removed.append(str(temporary.relative_to(self.path)))
         return removed
+
+
+class StudyDir:
+    """Paths of one study's results directory, ``results/<study name>/`` (unless ``--results``
+    says otherwise): the only place that names a study's files. It holds::
+
+        study.yaml        the spec as run: base inlined, --set applied, original header kept
+        manifest.json     {"study", "spec_hash", "runs": {run_id: {"variant", "seed", "overrides"}}}:
+                          every run ever planned here, with its label and swept settings (``status``
+                          uses it); ``spec_hash`` (study.spec.spec_hash) ties the directory to one
+                          study spec, and another spec is refused unless forced (``force_spec``)
+        runs/<run_id>/    one run directory (:class:`RunDir`)
+        tables/           steps, evals, finals, events, configs as .parquet and .csv (the long
+                          tables of glow_repro.study.tables), rewritten at the end of every
+                          ``glow-repro run`` that was not interrupted, failed runs included
+        manipulations/<variant folder>/
+                          the manipulation figures a study asks for (glow_repro.study.manipulations)
+        submitit/         submitit logs (slurm launcher only)
+        decisions.jsonl   the seed-adding record (glow_repro.study.record): one row per look of
+                          ``--until-resolved``: seeds, per-look alpha, the claims' verdicts,
+                          continue or stop and why
+        .manifest.lock, .decisions.lock, .tables.lock
+                          held while a runner writes the manifest, decides on seeds (one
+                          ``--until-resolved`` at a time) or writes the tables
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    study_file = property(lambda self: self.path / "study.yaml")
+    manifest = property(lambda self: self.path / "manifest.json")
+    runs = property(lambda self: self.path / "runs")
+    tables = property(lambda self: self.path / "tables")
+    manipulations = property(lambda self: self.path / "manipulations")
+    submitit = property(lambda self: self.path / "submitit")
+    decisions = property(lambda self: self.path / "decisions.jsonl")
+    manifest_lock = property(lambda self: self.path / ".manifest.lock")
+    decisions_lock = property(lambda self: self.path / ".decisions.lock")
+    tables_lock = property(lambda self: self.path / ".tables.lock")
+
+    def run(self, run_id: str) -> RunDir:
+        """The directory of run ``run_id`` (``runs/<run_id>/``)."""
+        return RunDir(self.runs / run_id)
+
+    def run_dirs(self) -> list[RunDir]:
+        """Every folder under ``runs/``, by name; none when there is no ``runs/``."""
+        return [RunDir(p) for p in sorted(self.runs.iterdir()) if p.is_dir()] if self.runs.is_dir() else []
+
+    def manipulation(self, folder: str) -> Path:
+        """``manipulations/<folder>/``: one variant's figures (``folder`` is its file-safe name)."""
+        return self.manipulations / folder
 
 
 class RunLock:

@@ -38,7 +38,7 @@ from glow_repro.engine import build_model, numerics
 from glow_repro.errors import UserFacingError
 from glow_repro.model import Glow
 from glow_repro.objective import postprocess, preprocess
-from glow_repro.rundir import RunDir, atomic_write_bytes, atomic_write_json, read_torch_file
+from glow_repro.rundir import RunDir, StudyDir, atomic_write_bytes, atomic_write_json, read_torch_file
 
 #: The record of the grids training writes at the end of a run, in its ``samples/`` folder.
 SAMPLES_RECORD = "samples.json"
@@ -70,8 +70,8 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
     run = RunDir(run_dir)
     if not run.config.is_file():
         hint = (
-            f"; it looks like a results directory, pass one of its runs: {run.path / 'runs'}/<run id>"
-            if (run.path / "runs").is_dir()
+            f"; it looks like a results directory, pass one of its runs: {StudyDir(run.path).runs}/<run id>"
+            if StudyDir(run.path).runs.is_dir()
             else ""
         )
         raise RunNotReadyError(f"{run.path}: not a run directory (no config.yaml){hint}")

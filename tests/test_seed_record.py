@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from glow_repro.analysis.sequential import SeedJudge
 from glow_repro.cli import main
-from glow_repro.study.record import DECISIONS, SeedRecord
+from glow_repro.rundir import StudyDir
+from glow_repro.study.record import SeedRecord
 from glow_repro.study.runner import run_study
 from tests.test_verdicts import claim_study, effect_train
 
@@ -47,8 +48,8 @@ def verdict(results: Path):
 
 
 def rewrite(results: Path, edit) -> None:
-    rows = [json.loads(line) for line in (results / DECISIONS).read_text().splitlines()]
-    (results / DECISIONS).write_text("".join(json.dumps(row) + "\n" for row in edit(rows)))
+    rows = [json.loads(line) for line in StudyDir(results).decisions.read_text().splitlines()]
+    StudyDir(results).decisions.write_text("".join(json.dumps(row) + "\n" for row in edit(rows)))
 
 
 def test_an_intact_record_is_judged_at_its_last_look(judged):
@@ -78,7 +79,7 @@ def test_an_intact_record_is_judged_at_its_last_look(judged):
 def test_a_damaged_or_missing_record_is_an_error_not_full_alpha(judged, tmp_path, damage, where):
     _, results = judged
     results = copy_of(results, tmp_path)
-    path = results / DECISIONS
+    path = StudyDir(results).decisions
     text = damage(path.read_text())
     if text is None:
         path.unlink()
@@ -93,13 +94,13 @@ def test_a_damaged_or_missing_record_is_an_error_not_full_alpha(judged, tmp_path
 def test_a_rerun_adds_no_look_and_a_new_plan_is_refused(judged, tmp_path):
     study, results = judged
     results = copy_of(results, tmp_path)
-    before = (results / DECISIONS).read_text()
+    before = StudyDir(results).decisions.read_text()
     args = ["run", str(study), "--results", str(results), "--launcher", "inprocess", "--until-resolved"]
     again = CliRunner().invoke(main, [*args, "--max-seeds", "9"])
     assert again.exit_code == 0, again.output
     bigger = CliRunner().invoke(main, [*args, "--max-seeds", "12"])
     one_error(bigger, "decisions.jsonl: its looks were planned as", "A plan cannot change after a look")
-    assert (results / DECISIONS).read_text() == before
+    assert StudyDir(results).decisions.read_text() == before
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,7 @@ def test_flags_that_would_log_looks_that_never_happened_are_refused(tmp_path, ex
     result = CliRunner().invoke(main, ["run", str(study), "--results", str(tmp_path / "r"), "--launcher",
                                        "inprocess", *extra])  # fmt: skip
     assert result.exit_code != 0 and message in result.output, result.output
-    assert not (tmp_path / "r" / DECISIONS).exists()
+    assert not StudyDir(tmp_path / "r").decisions.exists()
 
 
 def test_a_second_judge_on_the_same_study_is_refused(tmp_path):
@@ -124,4 +125,4 @@ def test_a_second_judge_on_the_same_study_is_refused(tmp_path):
         result = CliRunner().invoke(main, ["run", str(study), "--results", str(results), "--launcher", "inprocess",
                                            "--until-resolved"])  # fmt: skip
     one_error(result, "another `glow-repro run --until-resolved` is deciding on this study")
-    assert not (results / DECISIONS).exists()
+    assert not StudyDir(results).decisions.exists()

@@ -15,6 +15,7 @@ from glow_repro.rundir import (
     RunDir,
     RunLock,
     RunState,
+    StudyDir,
     UnreadableFileError,
     atomic_write_text,
     read_json,
@@ -140,3 +141,21 @@ def test_the_lock_names_its_holder_and_is_free_after_release(tmp_path):
     assert other.holder() == f"pid {os.getpid()} on {socket.gethostname()}"
     held.release()
     assert not other.held_here() and not other.held_elsewhere() and other.holder() == "another process"
+
+
+def test_study_dir_names_a_studys_files(tmp_path):
+    study = StudyDir(str(tmp_path / "s"))
+    named = {
+        study.study_file: "study.yaml", study.manifest: "manifest.json", study.runs: "runs",
+        study.tables: "tables", study.manipulations: "manipulations", study.submitit: "submitit",
+        study.decisions: "decisions.jsonl", study.manifest_lock: ".manifest.lock",
+        study.decisions_lock: ".decisions.lock", study.tables_lock: ".tables.lock",
+    }  # fmt: skip
+    assert {path: str(path.relative_to(tmp_path / "s")) for path in named} == named
+    assert study.manipulation("width_16") == tmp_path / "s" / "manipulations" / "width_16"
+    assert isinstance(study.run("abc-s0"), RunDir) and study.run("abc-s0").path == tmp_path / "s" / "runs" / "abc-s0"
+    assert study.run_dirs() == []  # no runs/ yet
+    for run_id in ("b-s1", "a-s0"):
+        study.run(run_id).path.mkdir(parents=True)
+    (study.runs / "notes.txt").write_text("not a run")
+    assert [run.path.name for run in study.run_dirs()] == ["a-s0", "b-s1"]

@@ -17,9 +17,10 @@ from glow_repro.analysis.report import build_report, manipulation_blocks
 from glow_repro.config import ConfigError
 from glow_repro.data import load_split
 from glow_repro.manipulation import write_manipulation
+from glow_repro.rundir import StudyDir
 from glow_repro.sampling import file_safe, load_trained_model
 from glow_repro.study.manipulations import ENCODED_IMAGES, ROWS, chosen_runs
-from glow_repro.study.runner import MANIPULATIONS, run_study
+from glow_repro.study.runner import run_study
 from glow_repro.study.spec import expand, load_study, spec_yaml, with_overrides
 from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
@@ -86,7 +87,7 @@ def results(tmp_path_factory):
 
 def test_the_study_writes_each_variants_figure_and_numbers(results, tmp_path):
     for run in expand(load_study(results / "study.yaml")):
-        folder = results / MANIPULATIONS / file_safe(run.variant)
+        folder = StudyDir(results).manipulation(file_safe(run.variant))
         record = json.loads((folder / "manipulate_stripes-vs-blob.json").read_text())
         assert (folder / "manipulate_stripes-vs-blob.png").is_file()
         assert (record["run_id"], record["seed"], record["variant"]) == (run.run_id, 0, run.variant)
@@ -107,9 +108,9 @@ def fake_with_manipulations(results, tmp_path):
     tables = load_tables(fake)
     assert manipulation_blocks(fake, tables, tmp_path / "unused") == []  # no files, no section
     variants = list(tables.finals["variant"].unique())[:2]
-    source = next((results / MANIPULATIONS).glob("*/manipulate_stripes-vs-blob.json"))
+    source = next(StudyDir(results).manipulations.glob("*/manipulate_stripes-vs-blob.json"))
     for variant in variants:
-        folder = fake / MANIPULATIONS / file_safe(variant)
+        folder = StudyDir(fake).manipulation(file_safe(variant))
         folder.mkdir(parents=True)
         shutil.copy(source.with_suffix(".png"), folder)
         record = {**json.loads(source.read_text()), "variant": variant}
@@ -124,11 +125,11 @@ def test_the_manipulation_section_shows_the_numbers_and_figures(fake_with_manipu
     markdown = Section("manipulation", "Manipulation", blocks).to_markdown(4)
     assert markdown.startswith("## 4. Manipulation") and "first 1000 training images" in markdown
     assert all(f"`{variant}`, seed 0: `stripes-vs-blob`" in markdown for variant in variants)
-    shown = pd.read_csv(out / "tables" / f"{MANIPULATIONS}.csv")
+    shown = pd.read_csv(out / "tables" / "manipulations.csv")
     assert list(shown["variant"]) == variants and set(shown["attribute"]) == {"stripes-vs-blob"}
-    record = json.loads(next((fake / MANIPULATIONS).glob("*/*.json")).read_text())
+    record = json.loads(next(StudyDir(fake).manipulations.glob("*/*.json")).read_text())
     assert shown["separation (pooled SD)"][0] == pytest.approx(record["held_out"]["gap_in_sd"], abs=1e-3)
-    assert len(list((out / "figures" / MANIPULATIONS).glob("*.png"))) == 2
+    assert len(list((out / "figures" / "manipulations").glob("*.png"))) == 2
 
 
 @pytest.mark.slow

@@ -71,9 +71,9 @@ from glow_repro.analysis.verdicts import (
     seeds_text,
     study_verdicts,
 )
-from glow_repro.rundir import RunState, UnreadableFileError, read_json
+from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
 from glow_repro.study.labels import format_value, short_names
-from glow_repro.study.runner import MANIPULATIONS, read_manifest
+from glow_repro.study.runner import read_manifest
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
 
 #: Report tables also written as LaTeX (:mod:`glow_repro.analysis.latex`): the display
@@ -568,7 +568,7 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
     for _, run in done.drop_duplicates("variant").iterrows():
         temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
         pngs = sorted(
-            (results_dir / "runs" / run["run_id"] / "samples").glob("*.png"),
+            StudyDir(results_dir).run(run["run_id"]).samples.glob("*.png"),
             key=lambda png: (order.get(png.stem, len(order)), png.name),
         )
         group = []
@@ -588,7 +588,7 @@ def manipulation_records(results_dir: Path, tables: Tables) -> list[dict]:
     """The readable ``manipulate_*.json`` records under ``results/<study>/manipulations/``
     whose figure is there too, in the study's order of attributes, then of variants."""
     records = []
-    for path in sorted((results_dir / MANIPULATIONS).glob("*/manipulate_*.json")):
+    for path in sorted(StudyDir(results_dir).manipulations.glob("*/manipulate_*.json")):
         try:
             record = read_json(path, expect=dict)
         except UnreadableFileError:
@@ -613,6 +613,7 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
     records = manipulation_records(results_dir, tables)
     if not records:
         return []
+    name = "manipulations"  # the report's table, its CSV and its figures' folder
     rows, groups = [], {}
     for r in records:
         held = r["held_out"]
@@ -624,16 +625,16 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
             "held-out mean projection (+ / −)": f"{number(held['mean_positive'])} / {number(held['mean_negative'])}",
             "separation (pooled SD)": number(held["gap_in_sd"]),
         })  # fmt: skip
-        target = out / "figures" / MANIPULATIONS / f"{r['png'].parent.name}_{r['png'].name}"
+        target = out / "figures" / name / f"{r['png'].parent.name}_{r['png'].name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(r["png"], target)
         alphas = ", ".join(f"{alpha:g}" for alpha in r["alphas"])
         caption = (f"`{r['variant']}`, seed {r.get('seed', '?')}: `{r['attribute']}`; rows are test images, columns "
                    f"move along the direction by alpha {alphas} (0: the reconstruction).")  # fmt: skip
-        figure = FigureFile(target.stem, caption, target, f"figures/{MANIPULATIONS}/{target.name}")
+        figure = FigureFile(target.stem, caption, target, f"figures/{name}/{target.name}")
         groups.setdefault(r["attribute"], []).append(figure)
     frame = pd.DataFrame(rows)
-    csv = out / "tables" / f"{MANIPULATIONS}.csv"
+    csv = out / "tables" / f"{name}.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(csv, index=False)
     limit = records[0].get("image_limit")
@@ -649,7 +650,7 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
             ],
             "note",
         ),
-        Table(MANIPULATIONS, frame, Files([(csv, f"tables/{csv.name}")])),
+        Table(name, frame, Files([(csv, f"tables/{csv.name}")])),
         SampleRows(list(groups.values())),
     ]
 
@@ -659,7 +660,7 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
 
 def _reproduce_commands(tables: Tables, results_dir: Path) -> list[str]:
     spec = next((p for p in (Path("studies") / f"{tables.name}.yaml", Path("studies") / "paper" / f"{tables.name}.yaml")
-                 if p.is_file()), results_dir / "study.yaml")  # fmt: skip
+                 if p.is_file()), StudyDir(results_dir).study_file)  # fmt: skip
     return [f"glow-repro run {spec}", f"glow-repro status {results_dir}", f"glow-repro report {results_dir}"]
 
 
@@ -898,7 +899,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     for name, frame in raw.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False)
     _write_latex_tables(a, display, out / "tables")
-    study_file = results_dir / "study.yaml"
+    study_file = StudyDir(results_dir).study_file
     study_yaml = study_file.read_text() if study_file.is_file() else ""
     manipulation = manipulation_blocks(results_dir, tables, out)
     commands = _reproduce_commands(tables, results_dir)

@@ -26,8 +26,9 @@ from glow_repro.analysis.boundaries import Boundary, Spending
 from glow_repro.analysis.verdicts import ALPHA, Look, study_verdicts, verdicts
 from glow_repro.config import ConfigError
 from glow_repro.errors import ResultsDirError
+from glow_repro.rundir import StudyDir
 from glow_repro.study.record import REMEDY, RecordedLook, SeedRecord
-from glow_repro.study.runner import TABLES, read_manifest
+from glow_repro.study.runner import read_manifest
 from glow_repro.study.spec import PILOT_SEEDS_START, ClaimSpec, StudySpec
 from glow_repro.study.tables import Tables, load_tables, write_frame
 
@@ -181,7 +182,7 @@ class SeedJudge:
         recorded = SeedPlan.recorded(rows[-1])
         if recorded != plan:
             raise ResultsDirError(
-                f"{results_dir / 'decisions.jsonl'}: its looks were planned as {recorded.boundary.describe()} "
+                f"{StudyDir(results_dir).decisions}: its looks were planned as {recorded.boundary.describe()} "
                 f"at alpha {recorded.alpha:g} over seeds {_seed_range(recorded.seeds)}; this run plans "
                 f"{plan.boundary.describe()} at alpha {plan.alpha:g} over seeds {_seed_range(plan.seeds)}. A plan "
                 "cannot change after a look (the alpha already spent would be spent again): run with the "
@@ -238,7 +239,7 @@ def recorded_look(results_dir: str | Path) -> tuple[Look | None, list[int] | Non
         manifest = read_manifest(results_dir) or {}
         if manifest.get("until_resolved"):
             raise ResultsDirError(
-                f"{results_dir / 'decisions.jsonl'}: missing or empty, but this study was run with "
+                f"{StudyDir(results_dir).decisions}: missing or empty, but this study was run with "
                 "--until-resolved: its seeds may have been added by looking at the results, which a verdict at "
                 "full alpha would ignore. Run the same `glow-repro run --until-resolved` command to take the "
                 "first look, or restore the record"
@@ -264,5 +265,5 @@ def write_verdicts(results_dir: str | Path) -> pd.DataFrame:
     tables = load_tables(results_dir)
     table = results_verdicts(results_dir, tables).table
     if tables.study.get("claims"):
-        write_frame(table, Path(results_dir) / TABLES, "verdicts")
+        write_frame(table, StudyDir(results_dir).tables, "verdicts")
     return table

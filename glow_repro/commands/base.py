@@ -88,10 +88,10 @@ def warn_about_results(results_dir: Path, left_out: dict[str, str]) -> None:
     """A ``warning:`` line for each thing a reader of RESULTS_DIR's tables must know: a
     ``study.yaml`` that is gone, runs of several specs of the study (``--force-spec``), and each
     run the tables leave out, with why (glow_repro.study.tables.left_out_runs)."""
-    from glow_repro.rundir import UnreadableFileError
+    from glow_repro.rundir import StudyDir, UnreadableFileError
     from glow_repro.study.runner import read_manifest
 
-    if not (results_dir / "study.yaml").is_file():
+    if not StudyDir(results_dir).study_file.is_file():
         click.echo(f"warning: {STUDY_GONE.format(results_dir=results_dir)}", err=True)
     try:
         specs = (read_manifest(results_dir) or {}).get("specs", [])

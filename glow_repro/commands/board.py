@@ -59,8 +59,10 @@ def _study_name(results: Path) -> str:
     the directory's name."""
     import yaml
 
+    from glow_repro.rundir import StudyDir
+
     try:
-        name = yaml.safe_load((results / "study.yaml").read_text()).get("name")
+        name = yaml.safe_load(StudyDir(results).study_file.read_text()).get("name")
     except (OSError, yaml.YAMLError, AttributeError):
         name = None
     return name if isinstance(name, str) else results.name

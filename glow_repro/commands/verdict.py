@@ -45,10 +45,11 @@ def verdict_command(results_dir: Path) -> None:
     p against the look's threshold, the minimum detectable effect and the seeds a fixed design
     would need at the claim's smallest effect of interest (docs/verdicts.md)."""
     from glow_repro.analysis.sequential import results_verdicts
+    from glow_repro.rundir import StudyDir
     from glow_repro.study.tables import load_tables
 
     tables = load_tables(results_dir)
-    if not (results_dir / "study.yaml").is_file():  # the claims to judge are in it
+    if not StudyDir(results_dir).study_file.is_file():  # the claims to judge are in it
         raise UserError(STUDY_GONE.format(results_dir=results_dir))
     warn_about_results(results_dir, tables.left_out)
     echo_verdicts(results_verdicts(results_dir, tables).table)

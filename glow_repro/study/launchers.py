@@ -91,9 +91,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LaunchOptions:
+    folder: Path  # submitit's logs: the study's StudyDir.submitit
     workers: int | None = 1  # None: chosen by glow_repro.study.workers when launched
     slurm: LauncherSpec = LauncherSpec()
-    folder: Path = Path("submitit")
 
 
 class _WorkerState:

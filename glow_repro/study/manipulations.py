@@ -21,9 +21,8 @@ from pathlib import Path
 
 from glow_repro.data import load_split
 from glow_repro.manipulation import write_manipulation
-from glow_repro.rundir import RunDir, RunState, UnreadableFileError, read_json
+from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
 from glow_repro.sampling import file_safe, load_trained_model
-from glow_repro.study.runner import MANIPULATIONS
 from glow_repro.study.spec import RunSpec, StudySpec, expand
 
 #: Training images the direction is taken over, and test images its separation is measured on.
@@ -39,7 +38,7 @@ def chosen_runs(spec: StudySpec, results_dir: Path) -> list[RunSpec]:
     runs = expand(spec)
     chosen: dict[str, RunSpec] = {}
     for run in sorted(runs, key=lambda run: run.seed):
-        if run.variant not in chosen and RunDir(results_dir / "runs" / run.run_id).state() == RunState.DONE:
+        if run.variant not in chosen and StudyDir(results_dir).run(run.run_id).state() == RunState.DONE:
             chosen[run.variant] = run
     return [chosen[variant] for variant in dict.fromkeys(run.variant for run in runs) if variant in chosen]
 
@@ -47,15 +46,14 @@ def chosen_runs(spec: StudySpec, results_dir: Path) -> list[RunSpec]:
 def write_study_manipulations(spec: StudySpec, results_dir: str | Path) -> list[Path]:
     """Write the manipulations ``spec`` asks for (see the module docstring); the JSON records
     written now, none when the study asks for none."""
-    results_dir = Path(results_dir)
+    study = StudyDir(results_dir)
     written = []
-    for run in chosen_runs(spec, results_dir) if spec.manipulations else ():
-        out = results_dir / MANIPULATIONS / file_safe(run.variant)
+    for run in chosen_runs(spec, study.path) if spec.manipulations else ():
+        out = study.manipulation(file_safe(run.variant))
         todo = [a for a in spec.manipulations if not _recorded(out / f"manipulate_{file_safe(a)}.json", run)]
         if not todo:
             continue
-        run_dir = results_dir / "runs" / run.run_id
-        config, model = load_trained_model(run_dir)
+        config, model = load_trained_model(study.run(run.run_id).path)
         limits = {key: min(getattr(config.data, key) or ENCODED_IMAGES, ENCODED_IMAGES) for key in LIMITS}
         data = config.data.model_copy(update=limits)
         train, test = load_split(data, "train"), load_split(data, "test")

@@ -21,9 +21,8 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import atomic_write_text
+from glow_repro.rundir import StudyDir, atomic_write_text
 
-DECISIONS = "decisions.jsonl"
 REMEDY = (
     "the record says how much alpha the looks spent, so it cannot be judged without it: restore it "
     "(for example from a backup or version control), or judge the study again in a new results directory"
@@ -54,11 +53,12 @@ class RecordedLook(BaseModel):
 
 
 class SeedRecord:
-    """``decisions.jsonl`` of one results directory."""
+    """``decisions.jsonl`` of one results directory (its path: :attr:`StudyDir.decisions`)."""
 
     def __init__(self, results_dir: str | Path):
         self.results_dir = Path(results_dir)
-        self.path = self.results_dir / DECISIONS
+        self.study = StudyDir(results_dir)
+        self.path = self.study.decisions
 
     def read(self) -> list[RecordedLook]:
         """Every look recorded so far, checked row by row and against each other."""
@@ -100,7 +100,7 @@ class SeedRecord:
     def writer(self) -> Iterator[None]:
         """Hold the record for one ``run --until-resolved``; a second one is refused."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.results_dir / ".decisions.lock", timeout=0)
+        lock = FileLock(self.study.decisions_lock, timeout=0)
         try:
             lock.acquire()
         except Timeout:

@@ -1,20 +1,8 @@
 """Run a study: plan which runs need training, launch them, and report; with a judge,
 add seeds until the study's claims are resolved (docs/verdicts.md).
 
-Results layout (``results/<study name>/`` unless ``--results`` says otherwise)::
-
-    study.yaml       the spec as run: base inlined, --set applied, original header kept
-    manifest.json    {"study", "spec_hash", "runs": {run_id: {"variant", "seed", "overrides"}}}:
-                     every run ever planned here, with its label and swept settings (``status``
-                     uses it); ``spec_hash`` (spec.spec_hash) ties the directory to one study
-                     spec, and another spec is refused unless forced (``force_spec``)
-    runs/<run_id>/   one run directory (glow_repro.rundir.RunDir)
-    tables/          steps, evals, finals, events, configs as .parquet and .csv (the long
-                     tables of glow_repro.study.tables), rewritten at the end of every
-                     ``glow-repro run`` that was not interrupted, failed runs included
-    submitit/        submitit logs (slurm launcher only)
-    decisions.jsonl  one row per look of ``--until-resolved``: seeds, per-look alpha, the
-                     claims' verdicts, continue or stop and why (append-only)
+Results go to ``results/<study name>/`` unless ``--results`` says otherwise; its layout is
+:class:`glow_repro.rundir.StudyDir`.
 
 A run is skipped when its status is ``done`` or ``diverged``; ``interrupted`` runs (and
 ``running`` ones whose lock nobody holds: a killed runner) resume from their checkpoint;
@@ -39,6 +27,7 @@ from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     RunDir,
     RunState,
+    StudyDir,
     UnreadableFileError,
     atomic_write_json,
     atomic_write_text,
@@ -68,10 +57,6 @@ from glow_repro.study.tables import load_tables, write_tables
 from glow_repro.study.workers import choose_workers
 from glow_repro.tensorboard_log import require_tensorboard
 
-MANIFEST = "manifest.json"
-TABLES = "tables"
-#: The manipulation figures a study asks for, one folder per variant (glow_repro.study.manipulations).
-MANIPULATIONS = "manipulations"
 #: Plan actions that launch training.
 LAUNCH_ACTIONS = ("train", "resume", "retry")
 
@@ -154,7 +139,7 @@ class StudyReport:
         for run_id, outcome in self.outcomes.items():
             if outcome.state in (RunState.CANCELLED, RunState.ELSEWHERE):
                 continue
-            run = RunDir(self.results_dir / "runs" / run_id)
+            run = StudyDir(self.results_dir).run(run_id)
             try:
                 wall = run.summary().get("wall_time")
                 if wall is None:
@@ -240,18 +225,19 @@ def plan_study(
         require_tensorboard(f"{spec.source}: train.tensorboard")
     plan = []
     for run in runs:
-        run_dir = results_dir / "runs" / run.run_id
-        state = RunDir(run_dir).observed_state()
-        plan.append(PlannedRun(run, run_dir, state, state.action(retry_failed)))
+        run_dir = StudyDir(results_dir).run(run.run_id)
+        state = run_dir.observed_state()
+        plan.append(PlannedRun(run, run_dir.path, state, state.action(retry_failed)))
     return plan
 
 
 def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec], until_resolved: bool) -> None:
     """Write study.yaml and add the runs to manifest.json (under a lock: runners may race);
     ``until_resolved`` marks, for good, a directory whose seeds are added by looking."""
+    study = StudyDir(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(results_dir / ".manifest.lock", timeout=60):
-        atomic_write_text(results_dir / "study.yaml", spec_yaml(spec))
+    with FileLock(study.manifest_lock, timeout=60):
+        atomic_write_text(study.study_file, spec_yaml(spec))
         manifest = read_manifest(results_dir) or {"runs": {}}
         earlier = manifest.get("specs") or ([manifest["spec_hash"]] if "spec_hash" in manifest else [])
         manifest["study"] = spec.name
@@ -260,7 +246,7 @@ def _record_study(spec: StudySpec, results_dir: Path, runs: Sequence[RunSpec], u
         manifest["specs"] = list(dict.fromkeys([*earlier, manifest["spec_hash"]]))  # more than one: --force-spec
         for run in runs:
             manifest["runs"][run.run_id] = {"variant": run.variant, "seed": run.seed, "overrides": run.overrides}
-        atomic_write_json(results_dir / MANIFEST, manifest)
+        atomic_write_json(study.manifest, manifest)
 
 
 def check_spec(spec: StudySpec, results_dir: Path, force: bool = False) -> None:
@@ -317,7 +303,7 @@ def run_study(
     if dry_run:
         return _planned(spec, results, judge, only, retry_failed)[0]
     check_launcher(launcher)
-    options = LaunchOptions(workers=workers, slurm=resources, folder=results / "submitit")
+    options = LaunchOptions(workers=workers, slurm=resources, folder=StudyDir(results).submitit)
     with SeedRecord(results).writer() if judge is not None else contextlib.nullcontext():
         report, look = _planned(spec, results, judge, only, retry_failed)
         while True:
@@ -397,18 +383,19 @@ def write_study_tables(results_dir: Path) -> Path | None:
 
     Under a lock, so that of two runners finishing together the second reads and writes last.
     """
-    with FileLock(results_dir / ".tables.lock"):
+    study = StudyDir(results_dir)
+    with FileLock(study.tables_lock):
         try:
             tables = load_tables(results_dir)
         except ResultsDirError:
             return None
-        write_tables(tables, results_dir / TABLES)
-    return results_dir / TABLES
+        write_tables(tables, study.tables)
+    return study.tables
 
 
 def tables_dir(results_dir: str | Path) -> Path | None:
     """``results/<study>/tables/`` if a run of the study has written it, else None."""
-    path = Path(results_dir) / TABLES
+    path = StudyDir(results_dir).tables
     return path if (path / "finals.parquet").is_file() else None
 
 
@@ -430,7 +417,7 @@ class RunStatus:
 def read_manifest(results_dir: Path) -> dict[str, Any] | None:
     """manifest.json of a results directory (None when there is none); a damaged one is an
     UnreadableFileError that says how to rebuild it."""
-    path = results_dir / MANIFEST
+    path = StudyDir(results_dir).manifest
     remedy = "delete it: the next `glow-repro run` of the study writes it again"
     manifest = read_json(path, default=None, expect=dict, remedy=remedy)
     if manifest is not None and not (
@@ -443,17 +430,17 @@ def read_manifest(results_dir: Path) -> dict[str, Any] | None:
 
 def collect_status(results_dir: str | Path) -> list[RunStatus]:
     """Every run of a results directory (manifest order, then unlisted run dirs)."""
-    results = Path(results_dir)
+    results, study = Path(results_dir), StudyDir(results_dir)
     manifest = read_manifest(results) if results.is_dir() else None
-    if not results.is_dir() or (manifest is None and not (results / "runs").is_dir()):
+    if not results.is_dir() or (manifest is None and not study.runs.is_dir()):
         raise ResultsDirError(
-            f"{results}: not a results directory (no {MANIFEST} or runs/); give the folder "
+            f"{results}: not a results directory (no {study.manifest.name} or {study.runs.name}/); give the folder "
             "`glow-repro run` wrote, e.g. results/<study name>"
         )
     listed: dict[str, dict[str, Any]] = (manifest or {}).get("runs", {})
-    found = sorted(p.name for p in (results / "runs").glob("*") if p.is_dir())
+    found = [run.path.name for run in study.run_dirs()]
     ids = list(listed) + [run_id for run_id in found if run_id not in listed]
-    return [_run_status(results / "runs" / run_id, listed.get(run_id, {})) for run_id in ids]
+    return [_run_status(study.run(run_id).path, listed.get(run_id, {})) for run_id in ids]
 
 
 def _number(value: Any) -> float | None:

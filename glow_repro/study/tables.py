@@ -40,6 +40,7 @@ from glow_repro.errors import ResultsDirError
 from glow_repro.rundir import (
     RunDir,
     RunState,
+    StudyDir,
     UnreadableFileError,
     atomic_write_bytes,
     atomic_write_text,
@@ -126,9 +127,7 @@ def _why_left_out(run: RunDir) -> str | None:
 
 def left_out_runs(results_dir: str | Path) -> dict[str, str]:
     """Every run of ``results_dir`` that the tables leave out or whose result they blank, with why."""
-    runs = Path(results_dir) / "runs"
-    folders = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-    return {folder.name: why for folder in folders if (why := _why_left_out(RunDir(folder)))}
+    return {run.path.name: why for run in StudyDir(results_dir).run_dirs() if (why := _why_left_out(run))}
 
 
 def _require_results_dir(results_dir: Path) -> list[Path]:
@@ -136,13 +135,13 @@ def _require_results_dir(results_dir: Path) -> list[Path]:
         raise ResultsDirError(
             f"{results_dir}: no such directory; expected results/<study> as written by `glow-repro run STUDY.yaml`"
         )
-    runs = results_dir / "runs"
-    if not runs.is_dir():
+    study = StudyDir(results_dir)
+    if not study.runs.is_dir():
         raise ResultsDirError(
             f"{results_dir}: not a results directory (no runs/ folder); "
             "expected results/<study> as written by `glow-repro run STUDY.yaml`"
         )
-    run_dirs = sorted(p for p in runs.iterdir() if (p / "config.yaml").is_file())
+    run_dirs = [run.path for run in study.run_dirs() if run.config.is_file()]
     if not run_dirs:
         raise ResultsDirError(f"{results_dir}: no runs yet (no runs/*/config.yaml); start them with `glow-repro run`")
     return run_dirs
@@ -218,7 +217,7 @@ def _sort_columns(values: pd.Series, order: list[str]) -> list[pd.Series]:
 def _read_study(results_dir: Path) -> dict[str, Any]:
     """The parsed ``study.yaml``, validated as a study file is (a claim edited to a value the
     study does not sweep is a one-line error); ``{}`` without one."""
-    study_file = results_dir / "study.yaml"
+    study_file = StudyDir(results_dir).study_file
     if study_file.is_file():
         load_study(study_file)
     study = read_yaml(study_file) if study_file.is_file() else {}
@@ -305,7 +304,7 @@ def load_tables(results_dir: str | Path) -> Tables:
 
     steps, evals, events, finals = {}, {}, {}, []
     for run_id in tqdm(ids["run_id"], desc="loading runs", unit="run", disable=None, leave=False):
-        run = RunDir(results_dir / "runs" / run_id)
+        run = StudyDir(results_dir).run(run_id)
         steps[run_id] = run.metrics.read()
         evals[run_id] = run.evals.read()
         events[run_id] = run.events.read()
