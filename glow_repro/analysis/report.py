@@ -72,7 +72,7 @@ from glow_repro.analysis.verdicts import (
     study_verdicts,
 )
 from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
-from glow_repro.study.labels import format_value, short_names
+from glow_repro.study.labels import duration, format_value, short_names
 from glow_repro.study.runner import read_manifest
 from glow_repro.study.tables import Tables, describe_differences, load_tables, shared_settings, write_tables
 
@@ -189,14 +189,6 @@ def p_clause(p: float) -> str:
     """``p < 0.001`` or ``p = 0.032`` for running text."""
     text = p_text(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
-
-
-def duration(seconds: float) -> str:
-    if not is_number(seconds):
-        return "n/a"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
 def _plural(n: int, word: str) -> str:

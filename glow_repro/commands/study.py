@@ -10,14 +10,7 @@ import click
 
 from glow_repro.commands.base import text_table, user_errors, warn_about_results
 from glow_repro.rundir import RunDir, RunState
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+from glow_repro.study.labels import duration
 
 
 def _counts(states: list[RunState]) -> str:
@@ -231,7 +224,7 @@ def _time_to_verdict(report, wall: float) -> str:
     spent = f"{cpu / 60:.1f} CPU-minutes in training"
     if unknown:
         spent += f" ({unknown} trained run{'s' * (unknown != 1)} without a recorded thread count left out)"
-    parts = [f"{_duration(wall)} wall", spent]
+    parts = [f"{duration(wall)} wall", spent]
     if report.decisions:
         looks = len(report.decisions)
         parts.append(f"{looks} look{'s' * (looks != 1)} ({report.decisions[-1].seeds} seeds)")
@@ -241,8 +234,8 @@ def _time_to_verdict(report, wall: float) -> str:
 def _accounting(report) -> str:
     """What this invocation did with each planned run, in parts that add up to the plan."""
     not_trained = (RunState.CANCELLED, RunState.ELSEWHERE)
-    reasons = {"keep-failed": "failed before (--retry-failed trains them)", "elsewhere": "training elsewhere",
-               "unreadable": "with an unreadable status", RunState.ELSEWHERE: "training elsewhere"}  # fmt: skip
+    reasons = {"keep-failed": "failed before (--retry-failed trains them)", RunState.ELSEWHERE: "training elsewhere",
+               "unreadable": "with an unreadable status"}  # fmt: skip
     parts = Counter()
     for planned in report.plan:
         outcome = report.outcomes.get(planned.run.run_id)
@@ -287,7 +280,7 @@ def status_command(results_dir: Path) -> None:
             r.state,
             "-" if r.step is None else str(r.step),
             _bpd(r),
-            _duration(r.wall_time),
+            duration(r.wall_time),
         ]
         for r in runs
     ]

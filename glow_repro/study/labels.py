@@ -1,4 +1,5 @@
-"""Readable text for swept settings: short key names, value text and variant names.
+"""Readable text for swept settings: short key names, value text and variant names (and the
+one duration format every command and report uses).
 
 One implementation for every place a run is named: run ids and the variant names of the
 plan, the manifest and ``glow-repro status`` (:mod:`glow_repro.study.spec`), and the
@@ -68,3 +69,12 @@ def variant_name(settings: Mapping[str, Any], label: str | None = None) -> str:
     variant entry fixes), then the other swept ``settings`` it is named by; ``base`` when
     there is neither. ``wide``, ``wide, permutation=conv1x1``, ``permutation=conv1x1``."""
     return ", ".join(([label] if label else []) + ([describe(settings)] if settings else [])) or "base"
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as ``3m05s``, or ``1h02m`` from an hour on; ``-`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
