@@ -399,8 +399,8 @@ class StudyDir:
                           the manipulation figures a study asks for (glow_repro.study.manipulations)
         submitit/         submitit logs (slurm launcher only)
         decisions.jsonl   the seed-adding record (glow_repro.study.record): one row per look of
-                          ``--until-resolved``: seeds, per-look alpha, the claims' verdicts,
-                          continue or stop and why
+                          ``--until-resolved``: the plan, seeds, threshold, alpha spent, the
+                          claims' verdicts, continue or stop and why
         .manifest.lock, .decisions.lock, .tables.lock
                           held while a runner writes the manifest, decides on seeds (one
                           ``--until-resolved`` at a time) or writes the tables
