@@ -11,15 +11,14 @@ import pandas as pd
 import pytest
 
 from glow_repro.analysis.claim_view import (
-    CLAIM_COLUMNS,
     PAIR_COLUMNS,
     ci_text,
     coinciding_metrics,
     interval_column,
     metric_label,
-    outcome_text,
 )
 from glow_repro.analysis.report import claims_table, pairs_table
+from glow_repro.analysis.verdicts import SUMMARY_COLUMNS
 from glow_repro.study.tables import load_tables
 from tests.test_tables import make_fake_study
 
@@ -35,7 +34,7 @@ def claim_row(**fields) -> dict:
         "boundary": "O'Brien-Fleming spending, looks at 4/8/12 seeds",
         "metric_label": "mean test bpd of the last 3 evaluations (steps 200, 300, 400)",
     }  # fmt: skip
-    assert set(CLAIM_COLUMNS) <= set(row)
+    assert set(SUMMARY_COLUMNS) <= set(row)
     return {**row, **fields}
 
 
@@ -69,11 +68,6 @@ def test_the_pair_table_is_the_paired_test_with_each_pairs_verdict_and_threshold
     (row,) = pairs_table(pairs).to_dict("records")
     assert row["pair verdict"] == "absent" and row["effect [98.75 % CI]"] == "0.004 [-0.010, 0.018]"
     assert (row["p"], row["p threshold"], row["seeds needed"]) == ("0.410", "0.0125", "more than 1000")
-
-
-def test_an_outcome_is_the_claims_own_line_or_its_resolved_pairs():
-    assert outcome_text(pd.Series(claim_row())).startswith("5 of 6 pairs reproduced; 1 absent")
-    assert outcome_text(pd.Series(claim_row(outcome=np.nan, resolved=1, pairs=2))) == "1 of 2 pairs resolved"
 
 
 def evals_of(steps: dict[str, list[int]]) -> tuple[pd.DataFrame, pd.DataFrame]:

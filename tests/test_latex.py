@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glow_repro.analysis.claim_view import outcome_text
 from glow_repro.analysis.latex import to_latex, write_latex
 from glow_repro.analysis.report import build_report
 from tests.test_tables import make_fake_study
@@ -79,7 +78,7 @@ def test_verdict_numbers_match_the_claims_csv(report: Path) -> None:
     (effect,) = [column for column in table.columns if column.startswith("effect [")]  # headed by its level
     for (_, shown), (_, row) in zip(table.iterrows(), claims.iterrows(), strict=True):
         assert numbers(shown[effect]) == rounded(row.effect, row.ci_low, row.ci_high)
-        assert shown["outcome"] == outcome_text(row)
+        assert shown["outcome"] == row.outcome
 
 
 def test_final_bpd_numbers_match_the_summary_csv(report: Path) -> None:

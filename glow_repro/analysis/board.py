@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from glow_repro.analysis.claim_view import CLAIM_COLUMNS, SEED_VARIANCE, claim_rows, interval_column, outcome_text
+from glow_repro.analysis.claim_view import SEED_VARIANCE, claim_rows, interval_column
 from glow_repro.analysis.document import Table
 from glow_repro.analysis.report import environment, run_commits
 from glow_repro.analysis.sequential import results_verdicts
-from glow_repro.analysis.verdicts import number
+from glow_repro.analysis.verdicts import SUMMARY_COLUMNS, number
 from glow_repro.errors import ResultsDirError
 from glow_repro.study.tables import Tables
 
@@ -67,13 +67,12 @@ def _commit_text(commits: list[str]) -> str:
 def board_page(studies: list[StudyClaims]) -> Board:
     """One row per claim of every study, in the order given; a study whose verdicts could not
     be computed is one row saying why."""
-    columns = [*CLAIM_COLUMNS, "metric_label"]
+    columns = [*SUMMARY_COLUMNS, "metric_label"]
     frames, links = [], []
     for study in studies:
         claims = (pd.DataFrame([{"verdict": "not computed", "outcome": study.error}], columns=columns) if study.error
                   else study.claims.reindex(columns=columns))  # fmt: skip
-        outcome = [outcome_text(row) for _, row in claims.iterrows()]
-        frames.append(claims.assign(study=study.study, commit=_commit_text(study.commits), outcome=outcome))
+        frames.append(claims.assign(study=study.study, commit=_commit_text(study.commits)))
         links += [study.report] * len(claims)
     rows = pd.concat(frames, ignore_index=True)
     header, effects = interval_column(rows, "weakest pair's effect")

@@ -2,8 +2,8 @@
 they read from the verdict tables, each metric named in words from the data, each interval
 headed by its own level, and the metrics that coincide in every run.
 
-This module is the one place that names the columns of :func:`verdicts.verdicts` and
-:func:`verdicts.claim_summary` the pages show; a column a table lacks reads as missing.
+The report and the board show each claim as :func:`verdicts.claim_summary` gives it
+(:data:`verdicts.SUMMARY_COLUMNS`) and each pair as :data:`PAIR_COLUMNS` of the verdict table.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ from glow_repro.rundir import RunState
 from glow_repro.study.spec import METRIC_ALIASES
 from glow_repro.study.tables import Tables
 
-#: Per claim: what the report's verdict table and the board show.
-CLAIM_COLUMNS = ["claim", "source", "verdict", "outcome", "metric", "resolved", "pairs", "weakest", "effect",
-                 "ci_low", "ci_high", "level", "p", "threshold", "min_effect", "seeds", "seeds_needed", "boundary"]  # fmt: skip
 #: Per pair: the paired test on the claim's own metric.
 PAIR_COLUMNS = ["claim", "within", "pair", "pair_verdict", "effect", "ci_low", "ci_high", "level", "p", "threshold",
                 "seeds", "mde", "seeds_needed"]  # fmt: skip
@@ -91,14 +88,14 @@ def claim_labels(tables: Tables, rows: pd.DataFrame) -> list[str]:
 
 
 def claim_rows(verdicts: pd.DataFrame, tables: Tables) -> pd.DataFrame:
-    """One row per claim (:data:`CLAIM_COLUMNS`, then ``metric_label``: the metric in words)."""
-    rows = claim_summary(verdicts).reindex(columns=CLAIM_COLUMNS)
+    """One row per claim (:data:`verdicts.SUMMARY_COLUMNS`, then ``metric_label``: the metric in words)."""
+    rows = claim_summary(verdicts)
     return rows.assign(metric_label=claim_labels(tables, rows))
 
 
 def pair_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per pair of every claim (:data:`PAIR_COLUMNS`)."""
-    return verdicts.reindex(columns=PAIR_COLUMNS)
+    return verdicts[PAIR_COLUMNS]
 
 
 def coinciding_metrics(tables: Tables, metrics: pd.DataFrame) -> dict[tuple[str, str], str]:
@@ -125,11 +122,3 @@ def ci_text(low: float, high: float, level: float) -> str:
     if pd.isna(low):
         return ""
     return f" [{level_text(level) + ' ' if pd.notna(level) else ''}CI {number(low)}, {number(high)}]"
-
-
-def outcome_text(row: pd.Series) -> str:
-    """A claim's one-line outcome (``5 of 6 pairs reproduced; 1 absent (...)``), or how many
-    of its pairs are resolved where the table gives none."""
-    if isinstance(row["outcome"], str):
-        return row["outcome"]
-    return f"{row['resolved']} of {row['pairs']} pair{'s' * (row['pairs'] != 1)} resolved"

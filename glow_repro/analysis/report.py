@@ -41,7 +41,6 @@ from glow_repro.analysis.claim_view import (
     claim_rows,
     coinciding_metrics,
     interval_column,
-    outcome_text,
     pair_rows,
     threshold_text,
 )
@@ -260,7 +259,7 @@ def verdict_sentences(a: Analysis) -> list[str]:
             order = f"{order}, or worse by at most {claim.margin:g} bpd,"
         text = (
             f"Claim `{row['claim']}` ({row['source']}), {order} in the {row['metric_label']}: "
-            f"**{row['verdict']}**, {outcome_text(row)}, with {_plural(row['seeds'], 'seed')} or more per pair"
+            f"**{row['verdict']}**, {row['outcome']}, with {_plural(row['seeds'], 'seed')} or more per pair"
         )
         text += f" ({row['boundary']})" if pd.notna(row["boundary"]) else ""
         if row["verdict"] == "inconclusive":
@@ -415,7 +414,7 @@ def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
     header, effects = interval_column(claims)
     return pd.DataFrame({
         "claim": claims["claim"], "source": claims["source"], "verdict": claims["verdict"],
-        "outcome": [outcome_text(row) for _, row in claims.iterrows()], "metric": claims["metric_label"],
+        "outcome": claims["outcome"], "metric": claims["metric_label"],
         "weakest pair": claims["weakest"], header: effects, "p": claims["p"].map(number),
         "p threshold": claims["threshold"].map(threshold_text), "min effect": claims["min_effect"].map(number),
         "seeds": claims["seeds"].astype(str), "seeds needed": claims["seeds_needed"].map(seeds_text),
