@@ -6,6 +6,7 @@ judge, reruns and flags that would spend alpha twice are refused through the CLI
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,6 @@ def judged(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def copy_of(results: Path, tmp_path: Path) -> Path:
-    import shutil
-
     shutil.copytree(results, tmp_path / "results")
     return tmp_path / "results"
 

@@ -57,6 +57,18 @@ def test_increment_thresholds_never_spend_more_than_alpha():
         assert sum(levels) == pytest.approx(0.05) and all(level > 0 for level in levels)
 
 
+@pytest.mark.slow
+def test_the_sign_flip_test_at_the_increments_rejects_a_true_null_at_most_alpha_over_its_looks():
+    """Divergence claims judged at looks 8 and 16 (Pocock increments, as the scale study):
+    simulated studies with no difference between the scales cross at either look at most
+    alpha of the time."""
+    scores = divergence_scores(0.4, 0.4, 16, np.random.default_rng(12))
+    first, last = Boundary((8, 16), spending="pocock").increment_thresholds()
+    crossed = (sign_flip_p(scores[:, :8]) <= first) | (sign_flip_p(scores) <= last)
+    print(f"sign-flip at looks 8/16 under no difference: crossed in {crossed.mean():.4f}")
+    assert crossed.mean() <= 0.05 + tolerance(0.05)
+
+
 # --- the whole rule, simulated --------------------------------------------------------------
 
 STUDIES = 4000

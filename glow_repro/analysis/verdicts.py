@@ -237,8 +237,7 @@ def verdicts(
             padded[row, : len(d)] = d
         margin = claim.margin or 0.0
         levels = look.levels(claim.test, len(pairs))
-        min_effect = claim.smallest_effect if claim.kind == "order" else None
-        shifted, sd, p, p_eq, pair_verdict = judge_pairs(padded, claim.test, levels, min_effect, margin)
+        shifted, sd, p, p_eq, pair_verdict = judge_pairs(padded, claim.test, levels, claim.smallest_effect, margin)
         verdict = str(claim_verdict(pair_verdict))
         for (within, better, worse, d), e, s, pv, pe, pair in zip(pairs, shifted, sd, p, p_eq, pair_verdict):
             low, high = t_interval(d, 1 - levels[0])
