@@ -75,3 +75,30 @@ def test_example_config_run_id_does_not_move(tmp_path: Path) -> None:
     study = tmp_path / "example.yaml"
     study.write_text(f"name: example\nbase: {REPO / 'configs' / 'example.yaml'}\nseeds: [0]\n")
     assert [run.run_id for run in expand(load_study(study))] == ["s0-bdc67123"]
+
+
+def test_the_identity_marks_on_the_fields_give_the_keys_once_listed() -> None:
+    """A run's identity is declared on the config's fields (EXECUTION_ONLY, ADDED_LATER); the
+    keys derived from those marks are exactly the ones the hand-kept lists held."""
+    from glow_repro.config import EXECUTION_ONLY_KEYS, LATER_KEYS
+
+    assert sorted(EXECUTION_ONLY_KEYS) == sorted(
+        [
+            "train.threads",
+            "train.progress",
+            "data.root",
+            "data.download",
+            "train.channels_last",
+            "train.compile",
+            "train.grad_checkpointing",
+            "train.tensorboard",
+            "train.deterministic",
+            "train.checkpoint_every_minutes",
+        ]
+    )
+    assert LATER_KEYS == {
+        "model.conditioning": "none",
+        "model.class_weight": 0.01,
+        "model.conditional_splits": False,
+        "train.eval_every_epochs": None,
+    }
