@@ -155,7 +155,7 @@ def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     repo = Path(__file__).resolve().parents[1]
     results = tmp_path / "results" / "smoke"
-    runner.run_study(repo / "studies" / "smoke.yaml", results_dir=results, workers=1, launcher="inprocess")
+    runner.run_study(repo / "studies" / "smoke.yaml", results, runner.StudyOptions(workers=1, launcher="inprocess"))
     out = tmp_path / "report"
     build_report(results, out)
     check_report(out)
@@ -199,7 +199,7 @@ def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: Path) -> None:
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
     from glow_repro.study.tables import load_tables
     from tests.test_runner import fake_train
 
@@ -211,7 +211,7 @@ def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: P
     }  # fmt: skip
     (tmp_path / "labelled.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     results = tmp_path / "results"
-    run_study(tmp_path / "labelled.yaml", results, launcher="inprocess", train_fn=fake_train)
+    run_study(tmp_path / "labelled.yaml", results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     names = {f"{size}, coupling={coupling}" for size in ("wide", "narrow") for coupling in ("additive", "affine")}
 
     status = CliRunner().invoke(main, ["status", str(results)]).output.splitlines()
@@ -270,11 +270,15 @@ def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Pa
 
 def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -> Path:
     """A results directory trained by the test stand-in for ``train()``."""
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
     from tests.test_runner import fake_train, make_study
 
     results = tmp_path / "results"
-    run_study(make_study(tmp_path, widths=widths, seeds=seeds), results, launcher="inprocess", train_fn=fake_train)
+    run_study(
+        make_study(tmp_path, widths=widths, seeds=seeds),
+        results,
+        StudyOptions(launcher="inprocess", train_fn=fake_train),
+    )
     return results
 
 
