@@ -261,11 +261,11 @@ def test_prose_marks_become_html_and_marks_inside_code_stay():
 
 
 def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
-    from glow_repro.analysis.document import FigureFile, Section, place_figures
+    from glow_repro.analysis.document import FigureFile, Section, place_after
 
     lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
     with pytest.raises(ValueError, match=r"'lost': after='nowhere' is neither a section nor a table.*results"):
-        place_figures([Section("results", "Results")], [lost])
+        place_after([Section("results", "Results")], [lost])
 
 
 def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -> Path:
