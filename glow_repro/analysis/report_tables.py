@@ -204,18 +204,27 @@ register(
 # --------------------------------------------------------------------------- results
 
 
+def _of(part: pd.Series, whole: pd.Series) -> pd.Series:
+    """``3 / 4`` in each row."""
+    return part.astype(str) + " / " + whole.astype(str)
+
+
+def _with_cis(frame: pd.DataFrame, column: str, digits: int = 3) -> list[str]:
+    """:func:`with_ci` of ``<column>_mean`` and its ``_ci_low`` and ``_ci_high`` in each row."""
+    rows = zip(frame[f"{column}_mean"], frame[f"{column}_ci_low"], frame[f"{column}_ci_high"])
+    return [with_ci(*row, digits=digits) for row in rows]
+
+
 def final_bpd_table(a: Analysis) -> pd.DataFrame:
     """Final and best test bpd per variant with their intervals, parameters and wall time."""
     s = a.summary
     return pd.DataFrame(
         {
             "variant": s["variant"],
-            "finished / runs": s["n_done"].astype(str) + " / " + s["n_runs"].astype(str),
-            "final test bpd [95% CI]": [
-                with_ci(*r) for r in zip(s["final_mean"], s["final_ci_low"], s["final_ci_high"])
-            ],
+            "finished / runs": _of(s["n_done"], s["n_runs"]),
+            "final test bpd [95% CI]": _with_cis(s, "final"),
             "std": s["final_std"].map(bpd),
-            "best test bpd [95% CI]": [with_ci(*r) for r in zip(s["best_mean"], s["best_ci_low"], s["best_ci_high"])],
+            "best test bpd [95% CI]": _with_cis(s, "best"),
             "parameters": s["n_params"].map(lambda n: "" if pd.isna(n) else f"{int(n):,}"),
             "wall time / run": s["wall_time_mean"].map(duration),
         }
@@ -243,7 +252,7 @@ def pairwise_table(a: Analysis) -> pd.DataFrame:
         {
             "a": p["a"],
             "b": p["b"],
-            "n a / b": p["n_a"].astype("Int64").astype(str) + " / " + p["n_b"].astype("Int64").astype(str),
+            "n a / b": _of(p["n_a"].astype("Int64"), p["n_b"].astype("Int64")),
             "a - b (bpd)": p["diff"].map(bpd),
             "95% CI": [
                 f"[{bpd(lo)}, {bpd(hi)}]" if np.isfinite(lo) else "n/a" for lo, hi in zip(p["ci_low"], p["ci_high"])
@@ -263,10 +272,8 @@ def threshold_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "variant": t["variant"],
-            "reached / runs": t["n_reached"].astype(str) + " / " + t["n_runs"].astype(str),
-            "steps [95% CI]": [
-                with_ci(*r, digits=0) for r in zip(t["steps_mean"], t["steps_ci_low"], t["steps_ci_high"])
-            ],
+            "reached / runs": _of(t["n_reached"], t["n_runs"]),
+            "steps [95% CI]": _with_cis(t, "steps", digits=0),
             "wall time": t["wall_time_mean"].map(duration),
         }
     )
@@ -320,7 +327,7 @@ def divergence_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "variant": d["variant"],
-            "diverged / ended": d["n_diverged"].astype(str) + " / " + d["n"].astype(str),
+            "diverged / ended": _of(d["n_diverged"], d["n"]),
             "rate": d["rate"].map(lambda x: "n/a" if pd.isna(x) else f"{x:.2f}"),
             "95% Wilson CI": [
                 f"[{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "n/a" for lo, hi in zip(d["ci_low"], d["ci_high"])

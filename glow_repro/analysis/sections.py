@@ -46,7 +46,7 @@ def report_sections(
     ``manipulation_blocks``) makes the manipulation section when there is one."""
     return [
         verdicts_section(a, tables),
-        Section("summary", "Summary", [Paragraphs(summary_paragraphs(a), "abstract")]),
+        summary_section(a),
         setup_section(a, tables),
         results_section(a, tables, samples),
         *([Section("manipulation", "Manipulation", manipulation)] if manipulation else []),
@@ -100,6 +100,11 @@ def verdicts_section(a: Analysis, tables: dict[str, Table]) -> Section:
         notes = Paragraphs([other_metrics, *filter(None, [repeats_sentence(a)])], "note")
         blocks.append(Fold("The same claims under the other metrics", [notes, tables["verdict_metrics"]]))
     return Section("verdicts", "Verdicts on the paper's claims", blocks)
+
+
+def summary_section(a: Analysis) -> Section:
+    """The summary, written from the numbers (:func:`summary_paragraphs`)."""
+    return Section("summary", "Summary", [Paragraphs(summary_paragraphs(a), "abstract")])
 
 
 def setup_section(a: Analysis, tables: dict[str, Table]) -> Section:
