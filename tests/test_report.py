@@ -253,6 +253,53 @@ def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monk
         figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
 
 
+def test_a_registered_table_record_appears_in_both_reports_with_its_csv_and_latex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glow_repro.analysis import report_tables
+    from glow_repro.analysis.report_tables import Latex, TableRecord
+
+    monkeypatch.setattr(report_tables, "TABLES", list(report_tables.TABLES))
+
+    def build(a) -> pd.DataFrame:
+        return pd.DataFrame({"variant": a.summary["variant"], "runs": a.summary["n_runs"].astype(str)})
+
+    toy = TableRecord(
+        "toy_runs",
+        build,
+        csv="toy_runs",
+        numbers=lambda a: a.summary[["variant", "n_runs"]],
+        latex=Latex("toy_runs", "Toy: runs per variant."),
+        after="fidelity",
+    )
+    report_tables.register(toy)
+    out = tmp_path / "report"
+    build_report(make_fake_study(tmp_path), out)
+    check_report(out)
+    csv = pd.read_csv(out / "tables" / "toy_runs.csv")
+    assert list(csv.columns) == ["variant", "n_runs"] and len(csv) == 4
+    assert "Toy: runs per variant." in (out / "tables" / "toy_runs.tex").read_text()
+    markdown = (out / "report.md").read_text()
+    fidelity = markdown[markdown.index("## 7. Fidelity") : markdown.index("## 8. ")]
+    assert "| variant " in fidelity
+    assert (
+        "Files: [`tables/toy_runs.csv`](tables/toy_runs.csv) · [`tables/toy_runs.tex`](tables/toy_runs.tex)" in fidelity
+    )
+    assert 'download="toy_runs.tex"' in (out / "report.html").read_text()
+    with pytest.raises(ValueError, match=r"'toy_again': tables/toy_runs.csv registered already by 'toy_runs'"):
+        report_tables.register(TableRecord("toy_again", build, csv="toy_runs"))
+    with pytest.raises(ValueError, match="give it a build function"):
+        report_tables.register(TableRecord("toy_numbers", csv="toy_numbers"))
+
+
+def test_a_table_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
+    from glow_repro.analysis.document import Section, Table, place_after
+
+    lost = Table("lost", pd.DataFrame(), after="nowhere")
+    with pytest.raises(ValueError, match=r"table 'lost': after='nowhere' is neither a section nor a table.*results"):
+        place_after([Section("results", "Results")], [lost])
+
+
 def test_prose_marks_become_html_and_marks_inside_code_stay():
     assert inline_html("Claim `a<b`: **reproduced**, *absent* x") == (
         "Claim <code>a&lt;b</code>: <strong>reproduced</strong>, <em>absent</em> x"
@@ -261,11 +308,11 @@ def test_prose_marks_become_html_and_marks_inside_code_stay():
 
 
 def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
-    from glow_repro.analysis.document import FigureFile, Section, place_figures
+    from glow_repro.analysis.document import FigureFile, Section, place_after
 
     lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
     with pytest.raises(ValueError, match=r"'lost': after='nowhere' is neither a section nor a table.*results"):
-        place_figures([Section("results", "Results")], [lost])
+        place_after([Section("results", "Results")], [lost])
 
 
 def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -> Path:

@@ -19,8 +19,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from glow_repro.analysis.pair_tests import MAX_SEEDS_NEEDED, paired_tests, seeds_needed_t, sign_flip_p, step_down
-from glow_repro.analysis.report import analyse
 from glow_repro.analysis.sequential import SeedJudge, SeedPlan, decide, recorded_look
+from glow_repro.analysis.study_analysis import analyse
 from glow_repro.analysis.verdicts import claim_summary, format_verdicts, verdicts
 from glow_repro.cli import main
 from glow_repro.config import ConfigError
