@@ -21,7 +21,7 @@ from glow_repro.manipulation import write_manipulation
 from glow_repro.rundir import StudyDir
 from glow_repro.sampling import file_safe, load_trained_model
 from glow_repro.study.manipulations import ENCODED_IMAGES, ROWS, chosen_runs
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.spec import expand, load_study, spec_yaml, with_overrides
 from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
@@ -71,7 +71,7 @@ def test_an_unknown_attribute_is_one_line_naming_file_key_and_the_allowed_ones(t
 def test_the_lowest_finished_seed_of_each_variant_is_chosen(tmp_path):
     spec_path = write(tmp_path, study(base=TINY, grid=GRID, seeds=[2, 1, 0]))
     results = tmp_path / "results"
-    run_study(spec_path, results, launcher="inprocess", train_fn=fake_train, only=["seed=2", "seed=1"])
+    run_study(spec_path, results, StudyOptions(launcher="inprocess", train_fn=fake_train, only=["seed=2", "seed=1"]))
     chosen = chosen_runs(load_study(spec_path), results)
     assert [(run.variant, run.seed) for run in chosen] == [("conditioning=none", 1), ("conditioning=class", 1)]
 
@@ -82,7 +82,7 @@ def results(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("study")
     path = write(root, study(name="manip", base=TINY, grid=GRID, seeds=[0], manipulations=["stripes-vs-blob"]))
-    run_study(path, root / "results", launcher="inprocess")
+    run_study(path, root / "results", StudyOptions(launcher="inprocess"))
     return root / "results"
 
 
