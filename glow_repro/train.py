@@ -52,6 +52,7 @@ from glow_repro.distributed import DistContext, from_environment, shutdown
 from glow_repro.engine import Engine, numerics
 from glow_repro.errors import UserFacingError, UserFacingWarning
 from glow_repro.evaluation import bpd_sum, class_sums
+from glow_repro.image_panels import shown_images
 from glow_repro.objective import preprocess
 from glow_repro.rundir import (
     JsonlLog,
@@ -574,7 +575,7 @@ def _train(
             )
             work.save_checkpoint()
         if work.mirror is not None:
-            work.mirror.images(sorted(run.samples.glob("*.png")), work.step)
+            work.mirror.images(shown_images(run.samples), work.step)
             work.mirror.close()
         summary = _summary(work, state, reconstruction)
         atomic_write_json(run.summary_file, summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -16,6 +17,7 @@ from PIL import Image
 from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
+from glow_repro.image_panels import FIGURE_SUFFIX
 from glow_repro.rundir import RunLock
 from tests.test_tables import make_fake_study
 
@@ -158,8 +160,13 @@ def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
     runner.run_study(repo / "studies" / "smoke.yaml", results, runner.StudyOptions(workers=1, launcher="inprocess"))
     out = tmp_path / "report"
     build_report(results, out)
-    check_report(out)
+    text = check_report(out)
     assert (out / "figures" / "test_bpd_curves.png").is_file()
+    # the samples are shown as the runs' labelled figures (docs/images.md), pixelated
+    samples = sorted((out / "figures" / "samples").glob("*.png"))
+    assert samples and all(png.name.endswith(FIGURE_SUFFIX) for png in samples)
+    assert all(base64.b64encode(png.read_bytes()).decode() in text for png in samples)
+    assert "figure.sample img { image-rendering: pixelated; }" in text
 
 
 def _rewrite(path: Path, **changes: object) -> None:

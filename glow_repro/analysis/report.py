@@ -43,6 +43,7 @@ from glow_repro.analysis.report_tables import build_tables
 from glow_repro.analysis.sections import report_sections
 from glow_repro.analysis.study_analysis import Analysis, analyse_results
 from glow_repro.analysis.verdicts import number
+from glow_repro.image_panels import shown_image, shown_images
 from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
 from glow_repro.study.tables import Tables, write_tables
 
@@ -67,16 +68,14 @@ def _copy_samples(a: Analysis, results_dir: Path, out: Path) -> list[list[Figure
     done = a.tables.finals[a.tables.finals["state"] == RunState.DONE]
     for _, run in done.drop_duplicates("variant").iterrows():
         temperatures = a.tables.configs.set_index("run_id").loc[run["run_id"], "train.sample_temperatures"]
-        pngs = sorted(
-            StudyDir(results_dir).run(run["run_id"]).samples.glob("*.png"),
-            key=lambda png: (order.get(png.stem, len(order)), png.name),
-        )
+        shown = shown_images(StudyDir(results_dir).run(run["run_id"]).samples)
         group = []
-        for png in pngs:
+        for name in sorted(shown, key=lambda name: (order.get(name, len(order)), name)):
+            png = shown[name]
             target = out / "figures" / "samples" / f"{run['run_id']}_{png.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
-            what = f"one row per temperature {temperatures}" if png.stem == "temperatures" else png.stem
+            what = f"one row per temperature {temperatures}" if name == "temperatures" else name
             caption = f"`{run['variant']}`, seed {run['seed']}: {what}."
             group.append(FigureFile(target.stem, caption, target, f"figures/samples/{target.name}"))
         if group:
@@ -93,7 +92,7 @@ def manipulation_records(results_dir: Path, tables: Tables) -> list[dict]:
             record = read_json(path, expect=dict)
         except UnreadableFileError:
             continue
-        png = path.with_suffix(".png")
+        png = shown_image(path.with_suffix(".png"))
         if png.is_file() and {"attribute", "variant", "held_out"} <= set(record):
             records.append({**record, "png": png})
     asked = list(tables.study.get("manipulations") or [])
@@ -129,8 +128,8 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(r["png"], target)
         alphas = ", ".join(f"{alpha:g}" for alpha in r["alphas"])
-        caption = (f"`{r['variant']}`, seed {r.get('seed', '?')}: `{r['attribute']}`; rows are test images, columns "
-                   f"move along the direction by alpha {alphas} (0: the reconstruction).")  # fmt: skip
+        caption = (f"`{r['variant']}`, seed {r.get('seed', '?')}: `{r['attribute']}`; rows are test images, moved "
+                   f"along the direction by alpha {alphas} (0: the reconstruction).")  # fmt: skip
         figure = FigureFile(target.stem, caption, target, f"figures/{name}/{target.name}")
         groups.setdefault(r["attribute"], []).append(figure)
     frame = pd.DataFrame(rows)
