@@ -82,6 +82,26 @@ class ConfigError(ValueError):
     """A user's configuration mistake; ``str(err)`` is a complete one-line message."""
 
 
+class _IdentityMark:
+    """How a field enters a run's identity (:func:`run_identity`), written beside the field as
+    ``Annotated[type, EXECUTION_ONLY]`` or ``Annotated[type, ADDED_LATER]``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: A key that changes how or where a run executes but not what it computes (beyond float
+#: rounding, as a thread count does; tests/test_scale_options.py bounds it): never part of a
+#: run's identity (its run id, and the check that a directory holds the same run).
+EXECUTION_ONLY = _IdentityMark("EXECUTION_ONLY")
+#: A key added after runs were made, whose default is what every earlier run did: part of a
+#: run's identity only when it holds another value, so existing configs keep their run ids.
+ADDED_LATER = _IdentityMark("ADDED_LATER")
+
+
 class _Section(BaseModel):
     """Unknown keys, infinities and NaN are refused in every section, and so is true or false
     for a number (which pydantic would read as 1 or 0)."""
@@ -101,12 +121,12 @@ class DataConfig(_Section):
     """What the model sees: dataset, geometry and quantisation (Glow, section 5)."""
 
     dataset: DatasetName = "fashion-mnist"
-    root: Path | None = Field(None, description="directory that holds the dataset's files")
+    root: Annotated[Path | None, EXECUTION_ONLY] = Field(None, description="directory that holds the dataset's files")
     image_size: int | None = Field(None, ge=2, le=MAX_IMAGE_SIZE, description="side length; None keeps the native size")
     resize: Literal["pad", "resize"] = "pad"
     channels: Literal[1, 3] | None = Field(None, description="None keeps native; 3 tiles gray images")
     n_bits: int = Field(8, ge=1, le=8)
-    download: Flag = False
+    download: Annotated[Flag, EXECUTION_ONLY] = False
     train_limit: int | None = Field(None, ge=1, description="use only the first N training images")
     test_limit: int | None = Field(None, ge=1, description="use only the first N test images")
     synthetic_size: int = Field(512, ge=8, le=MAX_IMAGES, description="images per split of the synthetic dataset")
@@ -134,11 +154,15 @@ class ModelConfig(_Section):
     actnorm_logscale_factor: float = Field(1.0, gt=0)
     zero_conv_logscale_factor: float = Field(3.0, gt=0)
     coupling_actnorm: Flag = Field(True, description="ActNorm instead of bias in the coupling NN")
-    conditioning: Literal["none", "class"] = Field(
+    conditioning: Annotated[Literal["none", "class"], ADDED_LATER] = Field(
         "none", description="class: class-conditional priors and a classifier on the top latent"
     )
-    class_weight: float = Field(0.01, ge=0, description="weight of the classifier's bits (official weight_y)")
-    conditional_splits: Flag = Field(False, description="condition the split priors on the class too")
+    class_weight: Annotated[float, ADDED_LATER] = Field(
+        0.01, ge=0, description="weight of the classifier's bits (official weight_y)"
+    )
+    conditional_splits: Annotated[Flag, ADDED_LATER] = Field(
+        False, description="condition the split priors on the class too"
+    )
 
 
 class TrainConfig(_Section):
@@ -156,28 +180,36 @@ class TrainConfig(_Section):
     augment_shift: Flag = Field(False, description="random translation by up to 10% of the size, per image")
     init_images: int = Field(256, ge=1, le=MAX_IMAGES, description="images for ActNorm data-dependent init")
     eval_every: int | None = Field(200, ge=1, description="steps between evaluations")
-    eval_every_epochs: float | None = Field(None, gt=0, description="evaluation cadence in epochs; replaces eval_every")
+    eval_every_epochs: Annotated[float | None, ADDED_LATER] = Field(
+        None, gt=0, description="evaluation cadence in epochs; replaces eval_every"
+    )
     eval_limit: int | None = Field(None, ge=1, description="cap on test images per evaluation")
     eval_batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(100, ge=1)
-    checkpoint_every_minutes: float | None = Field(
+    checkpoint_every_minutes: Annotated[float | None, EXECUTION_ONLY] = Field(
         None, gt=0, description="also checkpoint once this many wall minutes passed since the last one"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, le=4096)
+    threads: Annotated[int | None, EXECUTION_ONLY] = Field(None, ge=1, le=4096)
     precision: Literal["float32", "bf16"] = Field(
         "float32", description="bf16 autocasts the coupling and prior convolutions only"
     )
     tf32: Flag = Field(False, description="TF32 matmuls and convolutions on CUDA; false is IEEE float32")
-    deterministic: Flag = Field(False, description="cuDNN deterministic algorithms (exact resume on CUDA)")
-    channels_last: Flag = Field(True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)")
-    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
+    deterministic: Annotated[Flag, EXECUTION_ONLY] = Field(
+        False, description="cuDNN deterministic algorithms (exact resume on CUDA)"
+    )
+    channels_last: Annotated[Flag, EXECUTION_ONLY] = Field(
+        True, description="NHWC activations (+11 % images/s on CPU, benchmarks/README.md)"
+    )
+    compile: Annotated[Literal[False, True, "default", "reduce-overhead", "max-autotune"], EXECUTION_ONLY] = Field(
         False,
         description="torch.compile the training forward: true is the default mode; "
         "reduce-overhead adds CUDA graphs, max-autotune also searches kernels",
     )
-    grad_checkpointing: Flag = Field(False, description="recompute each flow step in backward")
+    grad_checkpointing: Annotated[Flag, EXECUTION_ONLY] = Field(
+        False, description="recompute each flow step in backward"
+    )
     on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
     max_skips: int = Field(20, ge=0, description="skip: give up (diverged) after this many")
     max_rollbacks: int = Field(3, ge=0, description="rollback: give up after this many")
@@ -186,8 +218,10 @@ class TrainConfig(_Section):
         PAPER_TEMPERATURES, min_length=1, description="temperatures of the final sample grid"
     )
     n_samples: int = Field(16, ge=1, le=1024, description="samples per temperature in the final grid")
-    progress: Flag = True
-    tensorboard: Flag = Field(False, description="mirror the logs into TensorBoard event files (optional extra)")
+    progress: Annotated[Flag, EXECUTION_ONLY] = True
+    tensorboard: Annotated[Flag, EXECUTION_ONLY] = Field(
+        False, description="mirror the logs into TensorBoard event files (optional extra)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -285,36 +319,27 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
-#: Keys that change how or where a run executes but not what it computes (beyond float rounding,
-#: as a thread count does; tests/test_scale_options.py bounds it): left out of a run's identity
-#: (its run id, and the check that a directory holds the same run).
-EXECUTION_ONLY_KEYS = (
-    "train.threads",
-    "train.progress",
-    "data.root",
-    "data.download",
-    "train.channels_last",
-    "train.compile",
-    "train.grad_checkpointing",
-    "train.tensorboard",
-    "train.deterministic",
-    "train.checkpoint_every_minutes",
-)
+def _marked(mark: _IdentityMark) -> dict[str, Any]:
+    """``section.key`` -> default of every field of a run config's sections marked ``mark``."""
+    return {
+        f"{section}.{key}": field.default
+        for section, part in RunConfig.model_fields.items()
+        if isinstance(part.annotation, type) and issubclass(part.annotation, _Section)
+        for key, field in part.annotation.model_fields.items()
+        if mark in field.metadata
+    }
 
 
-#: Keys added after runs were made, with the value every earlier run had: left out of a run's
-#: identity while they hold it, so existing configs keep their run ids.
-LATER_KEYS = {
-    "model.conditioning": "none",
-    "model.class_weight": 0.01,
-    "model.conditional_splits": False,
-    "train.eval_every_epochs": None,
-}
+#: The fields marked :data:`EXECUTION_ONLY`: left out of a run's identity and of a study's swept keys.
+EXECUTION_ONLY_KEYS = tuple(_marked(EXECUTION_ONLY))
+#: The fields marked :data:`ADDED_LATER`, with the default every earlier run had.
+LATER_KEYS = _marked(ADDED_LATER)
 
 
 def run_identity(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """The resolved config as a plain dict without :data:`EXECUTION_ONLY_KEYS`, and without
-    the :data:`LATER_KEYS` that hold their original value."""
+    """The resolved config as a plain dict without its :data:`EXECUTION_ONLY` keys, and
+    without the :data:`ADDED_LATER` keys that hold their default (docs/architecture.md,
+    "Where a run's identity is declared")."""
     record = copy.deepcopy(config.to_dict() if isinstance(config, RunConfig) else config)
     for dotted in EXECUTION_ONLY_KEYS:
         section, key = dotted.split(".")

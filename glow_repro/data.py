@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from glow_repro.config import ConfigError, DataConfig
-from glow_repro.datasets import Arrays, FileSource, Split, frozen, label_names
+from glow_repro.datasets import Arrays, FileSource, SplitName, frozen, label_names
 from glow_repro.errors import DataUnavailableError
 from glow_repro.registry import DATASETS
 
@@ -55,7 +55,7 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "glow-repro" / "data"
 
 
-def load_split(cfg: DataConfig, split: Split, *, cache_dir: Path | None = None) -> ImageData:
+def load_split(cfg: DataConfig, split: SplitName, *, cache_dir: Path | None = None) -> ImageData:
     """Load ``split`` of ``cfg.dataset`` as uint8 images of shape ``cfg.shape``."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -114,7 +114,7 @@ def _fit_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _from_files(
-    cfg: DataConfig, split: Split, limit: int | None, cache_dir: Path | None
+    cfg: DataConfig, split: SplitName, limit: int | None, cache_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     source = _files(cfg.dataset)
     if source.needs_root and cfg.root is None:
@@ -159,7 +159,7 @@ def _candidates(source: FileSource, bases: list[Path]) -> list[tuple[Path, Path]
 
 
 def _find(
-    source: FileSource, candidates: list[tuple[Path, Path]], split: Split
+    source: FileSource, candidates: list[tuple[Path, Path]], split: SplitName
 ) -> tuple[Path, Path, tuple[Path, ...]] | None:
     """The first (base, folder, files) where every file of ``split`` exists."""
     for base, folder in candidates:
@@ -172,7 +172,7 @@ def _find(
 @lru_cache(maxsize=8)
 def _read_cached(
     dataset: str,
-    split: Split,
+    split: SplitName,
     base: Path,
     paths: tuple[Path, ...],
     stamp: tuple[tuple[str, int, int], ...],  # part of the key: rereads files that changed
@@ -189,7 +189,7 @@ def _read_cached(
     return frozen(np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, np.int64))
 
 
-def _download(source: FileSource, target: Path, split: Split) -> str:
+def _download(source: FileSource, target: Path, split: SplitName) -> str:
     """Fetch through torchvision into ``target``; return why it failed, or "" on success."""
     if source.fetch is None or source.url is None:
         return "this dataset has no download"
@@ -213,7 +213,7 @@ def _download(source: FileSource, target: Path, split: Split) -> str:
 
 def _missing_message(
     cfg: DataConfig,
-    split: Split,
+    split: SplitName,
     source: FileSource,
     candidates: list[tuple[Path, Path]],
     cache: Path,

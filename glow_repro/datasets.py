@@ -37,7 +37,7 @@ from glow_repro.registry import DATASETS
 if TYPE_CHECKING:
     import torchvision
 
-Split = Literal["train", "test"]
+SplitName = Literal["train", "test"]
 Arrays = tuple[np.ndarray, np.ndarray]  # uint8 images [N, C, H, W], int64 labels [N] or [N, A]
 LabelKind = Literal["classes", "attributes"]
 
@@ -111,9 +111,9 @@ class FileSource:
     """Where one file-based dataset's files sit under a base directory, and how to read them."""
 
     layouts: tuple[str, ...]  # directories under a base that may hold the files
-    names: Callable[[Split], tuple[str, ...]]  # files (or folders) one split needs
-    read: Callable[[Path, tuple[Path, ...], Split, int | None, tuple[int, int]], Arrays]
-    fetch: Callable[[Path, Split], object] | None  # torchvision download into a base
+    names: Callable[[SplitName], tuple[str, ...]]  # files (or folders) one split needs
+    read: Callable[[Path, tuple[Path, ...], SplitName, int | None, tuple[int, int]], Arrays]
+    fetch: Callable[[Path, SplitName], object] | None  # torchvision download into a base
     url: str | None  # where ``fetch`` downloads from
     gz_ok: bool = False  # accept ``name.gz`` for ``name``
     decodes: bool = False  # reads image files one by one (limit and size shape the cache)
@@ -129,7 +129,7 @@ class Dataset:
     shape: tuple[int, int, int]  # native (channels, height, width) before resizing or tiling
     title: str  # how tables and reports name it, e.g. "CIFAR-10"
     files: Callable[[], FileSource] | None = None  # where its files are and how to read them
-    generate: Callable[[DataConfig, Split], Arrays] | None = None  # images made in memory
+    generate: Callable[[DataConfig, SplitName], Arrays] | None = None  # images made in memory
     origin: str = ""  # the ``source`` of a generated dataset's images
     test_size: int | None = None  # images in the full test split, to tell a subset from it
     train_size: int | Callable[[DataConfig], int] | None = None  # images in the training split; None: unknown unread
@@ -177,7 +177,7 @@ def frozen(images: np.ndarray, labels: np.ndarray) -> Arrays:
 
 
 @lru_cache(maxsize=4)
-def _synthetic(n: int, size: tuple[int, int], split: Split) -> Arrays:
+def _synthetic(n: int, size: tuple[int, int], split: SplitName) -> Arrays:
     """Smooth blobs (label 0) and stripes (label 1) on ``_SYNTHETIC_LEVELS`` gray levels.
 
     Drawn directly at ``size``; train and test use different fixed seeds of one distribution.
@@ -214,7 +214,7 @@ def _digits_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64), order
 
 
-def _digits(split: Split) -> Arrays:
+def _digits(split: SplitName) -> Arrays:
     """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255); a fixed 80/20 split (seed 0)."""
     images, labels, order = _digits_all()
     n_test = DIGITS_IMAGES // 5
@@ -240,7 +240,9 @@ def _idx_array(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_idx(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
+def _read_idx(
+    base: Path, paths: tuple[Path, ...], split: SplitName, limit: int | None, size: tuple[int, int]
+) -> Arrays:
     images, labels = (_idx_array(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{paths[0].name} {images.shape} does not match {paths[1].name} {labels.shape}")
@@ -248,7 +250,7 @@ def _read_idx(base: Path, paths: tuple[Path, ...], split: Split, limit: int | No
 
 
 def _read_cifar10(
-    base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]
+    base: Path, paths: tuple[Path, ...], split: SplitName, limit: int | None, size: tuple[int, int]
 ) -> Arrays:
     from torchvision.datasets import CIFAR10
 
@@ -256,14 +258,18 @@ def _read_cifar10(
     return data.data.transpose(0, 3, 1, 2), np.asarray(data.targets)
 
 
-def _read_svhn(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
+def _read_svhn(
+    base: Path, paths: tuple[Path, ...], split: SplitName, limit: int | None, size: tuple[int, int]
+) -> Arrays:
     from torchvision.datasets import SVHN
 
     data = SVHN(str(base), split=split, download=False)
     return data.data, data.labels
 
 
-def _read_celeba(base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]) -> Arrays:
+def _read_celeba(
+    base: Path, paths: tuple[Path, ...], split: SplitName, limit: int | None, size: tuple[int, int]
+) -> Arrays:
     from torchvision.datasets import CelebA
 
     data = CelebA(str(base), split=split, target_type="attr", download=False)
@@ -271,7 +277,7 @@ def _read_celeba(base: Path, paths: tuple[Path, ...], split: Split, limit: int |
 
 
 def _read_imagefolder(
-    base: Path, paths: tuple[Path, ...], split: Split, limit: int | None, size: tuple[int, int]
+    base: Path, paths: tuple[Path, ...], split: SplitName, limit: int | None, size: tuple[int, int]
 ) -> Arrays:
     from torchvision.datasets import ImageFolder
 
@@ -292,7 +298,7 @@ def _decode(data: torchvision.datasets.VisionDataset, limit: int | None, size: t
     return images, np.stack(labels) if labels else np.zeros(0, dtype=np.int64)
 
 
-def _idx_names(split: Split) -> tuple[str, ...]:
+def _idx_names(split: SplitName) -> tuple[str, ...]:
     prefix = "train" if split == "train" else "t10k"
     return (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from glow_repro.cadence import eval_due
 from glow_repro.forensics import locate_nonfinite, save_capsule
+from glow_repro.image_panels import shown_images
 from glow_repro.rundir import JsonlLog, RunState
 from glow_repro.tensorboard_log import TensorBoardMirror
 from glow_repro.training_run import StepOutcome, TrainingRun
@@ -203,7 +204,7 @@ class TensorBoardHook(Hook):
             self.mirror.close()
 
     def finished(self, training: TrainingRun) -> None:
-        self.mirror.images(sorted(training.run_dir.samples.glob("*.png")), training.step)
+        self.mirror.images(shown_images(training.run_dir.samples), training.step)
         self.mirror.close()
 
 

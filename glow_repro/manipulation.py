@@ -19,16 +19,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from glow_repro.attributes import parse_attribute
 from glow_repro.config import RunConfig
 from glow_repro.data import ImageData
 from glow_repro.errors import UserFacingError
+from glow_repro.image_panels import Panel, in_lines
 from glow_repro.model import Glow
 from glow_repro.objective import preprocess
-from glow_repro.rundir import atomic_write_bytes, atomic_write_json
-from glow_repro.sampling import file_safe, in_run_numerics, png_bytes
+from glow_repro.rundir import atomic_write_json
+from glow_repro.sampling import file_safe, in_run_numerics, pixels, write_picture
 
 #: The paper's figure moves each image both ways from its reconstruction.
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -127,7 +129,8 @@ def write_manipulation(
 ) -> dict:
     """The direction of ``attribute`` from the first ``encode`` training images (all by
     default), its separation on as many test images, and ``manipulate_<attribute>.png`` of the
-    first ``rows`` test images (one per row, one column per alpha) with its JSON record.
+    first ``rows`` test images (one per row, one column per alpha) beside its labelled figure
+    (the originals first; docs/images.md), with its JSON record.
     Only the attribute's positives and negatives are encoded. ``about`` (where the model came
     from) is stored in the record as it is."""
     model.eval()
@@ -137,10 +140,21 @@ def write_manipulation(
     latents, positive, negative = _labelled_latents(model, train, attribute, config, batch_size)
     direction = latent_direction(latents, positive, negative)
     held_out = separation(*_labelled_latents(model, test, attribute, config, batch_size), direction)
-    grid = manipulate(model, _model_space(test.images[:rows], n_bits).to(device), direction, alphas)
+    originals = _model_space(test.images[:rows], n_bits).to(device)
+    moved = pixels(manipulate(model, originals, direction, alphas).flatten(0, 1), n_bits)
     stem = f"manipulate_{file_safe(attribute)}"
-    out = Path(out_dir)
-    atomic_write_bytes(out / f"{stem}.png", png_bytes(grid.flatten(0, 1), n_bits, len(alphas)))
+    panel = Panel(
+        [
+            np.concatenate([original[None], line])
+            for original, line in zip(pixels(originals, n_bits), in_lines(moved, len(alphas)))
+        ],
+        f"{attribute}: test images moved along the attribute's direction (Glow, section 5.3)",
+        [str(i) for i in range(len(originals))],
+        ["original", *(f"{alpha:g}" for alpha in alphas)],
+        rows_are="test image",
+        columns_are=_alpha_words(attribute, test, config.data.dataset),
+    )
+    files = write_picture(Path(out_dir), f"{stem}.png", moved, len(alphas), panel)
     record = {
         **(about or {}),
         "attribute": attribute,
@@ -149,10 +163,21 @@ def write_manipulation(
         "direction_norm": direction.norm().item(),
         "train_images": {"positive": int(positive.sum()), "negative": int(negative.sum())},
         "held_out": held_out,
-        "files": [f"{stem}.png", f"{stem}.json"],
+        "files": [*files, f"{stem}.json"],
     }
-    atomic_write_json(out / f"{stem}.json", record)
+    atomic_write_json(Path(out_dir) / f"{stem}.json", record)
     return record
+
+
+def _alpha_words(attribute: str, data: ImageData, dataset: str) -> str:
+    """What the figure's columns are: alpha, and which way it moves an image."""
+    parsed = parse_attribute(attribute, data.label_names, dataset, per_image_attributes=data.labels.ndim == 2)
+    positive = data.label_names[parsed.positive]
+    if parsed.per_image_attributes:
+        negative = f"not {positive}"
+    else:
+        negative = "the other classes" if parsed.negative is None else data.label_names[parsed.negative]
+    return f"alpha (0: the reconstruction; above 0 towards {positive}, below 0 towards {negative})"
 
 
 def _labelled_latents(

@@ -3,9 +3,11 @@
 ``load_trained_model`` rebuilds a run's model from its ``config.yaml`` and ``checkpoint.pt``
 (the EMA weights when the run kept them, as its evaluations did). The image functions take a
 model and tensors and return model-space images; :func:`write_samples`, the one writer of
-sample files, turns them into PNG grids and a JSON record: training calls it at the end of a
+sample files, turns them into pictures and a JSON record: training calls it at the end of a
 run (record ``samples.json``, no interpolations), ``glow-repro sample`` calls it with the
-user's options (record ``sample.json``).
+user's options (record ``sample.json``). Each picture is a labelled figure ``<name>.figure.png``
+with its native-resolution grid ``<name>.png`` beside it (:mod:`glow_repro.image_panels`,
+docs/images.md); the names below are the grids'.
 
 Both draw ``temperatures.png`` and ``reconstructions.png`` the same way, so
 ``glow-repro sample RUN_DIR`` with no options rewrites exactly the grids that training wrote.
@@ -21,15 +23,13 @@ differs between them.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
-from torchvision.utils import make_grid
 
 from glow_repro.attributes import class_index, listed_classes
 from glow_repro.checkpoint import evaluation_weights
@@ -37,6 +37,7 @@ from glow_repro.config import RunConfig, load_run_config
 from glow_repro.datasets import label_names
 from glow_repro.engine import build_model, numerics
 from glow_repro.errors import UserFacingError
+from glow_repro.image_panels import Panel, figure_name, grid_png, in_lines, panel_png
 from glow_repro.model import Glow
 from glow_repro.objective import postprocess, preprocess
 from glow_repro.rundir import RunDir, StudyDir, atomic_write_bytes, atomic_write_json
@@ -155,12 +156,37 @@ def interpolate(model: Glow, a: torch.Tensor, b: torch.Tensor, steps: int) -> to
     return model.decode(lines).unflatten(0, (len(a), steps))
 
 
-def png_bytes(batch: torch.Tensor, n_bits: int, nrow: int) -> bytes:
-    """A PNG grid of model-space images."""
-    grid = make_grid(postprocess(batch.float().cpu(), n_bits), nrow=nrow, padding=1, pad_value=255)
-    buffer = io.BytesIO()
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-    return buffer.getvalue()
+def pixels(batch: torch.Tensor, n_bits: int) -> np.ndarray:
+    """Model-space images ``[N, C, H, W]`` as the 8-bit pixels ``[N, H, W, C]`` they are saved as."""
+    return postprocess(batch.float().cpu(), n_bits).permute(0, 2, 3, 1).numpy()
+
+
+def write_picture(out: Path, name: str, grid: np.ndarray, columns: int, panel: Panel) -> list[str]:
+    """Write the native grid ``name`` of the pixels ``grid`` (``columns`` a line) and, beside it,
+    the figure of ``panel`` (docs/images.md); return both file names."""
+    atomic_write_bytes(out / name, grid_png(grid, columns))
+    atomic_write_bytes(out / figure_name(name), panel_png(panel))
+    return [name, figure_name(name)]
+
+
+def _square(out: Path, name: str, images: torch.Tensor, n_bits: int, title: str) -> list[str]:
+    """``images`` in a square-ish grid (``samples_T<t>*.png``), its lines labelled by sample number."""
+    grid = pixels(images, n_bits)
+    lines = in_lines(grid, math.ceil(math.sqrt(len(grid))))
+    starts = np.cumsum([0, *map(len, lines)])
+    labels = [
+        f"{start + 1}-{start + len(line)}" if len(line) > 1 else f"{start + 1}" for start, line in zip(starts, lines)
+    ]
+    return write_picture(out, name, grid, len(lines[0]), Panel(lines, title, labels, rows_are="samples"))
+
+
+def _class_label(label: int, names: tuple[str, ...]) -> str:
+    """``3 Dress``, or ``3`` where the class is named by its index."""
+    return names[label] if names[label] == str(label) else f"{label} {names[label]}"
+
+
+def _numbered(n: int) -> list[str]:
+    return [str(i + 1) for i in range(n)]
 
 
 def _name(temperature: float, label: int | None = None, names: tuple[str, ...] = ()) -> str:
@@ -199,7 +225,8 @@ def write_samples(
     classes: tuple[int, ...] = (),
 ) -> dict:
     """Write sample grids, ``reconstructions.png``, ``interpolation.png`` (unless ``pairs`` is
-    0) and the JSON record named ``record`` under ``out_dir``; returns that record.
+    0), each beside its labelled figure, and the JSON record named ``record`` under
+    ``out_dir``; returns that record.
 
     ``temperatures`` None means the paper's (``train.sample_temperatures``) as one grid
     ``temperatures.png``, one row per temperature; given, they make that grid and each also
@@ -224,36 +251,43 @@ def write_samples(
     model.eval()
     files = []
     for temperature in temperatures or ():
-        images = sample_images(model, temperature, n, seed)
-        atomic_write_bytes(out / _name(temperature), png_bytes(images, n_bits, math.ceil(math.sqrt(n))))
-        files.append(_name(temperature))
+        title = f"{n} samples at temperature T = {temperature:g}, seed {seed}"
+        files += _square(out, _name(temperature), sample_images(model, temperature, n, seed), n_bits, title)
 
     grid = list(temperatures or config.train.sample_temperatures)
     torch.manual_seed(seed)
     rows = [model.sample(n, temperature=t).cpu() for t in grid]
-    atomic_write_bytes(out / "temperatures.png", png_bytes(torch.cat(rows), n_bits, n))
+    images = pixels(torch.cat(rows), n_bits)
+    panel = Panel(in_lines(images, n), "Samples at each temperature T (Glow, section 5)", [f"T = {t:g}" for t in grid],
+                  _numbered(n), columns_are="sample")  # fmt: skip
+    files += write_picture(out, "temperatures.png", images, n, panel)
     # centred in their bins, so reconstruction errors of 1e-7 cannot move a pixel a level
     x = (preprocess(test_images[:n], n_bits, noise=False) + 0.5 / 2**n_bits).to(device)
     reconstructed = reconstruct(model, x)
-    atomic_write_bytes(out / "reconstructions.png", png_bytes(torch.cat([x, reconstructed]).cpu(), n_bits, len(x)))
-    files += ["temperatures.png", "reconstructions.png"]
+    errors = (reconstructed - x).abs().flatten(1).amax(1).tolist()
+    images = pixels(torch.cat([x, reconstructed]), n_bits)
+    panel = Panel(in_lines(images, len(x)), "Test images and their reconstructions decode(encode(x))",
+                  ["original", "reconstruction"], [str(i) for i in range(len(x))], columns_are="test image",
+                  column_notes=[f"{e:.1g}" for e in errors], notes_are="max abs error")  # fmt: skip
+    files += write_picture(out, "reconstructions.png", images, len(x), panel)
+    names = class_names(config, model) if model.n_classes else ()
     if model.n_classes:
         torch.manual_seed(seed)
         by_class = [model.sample(n, temperature=CLASS_TEMPERATURE, y=label).cpu() for label in range(model.n_classes)]
-        atomic_write_bytes(out / "classes.png", png_bytes(torch.cat(by_class), n_bits, n))
-        files.append("classes.png")
+        images = pixels(torch.cat(by_class), n_bits)
+        panel = Panel(in_lines(images, n), f"Samples of each class at temperature T = {CLASS_TEMPERATURE:g}",
+                      [_class_label(k, names) for k in range(len(names))], _numbered(n), rows_are="class",
+                      columns_are="sample")  # fmt: skip
+        files += write_picture(out, "classes.png", images, n, panel)
         rows += by_class
-    names = class_names(config, model) if classes else ()
     drawn = []
     for temperature in grid if classes else ():
         for label in classes:
-            images = sample_images(model, temperature, n, seed, y=label)
-            atomic_write_bytes(
-                out / _name(temperature, label, names), png_bytes(images, n_bits, math.ceil(math.sqrt(n)))
-            )
-            files.append(_name(temperature, label, names))
-            drawn.append({"file": files[-1], "temperature": temperature, "class": label, "name": names[label]})
-            rows.append(images.cpu())
+            of_class = sample_images(model, temperature, n, seed, y=label)
+            title = f"{n} samples of class {_class_label(label, names)} at temperature T = {temperature:g}, seed {seed}"
+            files += _square(out, _name(temperature, label, names), of_class, n_bits, title)
+            drawn.append({"file": files[-2], "temperature": temperature, "class": label, "name": names[label]})
+            rows.append(of_class.cpu())
     written = {
         **(about or {}),
         "temperatures": grid,
@@ -270,9 +304,13 @@ def write_samples(
     if pairs:
         order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
         x = preprocess(test_images[order], n_bits, noise=False).to(device)
-        lines = interpolate(model, x[0::2], x[1::2], steps)
-        atomic_write_bytes(out / "interpolation.png", png_bytes(lines.flatten(0, 1), n_bits, steps))
-        files.append("interpolation.png")
+        images = pixels(interpolate(model, x[0::2], x[1::2], steps).flatten(0, 1), n_bits)
+        ends = [f"{a} to {b}" for a, b in order.view(pairs, 2).tolist()]
+        alphas = [f"{alpha:.2g}" for alpha in torch.linspace(0, 1, steps).tolist()]
+        panel = Panel(in_lines(images, steps), "Interpolation between the latents of two test images (Glow, section 6)",
+                      ends, alphas, rows_are="test images",
+                      columns_are="alpha (0: the first image's reconstruction, 1: the second's)")  # fmt: skip
+        files += write_picture(out, "interpolation.png", images, steps, panel)
         written["interpolation"] = {"pairs": order.view(pairs, 2).tolist(), "steps": steps}
     written["files"] = [*files, record]
     atomic_write_json(out / record, written)

@@ -2,7 +2,8 @@
 
 With ``train.tensorboard: true`` (or ``--tensorboard``) a run mirrors what it logs into
 TensorBoard event files under ``<run dir>/tensorboard/``: the rows of ``metrics.jsonl`` and
-``evals.jsonl`` as scalars, stability events as text, and the final sample grids as images.
+``evals.jsonl`` as scalars, stability events as text, and the labelled figures of the final
+samples as images (the report's, docs/images.md).
 Run ids start with the variant name and the seed, so ``tensorboard --logdir results/<study>``
 lists every run by both (docs/for-researchers.md). The JSONL logs stay the record; the mirror
 is a view of them: a failure to write is one warning, after which the mirror turns itself off
@@ -15,7 +16,7 @@ import importlib.util
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,15 @@ class TensorBoardMirror:
 
         self._guard(f"write {log}", write)
 
-    def images(self, pngs: Iterable[Path], step: int) -> None:
-        """The sample grids (PNG files) as images at ``step``, tagged ``samples/<file stem>``."""
+    def images(self, pngs: Mapping[str, Path], step: int) -> None:
+        """Pictures by name (PNG files: :func:`glow_repro.image_panels.shown_images`) as
+        images at ``step``, each tagged ``samples/<name>``."""
 
         def write() -> None:
-            for png in pngs:
+            for name, png in pngs.items():
                 with Image.open(png) as image:
                     pixels = np.asarray(image.convert("RGB"))
-                self.writer.add_image(f"samples/{png.stem}", pixels, step, dataformats="HWC")
+                self.writer.add_image(f"samples/{name}", pixels, step, dataformats="HWC")
 
         self._guard("write sample images", write)
 

@@ -2,7 +2,8 @@
 
 The layers, lowest first; a module may import its own layer and the layers below it::
 
-    base      glow_repro (the package: its version), errors, allocator, distributed, runinfo
+    base      glow_repro (the package: its version), errors, allocator, distributed, runinfo,
+              image_panels (labelled figures of images and their native grids; no torch)
     config    config, registry, datasets (names, shapes and readers of the datasets; no torch),
               attributes (classes and attributes named by the user, checked against those names)
     flows     glow_repro.flows.*
@@ -17,10 +18,10 @@ The layers, lowest first; a module may import its own layer and the layers below
 
 This is the direction config -> flows -> model -> rundir -> engine/train -> study -> analysis
 -> cli. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
-``distributed`` and ``runinfo`` import no other layer; ``objective`` and ``data`` are tensor
-functions and datasets that training reads, beside the model, and so are the objectives and
-the evaluation sums they call. A module that is in no layer
-fails the test, so a new module has to be placed here. The registries load their built-in
+``distributed``, ``runinfo`` and ``image_panels`` import no other layer; ``objective`` and
+``data`` are tensor functions and datasets that training reads, beside the model, and so are
+the objectives and the evaluation sums they call. A module that is in no layer fails the
+test, so a new module has to be placed here. The registries load their built-in
 parts (``glow_repro.flows``, ``glow_repro.datasets``) by name on first lookup: the one import
 that points up, and only at run time.
 """
@@ -40,7 +41,14 @@ import glow_repro
 LAYERS = [
     (
         "base",
-        ["glow_repro", "glow_repro.errors", "glow_repro.allocator", "glow_repro.distributed", "glow_repro.runinfo"],
+        [
+            "glow_repro",
+            "glow_repro.errors",
+            "glow_repro.allocator",
+            "glow_repro.distributed",
+            "glow_repro.runinfo",
+            "glow_repro.image_panels",
+        ],
     ),
     ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets", "glow_repro.attributes"]),
     ("flows", ["glow_repro.flows"]),

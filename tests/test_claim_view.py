@@ -17,7 +17,7 @@ from glow_repro.analysis.claim_view import (
     interval_column,
     metric_label,
 )
-from glow_repro.analysis.report import claims_table, pairs_table
+from glow_repro.analysis.report_tables import claims_table, pairs_table
 from glow_repro.analysis.verdicts import SUMMARY_COLUMNS
 from glow_repro.study.tables import load_tables
 from tests.test_tables import make_fake_study

@@ -221,7 +221,7 @@ def _task(tmp_path, name: str, device: str):
 
 
 def test_the_local_launcher_deals_runs_round_robin_to_the_gpus(gpus, tmp_path):
-    from glow_repro.study.launchers import deal_gpus
+    from glow_repro.study.launchers.local import deal_gpus
 
     tasks = [_task(tmp_path, f"r{i}", device) for i, device in enumerate(["auto", "cuda", "cpu", "auto", "auto"])]
     gpus(3)

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, dump_run_config
 from glow_repro.rundir import RunDir, RunLock, atomic_write_text
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def finished(tmp_path_factory) -> Path:
     """A results directory of a one-run study, trained to the end."""
     home = tmp_path_factory.mktemp("finished")
     study = write_yaml(home / "tiny.yaml", {"name": "tiny", "base": tiny(), "seeds": [0]})
-    report = run_study(study, home / "results", launcher="inprocess")
+    report = run_study(study, home / "results", StudyOptions(launcher="inprocess"))
     assert report.counts["done"] == 1, report.outcomes
     return home
 
@@ -557,7 +557,7 @@ def claimed(tmp_path_factory) -> Path:
     claim = {"id": "shuffle-first", "source": "test", "key": "model.permutation", "order": ["shuffle", "reverse"]}
     spec = {"name": "claimed", "base": tiny(), "grid": {"model.permutation": ["reverse", "shuffle"]},
             "seeds": [0, 1], "claims": [claim]}  # fmt: skip
-    report = run_study(write_yaml(home / "claimed.yaml", spec), home / "results", launcher="inprocess")
+    report = run_study(write_yaml(home / "claimed.yaml", spec), home / "results", StudyOptions(launcher="inprocess"))
     assert report.counts["done"] == 4, report.outcomes
     return home / "results"
 
@@ -724,9 +724,9 @@ def _runner(study: Path, results: Path, train_fn: str, workers: int) -> subproce
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests import test_hardening, test_runner
-        from glow_repro.study.runner import run_study
-        report = run_study({str(study)!r}, {str(results)!r}, workers={workers},
-                           train_fn=getattr(test_hardening, {train_fn!r}, None) or getattr(test_runner, {train_fn!r}, None))
+        from glow_repro.study.runner import StudyOptions, run_study
+        train_fn = getattr(test_hardening, {train_fn!r}, None) or getattr(test_runner, {train_fn!r}, None)
+        report = run_study({str(study)!r}, {str(results)!r}, StudyOptions(workers={workers}, train_fn=train_fn))
         print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
         sys.exit(130 if report.interrupted else 0)
     """)

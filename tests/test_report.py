@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -16,6 +17,7 @@ from PIL import Image
 from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
+from glow_repro.image_panels import FIGURE_SUFFIX
 from glow_repro.rundir import RunLock
 from tests.test_tables import make_fake_study
 
@@ -155,11 +157,16 @@ def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     repo = Path(__file__).resolve().parents[1]
     results = tmp_path / "results" / "smoke"
-    runner.run_study(repo / "studies" / "smoke.yaml", results_dir=results, workers=1, launcher="inprocess")
+    runner.run_study(repo / "studies" / "smoke.yaml", results, runner.StudyOptions(workers=1, launcher="inprocess"))
     out = tmp_path / "report"
     build_report(results, out)
-    check_report(out)
+    text = check_report(out)
     assert (out / "figures" / "test_bpd_curves.png").is_file()
+    # the samples are shown as the runs' labelled figures (docs/images.md), pixelated
+    samples = sorted((out / "figures" / "samples").glob("*.png"))
+    assert samples and all(png.name.endswith(FIGURE_SUFFIX) for png in samples)
+    assert all(base64.b64encode(png.read_bytes()).decode() in text for png in samples)
+    assert "figure.sample img { image-rendering: pixelated; }" in text
 
 
 def _rewrite(path: Path, **changes: object) -> None:
@@ -199,7 +206,7 @@ def test_depth_study_gets_the_depth_figure(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: Path) -> None:
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
     from glow_repro.study.tables import load_tables
     from tests.test_runner import fake_train
 
@@ -211,7 +218,7 @@ def test_labelled_variants_have_one_name_in_status_tables_and_report(tmp_path: P
     }  # fmt: skip
     (tmp_path / "labelled.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     results = tmp_path / "results"
-    run_study(tmp_path / "labelled.yaml", results, launcher="inprocess", train_fn=fake_train)
+    run_study(tmp_path / "labelled.yaml", results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     names = {f"{size}, coupling={coupling}" for size in ("wide", "narrow") for coupling in ("additive", "affine")}
 
     status = CliRunner().invoke(main, ["status", str(results)]).output.splitlines()
@@ -253,6 +260,53 @@ def test_a_registered_figure_record_appears_in_both_reports(tmp_path: Path, monk
         figures.register(figures.FigureRecord("toy_means", "results", lambda a: True, draw, ""))
 
 
+def test_a_registered_table_record_appears_in_both_reports_with_its_csv_and_latex(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glow_repro.analysis import report_tables
+    from glow_repro.analysis.report_tables import Latex, TableRecord
+
+    monkeypatch.setattr(report_tables, "TABLES", list(report_tables.TABLES))
+
+    def build(a) -> pd.DataFrame:
+        return pd.DataFrame({"variant": a.summary["variant"], "runs": a.summary["n_runs"].astype(str)})
+
+    toy = TableRecord(
+        "toy_runs",
+        build,
+        csv="toy_runs",
+        numbers=lambda a: a.summary[["variant", "n_runs"]],
+        latex=Latex("toy_runs", "Toy: runs per variant."),
+        after="fidelity",
+    )
+    report_tables.register(toy)
+    out = tmp_path / "report"
+    build_report(make_fake_study(tmp_path), out)
+    check_report(out)
+    csv = pd.read_csv(out / "tables" / "toy_runs.csv")
+    assert list(csv.columns) == ["variant", "n_runs"] and len(csv) == 4
+    assert "Toy: runs per variant." in (out / "tables" / "toy_runs.tex").read_text()
+    markdown = (out / "report.md").read_text()
+    fidelity = markdown[markdown.index("## 7. Fidelity") : markdown.index("## 8. ")]
+    assert "| variant " in fidelity
+    assert (
+        "Files: [`tables/toy_runs.csv`](tables/toy_runs.csv) · [`tables/toy_runs.tex`](tables/toy_runs.tex)" in fidelity
+    )
+    assert 'download="toy_runs.tex"' in (out / "report.html").read_text()
+    with pytest.raises(ValueError, match=r"'toy_again': tables/toy_runs.csv registered already by 'toy_runs'"):
+        report_tables.register(TableRecord("toy_again", build, csv="toy_runs"))
+    with pytest.raises(ValueError, match="give it a build function"):
+        report_tables.register(TableRecord("toy_numbers", csv="toy_numbers"))
+
+
+def test_a_table_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
+    from glow_repro.analysis.document import Section, Table, place_after
+
+    lost = Table("lost", pd.DataFrame(), after="nowhere")
+    with pytest.raises(ValueError, match=r"table 'lost': after='nowhere' is neither a section nor a table.*results"):
+        place_after([Section("results", "Results")], [lost])
+
+
 def test_prose_marks_become_html_and_marks_inside_code_stay():
     assert inline_html("Claim `a<b`: **reproduced**, *absent* x") == (
         "Claim <code>a&lt;b</code>: <strong>reproduced</strong>, <em>absent</em> x"
@@ -261,20 +315,24 @@ def test_prose_marks_become_html_and_marks_inside_code_stay():
 
 
 def test_a_figure_placed_after_no_section_or_table_is_a_clear_error(tmp_path: Path) -> None:
-    from glow_repro.analysis.document import FigureFile, Section, place_figures
+    from glow_repro.analysis.document import FigureFile, Section, place_after
 
     lost = FigureFile("lost", "", tmp_path / "lost.png", "figures/lost.png", after="nowhere")
     with pytest.raises(ValueError, match=r"'lost': after='nowhere' is neither a section nor a table.*results"):
-        place_figures([Section("results", "Results")], [lost])
+        place_after([Section("results", "Results")], [lost])
 
 
 def _study_of(tmp_path: Path, widths: tuple[int, ...], seeds: tuple[int, ...]) -> Path:
     """A results directory trained by the test stand-in for ``train()``."""
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
     from tests.test_runner import fake_train, make_study
 
     results = tmp_path / "results"
-    run_study(make_study(tmp_path, widths=widths, seeds=seeds), results, launcher="inprocess", train_fn=fake_train)
+    run_study(
+        make_study(tmp_path, widths=widths, seeds=seeds),
+        results,
+        StudyOptions(launcher="inprocess", train_fn=fake_train),
+    )
     return results
 
 

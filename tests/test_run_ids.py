@@ -60,6 +60,16 @@ PINNED = [
         "exp-lr0.002-s2-2e730484",
         "ffec93520e9c",
     ),
+    # A delta of configs/paper_cifar10.yaml since its budget was in epochs: the study inlined a
+    # base of 781.25 batches an epoch (1406250 steps, warmup 7813, evaluations every 39063), so
+    # its unconditional arm was not the paper base; its ids moved when it became the base.
+    (
+        "studies/paper/conditional_cifar10.yaml",
+        6,
+        "none-s0-f26edb01",
+        "class-s2-0f6869ad",
+        "bfed2884bc70",
+    ),
 ]
 
 
@@ -75,3 +85,39 @@ def test_example_config_run_id_does_not_move(tmp_path: Path) -> None:
     study = tmp_path / "example.yaml"
     study.write_text(f"name: example\nbase: {REPO / 'configs' / 'example.yaml'}\nseeds: [0]\n")
     assert [run.run_id for run in expand(load_study(study))] == ["s0-bdc67123"]
+
+
+def test_the_paper_conditional_studys_unconditional_arm_is_the_paper_base(tmp_path: Path) -> None:
+    """Its runs without conditioning hash as configs/paper_cifar10.yaml at the same seeds."""
+    study = tmp_path / "base.yaml"
+    study.write_text(f"name: base\nbase: {REPO / 'configs' / 'paper_cifar10.yaml'}\nseeds: [0, 1, 2]\n")
+    base = [run.run_id.rsplit("-", 1)[-1] for run in expand(load_study(study))]
+    runs = expand(load_study(REPO / "studies" / "paper" / "conditional_cifar10.yaml"))
+    assert [run.run_id.rsplit("-", 1)[-1] for run in runs if run.variant == "conditioning=none"] == base
+
+
+def test_the_identity_marks_on_the_fields_give_the_keys_once_listed() -> None:
+    """A run's identity is declared on the config's fields (EXECUTION_ONLY, ADDED_LATER); the
+    keys derived from those marks are exactly the ones the hand-kept lists held."""
+    from glow_repro.config import EXECUTION_ONLY_KEYS, LATER_KEYS
+
+    assert sorted(EXECUTION_ONLY_KEYS) == sorted(
+        [
+            "train.threads",
+            "train.progress",
+            "data.root",
+            "data.download",
+            "train.channels_last",
+            "train.compile",
+            "train.grad_checkpointing",
+            "train.tensorboard",
+            "train.deterministic",
+            "train.checkpoint_every_minutes",
+        ]
+    )
+    assert LATER_KEYS == {
+        "model.conditioning": "none",
+        "model.class_weight": 0.01,
+        "model.conditional_splits": False,
+        "train.eval_every_epochs": None,
+    }

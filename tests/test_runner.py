@@ -19,7 +19,7 @@ from glow_repro.config import ConfigError, dump_run_config
 from glow_repro.errors import DataUnavailableError, ResultsDirError
 from glow_repro.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text
 from glow_repro.study.launchers import Outcome
-from glow_repro.study.runner import StudyReport, collect_status, run_study, tables_dir
+from glow_repro.study.runner import StudyOptions, StudyReport, collect_status, run_study, tables_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,20 +77,20 @@ def calls(results: Path) -> dict[str, int]:
 
 def test_study_trains_every_run_then_a_rerun_trains_nothing(tmp_path):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path), results, launcher="inprocess", train_fn=fake_train)
+    report = run_study(make_study(tmp_path), results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     assert report.counts == {"done": 4, "trained": 4, "skipped": 0}
     assert set(calls(results).values()) == {1}
     assert (results / "study.yaml").is_file()
     manifest = yaml.safe_load((results / "manifest.json").read_text())
     assert {e["variant"] for e in manifest["runs"].values()} == {"width=12", "width=16"}
 
-    again = run_study(make_study(tmp_path), results, launcher="inprocess", train_fn=fake_train)
+    again = run_study(make_study(tmp_path), results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     assert again.counts == {"done": 4, "trained": 0, "skipped": 4}
     assert set(calls(results).values()) == {1}
 
     victim = sorted((results / "runs").iterdir())[0]
     (victim / "status.json").unlink()
-    third = run_study(make_study(tmp_path), results, launcher="inprocess", train_fn=fake_train)
+    third = run_study(make_study(tmp_path), results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     assert third.counts["trained"] == 1
     assert calls(results)[victim.name] == 2 and sum(calls(results).values()) == 5
     steps = [row["step"] for row in RunDir(victim).metrics.read()]
@@ -100,7 +100,7 @@ def test_study_trains_every_run_then_a_rerun_trains_nothing(tmp_path):
 def test_the_long_tables_are_written_at_the_end_failed_runs_included(tmp_path):
     results = tmp_path / "results"
     report = run_study(
-        make_study(tmp_path, widths=(12, FAIL_WIDTH)), results, launcher="inprocess", train_fn=fake_train
+        make_study(tmp_path, widths=(12, FAIL_WIDTH)), results, StudyOptions(launcher="inprocess", train_fn=fake_train)
     )
     assert report.tables_dir == results / "tables" == tables_dir(results)
     for name in ("steps", "evals", "finals", "events"):
@@ -127,7 +127,7 @@ def train_without_data(config, run_dir, **kwargs):
 @pytest.mark.parametrize("train_fn, state", [(interrupted_train, "interrupted"), (train_without_data, "failed")])
 def test_no_tables_after_ctrl_c_or_when_no_run_started(tmp_path, train_fn, state):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path), results, launcher="inprocess", train_fn=train_fn)
+    report = run_study(make_study(tmp_path), results, StudyOptions(launcher="inprocess", train_fn=train_fn))
     assert report.runs_in(state) and report.tables_dir is None
     assert not (results / "tables").exists() and tables_dir(results) is None
 
@@ -135,7 +135,7 @@ def test_no_tables_after_ctrl_c_or_when_no_run_started(tmp_path, train_fn, state
 @pytest.mark.slow  # worker processes, each importing torch
 def test_local_pool_runs_in_worker_processes_with_split_threads(tmp_path):
     results = tmp_path / "results"
-    report = run_study(make_study(tmp_path), results, workers=2, train_fn=fake_train)
+    report = run_study(make_study(tmp_path), results, StudyOptions(workers=2, train_fn=fake_train))
     assert report.counts["done"] == 4 and not report.interrupted
     lines = [line for p in (results / "runs").glob("*/calls.txt") for line in p.read_text().splitlines()]
     pids = {line.split()[0] for line in lines}
@@ -149,7 +149,7 @@ def test_local_pool_runs_in_worker_processes_with_split_threads(tmp_path):
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     results = tmp_path / "results"
     study = make_study(tmp_path, widths=(12, FAIL_WIDTH))
-    report = run_study(study, results, workers=2, train_fn=fake_train)
+    report = run_study(study, results, StudyOptions(workers=2, train_fn=fake_train))
     assert report.counts["done"] == 2 and report.counts["failed"] == 2
     failed = report.runs_in("failed")[0]
     status = RunDir(failed.run_dir).status()
@@ -157,9 +157,9 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
     assert status["error"] == "RuntimeError: boom at width 13" and "Traceback" in status["traceback"]
     assert report.outcomes[failed.run.run_id].error == status["error"]
 
-    kept = run_study(study, results, launcher="inprocess", train_fn=fake_train)
+    kept = run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     assert kept.counts == {"done": 2, "failed": 2, "trained": 0, "skipped": 2}
-    retried = run_study(study, results, launcher="inprocess", train_fn=fake_train, retry_failed=True)
+    retried = run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train, retry_failed=True))
     assert retried.counts["trained"] == 2 and retried.counts["failed"] == 2
 
 
@@ -167,7 +167,9 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path):
 def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
     results = tmp_path / "results"
     report = run_study(
-        make_study(tmp_path, widths=(12, CRASH_WIDTH), seeds=(0,)), results, workers=2, train_fn=fake_train
+        make_study(tmp_path, widths=(12, CRASH_WIDTH), seeds=(0,)),
+        results,
+        StudyOptions(workers=2, train_fn=fake_train),
     )
     assert report.counts["done"] == 1 and report.counts["failed"] == 1
     crashed = report.runs_in("failed")[0]
@@ -178,7 +180,7 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
 def test_a_run_locked_by_another_process_is_skipped(tmp_path):
     results = tmp_path / "results"
     study = make_study(tmp_path)
-    plan = run_study(study, results, dry_run=True).plan
+    plan = run_study(study, results, StudyOptions(dry_run=True)).plan
     held = plan[0].run_dir
     holder = subprocess.Popen(
         [
@@ -199,14 +201,14 @@ def test_a_run_locked_by_another_process_is_skipped(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         RunDir(held).write_status("running", step=1)
-        report = run_study(study, results, workers=2, train_fn=fake_train)
+        report = run_study(study, results, StudyOptions(workers=2, train_fn=fake_train))
         assert report.counts["elsewhere"] == 1 and report.counts["done"] == 3
         assert plan[0].run.run_id not in calls(results)
     finally:
         holder.kill()
         holder.wait()
     assert not RunLock(held).held_elsewhere()  # SIGKILL left no stuck lock
-    report = run_study(study, results, launcher="inprocess", train_fn=fake_train)
+    report = run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     assert report.counts == {"done": 4, "trained": 1, "skipped": 3}
 
 
@@ -214,11 +216,11 @@ def test_the_lock_is_taken_at_launch_time_too(tmp_path):
     """A run locked after planning (another runner started it) is left alone."""
     results = tmp_path / "results"
     study = make_study(tmp_path, widths=(12,), seeds=(0,))
-    run_dir = run_study(study, results, dry_run=True).plan[0].run_dir
+    run_dir = run_study(study, results, StudyOptions(dry_run=True)).plan[0].run_dir
     lock = RunLock(run_dir)
     assert lock.acquire()
     try:
-        report = run_study(study, results, launcher="inprocess", train_fn=fake_train)
+        report = run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     finally:
         lock.release()
     assert report.counts["elsewhere"] == 1 and not calls(results)
@@ -227,14 +229,14 @@ def test_the_lock_is_taken_at_launch_time_too(tmp_path):
 def test_only_filters_runs(tmp_path):
     results = tmp_path / "results"
     study = make_study(tmp_path)
-    plan = run_study(study, results, only=["width=16", "seed=1"], dry_run=True).plan
+    plan = run_study(study, results, StudyOptions(only=["width=16", "seed=1"], dry_run=True)).plan
     assert [(p.run.overrides["model.width"], p.run.seed) for p in plan] == [(16, 1)]
-    both = run_study(study, results, only=["model.width=12", "model.width=16.0"], dry_run=True).plan
+    both = run_study(study, results, StudyOptions(only=["model.width=12", "model.width=16.0"], dry_run=True)).plan
     assert len(both) == 4
     with pytest.raises(ConfigError, match=r"--only depth=3: no run matches|no run matches"):
-        run_study(study, results, only=["model.depth=3"], dry_run=True)
+        run_study(study, results, StudyOptions(only=["model.depth=3"], dry_run=True))
     with pytest.raises(ConfigError, match=r"--only colour=red: unknown key colour; swept keys: model.width"):
-        run_study(study, results, only=["colour=red"], dry_run=True)
+        run_study(study, results, StudyOptions(only=["colour=red"], dry_run=True))
     assert not results.exists()  # dry runs write nothing
 
 
@@ -243,8 +245,7 @@ def test_submitit_debug_executor_runs_the_study(tmp_path):
     report = run_study(
         make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)),
         results,
-        launcher="submitit-debug",
-        train_fn=fake_train,
+        StudyOptions(launcher="submitit-debug", train_fn=fake_train),
     )
     assert report.counts["done"] == 1 and report.counts["failed"] == 1
 
@@ -256,9 +257,7 @@ def test_submitit_local_executor_runs_the_study(tmp_path, monkeypatch):
     report = run_study(
         make_study(tmp_path, seeds=(0,)),
         results,
-        launcher="submitit-local",
-        train_fn=fake_train,
-        slurm={"time": "0:10:00"},
+        StudyOptions(launcher="submitit-local", train_fn=fake_train, resources={"time": "0:10:00"}),
     )
     assert report.counts["done"] == 2, report.outcomes
     assert any((results / "submitit").iterdir())
@@ -267,7 +266,9 @@ def test_submitit_local_executor_runs_the_study(tmp_path, monkeypatch):
 def test_status_reads_every_run(tmp_path):
     results = tmp_path / "results"
     run_study(
-        make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), results, launcher="inprocess", train_fn=fake_train
+        make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)),
+        results,
+        StudyOptions(launcher="inprocess", train_fn=fake_train),
     )
     rows = {row.variant: row for row in collect_status(results)}
     assert rows["width=12"].state == "done" and rows["width=12"].test_bpd == 7.0
@@ -297,8 +298,8 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         from tests.test_runner import fake_train
-        from glow_repro.study.runner import run_study
-        report = run_study({str(study)!r}, {str(results)!r}, workers=2, train_fn=fake_train)
+        from glow_repro.study.runner import StudyOptions, run_study
+        report = run_study({str(study)!r}, {str(results)!r}, StudyOptions(workers=2, train_fn=fake_train))
         print("interrupted" if report.interrupted else "finished", report.counts, flush=True)
         sys.exit(130 if report.interrupted else 0)
     """)
@@ -321,7 +322,7 @@ def test_ctrl_c_interrupts_workers_and_keeps_their_runs_resumable(tmp_path):
     states = sorted(s["state"] for s in statuses())
     assert "interrupted" in states and "running" not in states
     assert len(states) < 6  # the queued runs never started
-    report = run_study(study, results, workers=2, train_fn=fake_train)
+    report = run_study(study, results, StudyOptions(workers=2, train_fn=fake_train))
     assert report.counts["done"] == 6
     for run_dir in (results / "runs").iterdir():
         steps = [row["step"] for row in RunDir(run_dir).metrics.read()]

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from glow_repro.cli import main
 from glow_repro.datasets import FASHION_MNIST_NAMES
 from glow_repro.errors import UserFacingError
+from glow_repro.image_panels import grid_png
 from glow_repro.model import Glow
-from glow_repro.sampling import png_bytes, resolve_classes, sample_images, write_samples
+from glow_repro.sampling import pixels, resolve_classes, sample_images, write_samples
 from glow_repro.train import train
 from tests.conftest import tiny_config
 from tests.test_flows import randomise
@@ -39,7 +40,7 @@ def test_class_samples_are_draws_of_that_class(tmp_path):
     assert set(expected) <= set(record["files"]) and json.loads((tmp_path / "sample.json").read_text()) == record
     for row in record["class_samples"]:
         drawn = sample_images(model, row["temperature"], 3, config.seed, y=row["class"])
-        assert (tmp_path / row["file"]).read_bytes() == png_bytes(drawn, config.data.n_bits, 2)
+        assert (tmp_path / row["file"]).read_bytes() == grid_png(pixels(drawn, config.data.n_bits), 2)
     # a draw of class k is mean_k + T * exp(logs_k) * eps: at T 0 the class's top prior mean, and
     # at T > 0 with the same eps for every class (one noise, only the class differs)
     noise = []

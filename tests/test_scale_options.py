@@ -137,7 +137,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(baselin
 def test_a_slurm_job_of_two_tasks_trains_one_run_with_two_gloo_processes(baseline, tmp_path, monkeypatch):
     """The submitit launcher with ``processes_per_run: 2`` (here submitit's local executor,
     which starts the job's tasks as SLURM would) matches one process like torchrun does."""
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
@@ -153,7 +153,9 @@ def test_a_slurm_job_of_two_tasks_trains_one_run_with_two_gloo_processes(baselin
             }
         )
     )
-    report = run_study(study, tmp_path / "results", launcher="submitit-local", slurm={"time": "0:10:00"})
+    report = run_study(
+        study, tmp_path / "results", StudyOptions(launcher="submitit-local", resources={"time": "0:10:00"})
+    )
     assert report.counts["done"] == 1, report.outcomes
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     assert json.loads((run_dir / "environment.json").read_text())["world_size"] == 2

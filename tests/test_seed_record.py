@@ -16,7 +16,7 @@ from glow_repro.analysis.sequential import SeedJudge
 from glow_repro.cli import main
 from glow_repro.rundir import StudyDir
 from glow_repro.study.record import SeedRecord
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from tests.test_verdicts import claim_study, effect_train
 
 
@@ -25,7 +25,7 @@ def judged(tmp_path_factory) -> tuple[Path, Path]:
     """A study with no true effect, judged look by look to its end (3 looks of 3 seeds)."""
     root = tmp_path_factory.mktemp("record")
     study, results = claim_study(root, lr=1e-3), root / "results"
-    run_study(study, results, launcher="inprocess", train_fn=effect_train, judge=SeedJudge(max_seeds=9))
+    run_study(study, results, StudyOptions(launcher="inprocess", train_fn=effect_train), judge=SeedJudge(max_seeds=9))
     return study, results
 
 

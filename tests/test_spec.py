@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from glow_repro.config import ConfigError
+from glow_repro.study.launchers.slurm import parse_time_minutes
 from glow_repro.study.spec import (
     expand,
     load_study,
-    parse_time_minutes,
     spec_yaml,
     with_overrides,
 )
@@ -251,3 +251,13 @@ def test_paper_studies_use_the_papers_settings(name):
         if name != "depth_ablation":
             assert (cfg.model.depth, cfg.model.levels) == (32, 3)
     assert (32, 3) in {(r.config.model.depth, r.config.model.levels) for r in runs}
+
+
+def test_a_specs_source_is_the_file_it_was_read_from(tmp_path):
+    path = write(tmp_path, {"name": "t", "base": BASE, "seeds": [0]})
+    spec = load_study(path)
+    assert spec.source == str(path) and with_overrides(spec, ["train.steps=3"]).source == str(path)
+    assert "source" not in yaml.safe_load(spec_yaml(spec))
+    bad = write(tmp_path, {"name": "t", "base": BASE, "seeds": [0], "source": "elsewhere.yaml"}, "bad.yaml")
+    with pytest.raises(ConfigError, match=r"bad.yaml: source: not a key of a study file"):
+        load_study(bad)

@@ -229,10 +229,10 @@ def test_health_signals_name_the_worst_layer():
 @pytest.mark.slow
 def test_smoke_study_raises_no_false_alarms(tmp_path):
     """Issue #5: a healthy study produces no events with the default thresholds."""
-    from glow_repro.study.runner import run_study
+    from glow_repro.study.runner import StudyOptions, run_study
     from glow_repro.study.tables import load_tables
 
-    report = run_study("studies/smoke.yaml", results_dir=tmp_path / "smoke", launcher="inprocess")
+    report = run_study("studies/smoke.yaml", tmp_path / "smoke", StudyOptions(launcher="inprocess"))
     assert report.counts.get("done") == 4
     tables = load_tables(tmp_path / "smoke")
     assert tables.events.empty

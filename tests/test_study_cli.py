@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from glow_repro.cli import main
 from glow_repro.rundir import RunDir, RunLock, RunState
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from tests.test_runner import FAIL_WIDTH, fake_train, make_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
 
 def test_dry_run_shows_what_is_done(tmp_path):
     study, results = make_study(tmp_path, seeds=(0,)), tmp_path / "results"
-    run_study(study, results, launcher="inprocess", train_fn=fake_train, only=["width=12"])
+    run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train, only=["width=12"]))
     result = cli("run", study, "--results", results, "--dry-run")
     rows = {line.split()[1]: line.split()[-2:] for line in result.output.splitlines()[2:-1]}
     assert rows == {"width=12": ["done", "skip"], "width=16": ["pending", "train"]}
@@ -90,7 +90,7 @@ def test_launcher_options_are_checked_before_anything_is_written(tmp_path):
 
 def test_status_table_and_counts(tmp_path):
     study, results = make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), tmp_path / "results"
-    run_study(study, results, launcher="inprocess", train_fn=fake_train)
+    run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     result = cli("status", results)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -103,7 +103,7 @@ def test_status_table_and_counts(tmp_path):
 
 
 def test_run_names_the_tables_and_the_failures_then_exits_1(tmp_path, monkeypatch):
-    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: fake_train)
+    monkeypatch.setattr("glow_repro.study.launchers.execute._default_train", lambda: fake_train)
     study, results = make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0,)), tmp_path / "results"
     result = cli("run", study, "--results", results, "--launcher", "inprocess")
     assert result.exit_code == 1, result.output
@@ -194,7 +194,7 @@ def test_sigkill_mid_study_then_rerun_completes_without_duplicate_rows(tmp_path)
 
 
 def test_the_run_summary_accounts_for_every_run(tmp_path, monkeypatch):
-    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: fake_train)
+    monkeypatch.setattr("glow_repro.study.launchers.execute._default_train", lambda: fake_train)
     study, results = make_study(tmp_path, widths=(12, FAIL_WIDTH), seeds=(0, 1)), tmp_path / "results"
     cli("run", study, "--results", results, "--launcher", "inprocess")
     again = cli("run", study, "--results", results, "--launcher", "inprocess")
@@ -206,7 +206,7 @@ def test_the_run_summary_accounts_for_every_run(tmp_path, monkeypatch):
 
 def test_status_dates_the_bpd_of_a_run_that_is_not_done(tmp_path):
     study, results = make_study(tmp_path, widths=(12,), seeds=(0,)), tmp_path / "results"
-    run_study(study, results, launcher="inprocess", train_fn=fake_train)
+    run_study(study, results, StudyOptions(launcher="inprocess", train_fn=fake_train))
     (run,) = (results / "runs").iterdir()
     # diverged before its first evaluation after step 0: the step-0 bpd is no result of training
     (run / "summary.json").unlink()
@@ -218,12 +218,11 @@ def test_status_dates_the_bpd_of_a_run_that_is_not_done(tmp_path):
 
 def test_a_diverged_run_is_reported_by_its_step_not_its_last_evaluation(capsys):
     from glow_repro.config import RunConfig
-    from glow_repro.study.launchers import Outcome, RunTask, Tracker
+    from glow_repro.study.launchers import Outcome, Progress, RunTask
 
     task = RunTask("r-s0", "width=12", 0, RunConfig(), "runs/r-s0")
-    tracker = Tracker([task], desc="fake", slots=1)
     summary = {"state": "diverged", "step": 7, "final_test_bpd": 8.5, "first_nonfinite_step": 7}
-    tracker.record(Outcome("r-s0", RunState.DIVERGED, summary=summary))
-    tracker.close()
+    with Progress([task], desc="fake", slots=1) as progress:
+        progress.show(Outcome("r-s0", RunState.DIVERGED, summary=summary))
     line = next(line for line in capsys.readouterr().out.splitlines() if "r-s0" in line)
     assert line.endswith(": diverged at step 7") and "8.5" not in line

@@ -16,11 +16,12 @@ from glow_repro.analysis.document import Section
 from glow_repro.analysis.report import build_report, manipulation_blocks
 from glow_repro.config import ConfigError
 from glow_repro.data import load_split
+from glow_repro.image_panels import FIGURE_SUFFIX, figure_name
 from glow_repro.manipulation import write_manipulation
 from glow_repro.rundir import StudyDir
 from glow_repro.sampling import file_safe, load_trained_model
 from glow_repro.study.manipulations import ENCODED_IMAGES, ROWS, chosen_runs
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.spec import expand, load_study, spec_yaml, with_overrides
 from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
@@ -70,7 +71,7 @@ def test_an_unknown_attribute_is_one_line_naming_file_key_and_the_allowed_ones(t
 def test_the_lowest_finished_seed_of_each_variant_is_chosen(tmp_path):
     spec_path = write(tmp_path, study(base=TINY, grid=GRID, seeds=[2, 1, 0]))
     results = tmp_path / "results"
-    run_study(spec_path, results, launcher="inprocess", train_fn=fake_train, only=["seed=2", "seed=1"])
+    run_study(spec_path, results, StudyOptions(launcher="inprocess", train_fn=fake_train, only=["seed=2", "seed=1"]))
     chosen = chosen_runs(load_study(spec_path), results)
     assert [(run.variant, run.seed) for run in chosen] == [("conditioning=none", 1), ("conditioning=class", 1)]
 
@@ -81,7 +82,7 @@ def results(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("study")
     path = write(root, study(name="manip", base=TINY, grid=GRID, seeds=[0], manipulations=["stripes-vs-blob"]))
-    run_study(path, root / "results", launcher="inprocess")
+    run_study(path, root / "results", StudyOptions(launcher="inprocess"))
     return root / "results"
 
 
@@ -90,6 +91,7 @@ def test_the_study_writes_each_variants_figure_and_numbers(results, tmp_path):
         folder = StudyDir(results).manipulation(file_safe(run.variant))
         record = json.loads((folder / "manipulate_stripes-vs-blob.json").read_text())
         assert (folder / "manipulate_stripes-vs-blob.png").is_file()
+        assert (folder / f"manipulate_stripes-vs-blob{FIGURE_SUFFIX}").is_file()
         assert (record["run_id"], record["seed"], record["variant"]) == (run.run_id, 0, run.variant)
         assert record["image_limit"] == ENCODED_IMAGES and record["rows"] == ROWS
         config, model = load_trained_model(results / "runs" / run.run_id)
@@ -113,6 +115,7 @@ def fake_with_manipulations(results, tmp_path):
         folder = StudyDir(fake).manipulation(file_safe(variant))
         folder.mkdir(parents=True)
         shutil.copy(source.with_suffix(".png"), folder)
+        shutil.copy(source.with_name(figure_name(source.with_suffix(".png").name)), folder)
         record = {**json.loads(source.read_text()), "variant": variant}
         (folder / source.name).write_text(json.dumps(record))
     return fake, tables, variants
@@ -130,6 +133,7 @@ def test_the_manipulation_section_shows_the_numbers_and_figures(fake_with_manipu
     record = json.loads(next(StudyDir(fake).manipulations.glob("*/*.json")).read_text())
     assert shown["separation (pooled SD)"][0] == pytest.approx(record["held_out"]["gap_in_sd"], abs=1e-3)
     assert len(list((out / "figures" / "manipulations").glob("*.png"))) == 2
+    assert all(png.name.endswith(FIGURE_SUFFIX) for png in (out / "figures" / "manipulations").glob("*.png"))
 
 
 @pytest.mark.slow

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from glow_repro.cli import main
 from glow_repro.config import RunConfig, run_identity
+from glow_repro.image_panels import FIGURE_SUFFIX, shown_images
 from glow_repro.tensorboard_log import EVENTS_TAG, TensorBoardMirror
 from glow_repro.train import train
 
@@ -56,8 +58,14 @@ def test_event_files_hold_the_logged_curves_and_samples(run_dir: Path) -> None:
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("test/bpd")] == [
         (row["step"], round(row["test_bpd"], 5)) for row in evals
     ]
-    pngs = sorted(p.stem for p in (run_dir / "samples").glob("*.png"))
-    assert pngs and sorted(tag.removeprefix("samples/") for tag in tags["images"]) == pngs
+    figures = shown_images(run_dir / "samples")  # each native grid by its figure
+    assert set(figures) == {"temperatures", "reconstructions"}
+    assert all(png.name.endswith(FIGURE_SUFFIX) for png in figures.values())
+    assert sorted(tag.removeprefix("samples/") for tag in tags["images"]) == sorted(figures)
+    for name, png in figures.items():
+        (image,) = events.Images(f"samples/{name}")
+        with Image.open(png) as drawn:
+            assert (image.width, image.height) == drawn.size and image.width >= 256
 
 
 def test_stability_events_are_text(tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from glow_repro.analysis.pair_tests import MAX_SEEDS_NEEDED, paired_tests, seeds_needed_t, sign_flip_p, step_down
-from glow_repro.analysis.report import analyse
 from glow_repro.analysis.sequential import SeedJudge, SeedPlan, decide, recorded_look
+from glow_repro.analysis.study_analysis import analyse
 from glow_repro.analysis.verdicts import claim_summary, format_verdicts, verdicts
 from glow_repro.cli import main
 from glow_repro.config import ConfigError
 from glow_repro.rundir import RunDir, atomic_write_json
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec, load_study
 from glow_repro.study.tables import load_tables
 from tests.test_runner import fake_train
@@ -310,8 +310,7 @@ def test_until_resolved_stops_at_the_first_look_when_the_claim_is_clear(tmp_path
     report = run_study(
         claim_study(tmp_path, lr=2e-3),
         results,
-        launcher="inprocess",
-        train_fn=effect_train,
+        StudyOptions(launcher="inprocess", train_fn=effect_train),
         judge=SeedJudge(max_seeds=9),
     )
     (row,) = decisions(results)
@@ -327,7 +326,7 @@ def test_until_resolved_stops_at_the_first_look_when_the_claim_is_clear(tmp_path
 
 
 def test_until_resolved_adds_seeds_to_every_variant_then_says_why_it_stopped(tmp_path, monkeypatch):
-    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: effect_train)
+    monkeypatch.setattr("glow_repro.study.launchers.execute._default_train", lambda: effect_train)
     results = tmp_path / "results"
     result = CliRunner().invoke(
         main,
@@ -380,7 +379,7 @@ def timed_train(config, run_dir, **kwargs):
 def test_run_ends_with_its_time_to_a_verdict(tmp_path, monkeypatch):
     """Wall time of the command, CPU-minutes of the runs it trained (3 x 30 s x 2 threads +
     2 x 30 s x 3 processes = 6.0 minutes, the run without a thread count named), and the looks."""
-    monkeypatch.setattr("glow_repro.study.launchers._default_train", lambda: timed_train)
+    monkeypatch.setattr("glow_repro.study.launchers.execute._default_train", lambda: timed_train)
     once = ["run", str(claim_study(tmp_path, lr=2e-3)), "--launcher", "inprocess"]
     args = [*once, "--results", str(tmp_path / "results"), "--until-resolved", "--max-seeds", "9"]
     first = CliRunner().invoke(main, args)
@@ -400,7 +399,12 @@ def test_run_ends_with_its_time_to_a_verdict(tmp_path, monkeypatch):
 
 def test_the_report_judges_at_the_recorded_look_and_under_every_metric(tmp_path):
     results = tmp_path / "results"
-    run_study(claim_study(tmp_path, lr=2e-3), results, launcher="inprocess", train_fn=effect_train, judge=SeedJudge(9))
+    run_study(
+        claim_study(tmp_path, lr=2e-3),
+        results,
+        StudyOptions(launcher="inprocess", train_fn=effect_train),
+        judge=SeedJudge(9),
+    )
     tables = load_tables(results)
     look, seeds = recorded_look(results)
     assert look.boundary.looks == (3, 6, 9) and look.index == 0 and seeds == [0, 1, 2]
@@ -421,8 +425,7 @@ def test_until_resolved_takes_the_studys_max_seeds_unless_the_command_line_gives
     run_study(
         claim_study(tmp_path, lr=1e-3, max_seeds=6),
         results,
-        launcher="inprocess",
-        train_fn=effect_train,
+        StudyOptions(launcher="inprocess", train_fn=effect_train),
         judge=SeedJudge(),
     )
     rows = decisions(results)
@@ -431,7 +434,9 @@ def test_until_resolved_takes_the_studys_max_seeds_unless_the_command_line_gives
 
 def test_verdict_command_without_claims_and_outside_a_results_dir(tmp_path):
     results = tmp_path / "results"
-    run_study(claim_study(tmp_path, lr=1e-3, claims=False), results, launcher="inprocess", train_fn=effect_train)
+    run_study(
+        claim_study(tmp_path, lr=1e-3, claims=False), results, StudyOptions(launcher="inprocess", train_fn=effect_train)
+    )
     plain = CliRunner().invoke(main, ["verdict", str(results)])
     assert plain.exit_code == 0 and "the study declares no claims" in plain.output
     assert not (results / "tables" / "verdicts.csv").exists()
@@ -445,8 +450,7 @@ def test_until_resolved_needs_claims(tmp_path):
         run_study(
             claim_study(tmp_path, lr=1e-3, claims=False),
             tmp_path / "r",
-            launcher="inprocess",
-            train_fn=effect_train,
+            StudyOptions(launcher="inprocess", train_fn=effect_train),
             judge=SeedJudge(max_seeds=9),
         )
     assert not (tmp_path / "r").exists()

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from glow_repro.cli import main
 from glow_repro.config import RunConfig
 from glow_repro.study import workers
-from glow_repro.study.runner import run_study
+from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.workers import auto_workers
 from tests.test_runner import fake_train, make_study
 
@@ -42,7 +42,9 @@ def test_run_defaults_to_auto_and_says_what_it_chose(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(workers, "usable_cores", lambda: 3)
     monkeypatch.setattr(workers, "available_memory", lambda: 64 * GiB)
     study = make_study(tmp_path, widths=(12, 16), seeds=(0, 1))
-    report = run_study(study, tmp_path / "results", workers=None, launcher="inprocess", train_fn=fake_train)
+    report = run_study(
+        study, tmp_path / "results", StudyOptions(workers=None, launcher="inprocess", train_fn=fake_train)
+    )
     assert len(report.plan) == 4 and report.workers == 3
 
 

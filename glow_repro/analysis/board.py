@@ -18,7 +18,8 @@ import pandas as pd
 
 from glow_repro.analysis.claim_view import SEED_VARIANCE, claim_rows, interval_column
 from glow_repro.analysis.document import Table
-from glow_repro.analysis.report import environment, run_commits
+from glow_repro.analysis.prose import run_commits
+from glow_repro.analysis.report import environment
 from glow_repro.analysis.sequential import results_verdicts
 from glow_repro.analysis.verdicts import SUMMARY_COLUMNS, number
 from glow_repro.errors import ResultsDirError

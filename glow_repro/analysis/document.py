@@ -3,8 +3,9 @@ Markdown, so every sentence of the report is written once (docs/architecture.md)
 
 Prose is Markdown-lite: `code`, **strong** and *emphasis* are the only marks; HTML output
 escapes everything else. Figures are embedded in HTML as ``data:`` URIs (the file stands alone) and
-linked by relative path in Markdown. :func:`place_figures` puts each figure after the
-section or table its record names (:mod:`glow_repro.analysis.figures`).
+linked by relative path in Markdown. :func:`place_after` puts each figure, and each table that
+no section places, after the section or table its record names
+(:mod:`glow_repro.analysis.figures`, :mod:`glow_repro.analysis.report_tables`).
 """
 
 from __future__ import annotations
@@ -112,12 +113,15 @@ class Files:
 
 @dataclass
 class Table:
-    """A display table; ``name`` is also its CSV's name and an anchor for figures; ``files``
-    are the files it was also written to, linked right below it."""
+    """A display table; ``name`` is an anchor for figures; ``files`` are the files it was also
+    written to, linked right below it."""
 
     name: str
     frame: pd.DataFrame
     files: Files | None = None
+    after: str = ""
+    """The section id or table name this table follows when its section does not place it
+    (see :func:`place_after`)."""
 
     def to_html(self) -> str:
         table = code_spans(self.frame.to_html(index=False, escape=True, border=0, classes="data", na_rep=""))
@@ -140,7 +144,7 @@ class FigureFile:
     png: Path
     link: str
     after: str = ""
-    """The section id or table name this figure follows (see :func:`place_figures`)."""
+    """The section id or table name this figure follows (see :func:`place_after`)."""
 
     @property
     def data_uri(self) -> str:
@@ -215,17 +219,21 @@ class Section:
         return "\n\n".join([f"## {number}. {self.title}", *(block.to_markdown() for block in self.blocks)])
 
 
-def place_figures(sections: list[Section], figures: Iterable[FigureFile]) -> None:
-    """Insert each figure right after the block it names: a section id puts it at the top of
-    that section, a table name after that table; figures sharing an anchor keep their order.
-    An anchor that names nothing is an error listing the anchors there are."""
-    figures = list(figures)
+def place_after(sections: list[Section], placed: Iterable[FigureFile | Table]) -> None:
+    """Insert each figure or table right after the block its ``after`` names: a section id
+    puts it at the top of that section, a table name after that table; blocks sharing an
+    anchor keep their order. An anchor that names nothing is an error listing the anchors
+    there are."""
+    placed = list(placed)
     anchors = {s.id for s in sections} | {b.name for s in sections for b in s.blocks if isinstance(b, Table)}
-    for figure in figures:
-        if figure.after not in anchors:
-            raise ValueError(f"figure {figure.name!r}: after={figure.after!r} is neither a section "
-                             f"nor a table of the report ({', '.join(sorted(anchors))})")  # fmt: skip
-    following = {anchor: [f for f in figures if f.after == anchor] for anchor in anchors}
+    for block in placed:
+        if block.after not in anchors:
+            kind = "table" if isinstance(block, Table) else "figure"
+            raise ValueError(
+                f"{kind} {block.name!r}: after={block.after!r} is neither a section "
+                f"nor a table of the report ({', '.join(sorted(anchors))})"
+            )
+    following = {anchor: [b for b in placed if b.after == anchor] for anchor in anchors}
     for section in sections:
         blocks: list[Block] = [*following[section.id]]
         for block in section.blocks:

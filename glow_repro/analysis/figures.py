@@ -6,7 +6,8 @@ new figure is a drawing function and one :func:`register` call here.
 Drawing functions take DataFrames and return a Figure, built with matplotlib's object API
 (``Figure``, no pyplot, so no global state and no display backend) and seaborn's styles and
 palettes; :func:`save_figure` writes PNG and SVG. Inputs are the aggregates of
-:mod:`glow_repro.analysis.aggregate`, reached through the report's ``Analysis``.
+:mod:`glow_repro.analysis.aggregate`, reached through the
+:class:`~glow_repro.analysis.study_analysis.Analysis`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,10 +22,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from glow_repro.analysis.published import FIGURE3_SOURCE, figure3_curves
+from glow_repro.analysis.study_analysis import Analysis
 from glow_repro.rundir import RunState
-
-if TYPE_CHECKING:
-    from glow_repro.analysis.report import Analysis
 
 STYLE = "whitegrid"
 PALETTE = "colorblind"

@@ -53,6 +53,19 @@ device_option = click.option(
 )
 
 
+def pictures_written(files: list[str], out: Path) -> str:
+    """What a command that draws pictures wrote to ``out``: the labelled figures to open, that
+    each has its native-resolution grid beside it, and the record (docs/images.md)."""
+    from glow_repro.image_panels import FIGURE_SUFFIX, figure_name
+
+    figures = [name for name in files if name.endswith(FIGURE_SUFFIX)]
+    records = [name for name in files if name not in figures and figure_name(name) not in figures]
+    return (
+        f"wrote {', '.join(figures)} to {out}\n"
+        f"  beside each figure its native-resolution grid <name>.png (the exact pixels); record: {', '.join(records)}"
+    )
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """Rows of text cells under a header, in left-aligned columns."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import UserError, device_option, out_dir_option, user_errors
+from glow_repro.commands.base import UserError, device_option, out_dir_option, pictures_written, user_errors
 
 
 def _alphas(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -62,9 +62,10 @@ def manipulate_command(
     out_dir: Path | None,
     device: str,
 ) -> None:
-    """Write manipulate_<attribute>.png (rows: test images; columns: alphas) and its record:
-    the direction's norm and how well it separates held-out images with and without the attribute.
-    Works on unconditional and class-conditional runs alike."""
+    """Write the figure manipulate_<attribute>.figure.png (rows: test images; columns: the
+    original, then one per alpha, labelled), its native-resolution grid manipulate_<attribute>.png
+    (the alpha columns) and its record: the direction's norm and how well it separates held-out
+    images with and without the attribute. Works on unconditional and class-conditional runs alike."""
     from glow_repro.data import load_split
     from glow_repro.manipulation import DEFAULT_ALPHAS, write_manipulation
     from glow_repro.rundir import RunDir
@@ -85,7 +86,7 @@ def manipulate_command(
         encode=encode,
     )
     held = record["held_out"]
-    click.echo(f"wrote {', '.join(record['files'])} to {out}")
+    click.echo(pictures_written(record["files"], out))
     click.echo(
         f"direction norm {record['direction_norm']:.4g} from {record['train_images']['positive']} "
         f"positive and {record['train_images']['negative']} negative training images"

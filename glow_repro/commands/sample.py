@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from glow_repro.commands.base import device_option, user_errors
+from glow_repro.commands.base import device_option, pictures_written, user_errors
 
 
 @click.command("sample")
@@ -72,8 +72,10 @@ def sample_command(
 ) -> None:
     """Write samples, reconstructions and latent interpolations of the run in RUN_DIR.
 
-    RUN_DIR is one run, e.g. results/permutation_ablation/runs/<run id>; the model uses the
-    run's latest checkpoint (its EMA weights when the run kept them).
+    Each picture is a labelled figure <name>.figure.png with its native-resolution grid
+    <name>.png beside it (the exact pixels; docs/images.md). RUN_DIR is one run, e.g.
+    results/permutation_ablation/runs/<run id>; the model uses the run's latest checkpoint (its
+    EMA weights when the run kept them).
     """
     from glow_repro.data import load_split
     from glow_repro.rundir import RunDir
@@ -101,7 +103,7 @@ def sample_command(
         about=about,
         classes=labels,
     )
-    click.echo(f"wrote {', '.join(record['files'])} to {out}")
+    click.echo(pictures_written(record["files"], out))
     click.echo(f"reconstruction max abs error: {record['reconstruction_max_abs_error']:.3g} (model space)")
     if record["nonfinite_samples"]:
         click.echo(f"warning: {record['nonfinite_samples']} samples have non-finite pixels", err=True)

@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import text_table, user_errors, warn_about_results
+from glow_repro.registry import one_of
 from glow_repro.rundir import RunDir, RunState
 from glow_repro.study.labels import duration
+from glow_repro.study.launchers import LAUNCHERS
 
 
 def _counts(states: list[RunState]) -> str:
@@ -37,6 +39,27 @@ class _Workers(click.ParamType):
 WORKERS = _Workers()
 
 
+class _Launcher(click.ParamType):
+    """A launcher's name, checked against the registry when the command runs (so one
+    registered after this module was imported is a choice too)."""
+
+    name = "launcher"
+
+    def get_metavar(self, param, ctx=None):
+        return f"[{'|'.join(LAUNCHERS.names())}]"
+
+    def convert(self, value, param, ctx):
+        if value not in LAUNCHERS.names():
+            self.fail(f"{value!r} is not one of {one_of(LAUNCHERS.names())}", param, ctx)
+        return value
+
+
+def _launcher_help() -> str:
+    return "how the runs are trained: " + "; ".join(
+        f"{name}: {LAUNCHERS[name].description}" for name in LAUNCHERS.names()
+    )
+
+
 @click.command("run")
 @click.argument("study", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -55,10 +78,10 @@ WORKERS = _Workers()
 )
 @click.option(
     "--launcher",
-    type=click.Choice(["local", "slurm", "inprocess"]),
+    type=_Launcher(),
     default="local",
     show_default=True,
-    help="local process pool, SLURM array job (submitit), or sequentially in this process (debugging)",
+    help=_launcher_help(),
 )
 @click.option(
     "--set",
@@ -136,26 +159,29 @@ def run_command(
     130 interrupted (Ctrl-C or SIGTERM).
     """
     from glow_repro.analysis.sequential import SeedJudge
-    from glow_repro.study.runner import LAUNCH_ACTIONS, run_study
+    from glow_repro.study.runner import LAUNCH_ACTIONS, StudyOptions, run_study
 
     if max_seeds is not None and not until_resolved:
         raise click.UsageError("--max-seeds only applies with --until-resolved")
     if tensorboard:
         overrides = (*overrides, "train.tensorboard=true")
     started = time.perf_counter()
-    report = run_study(
-        study,
-        results_dir=results_dir,
-        workers=workers,
+    options = StudyOptions(
         launcher=launcher,
+        workers=workers,
+        resources={
+            "partition": partition,
+            "time": time_,
+            "gpus_per_node": gpus,
+            "processes_per_run": processes_per_run,
+        },
         overrides=overrides,
         only=only,
         dry_run=dry_run,
         retry_failed=retry_failed,
-        slurm={"partition": partition, "time": time_, "gpus_per_node": gpus, "processes_per_run": processes_per_run},
-        judge=SeedJudge(max_seeds) if until_resolved else None,
         force_spec=force_spec,
     )
+    report = run_study(study, results_dir, options, judge=SeedJudge(max_seeds) if until_resolved else None)
     plan = report.plan
     if dry_run:
         n_variants = len({p.run.variant for p in plan})

@@ -9,8 +9,10 @@ first :data:`ROWS` test images are moved along it (:func:`glow_repro.manipulatio
 Only the attribute's positives and negatives are encoded: for ``Sneaker-vs-Sandal`` on
 Fashion-MNIST about 200 images per split. Written as::
 
-    results/<study>/manipulations/<variant>/manipulate_<attribute>.png   rows: test images
-    results/<study>/manipulations/<variant>/manipulate_<attribute>.json  norm, separation, run
+    results/<study>/manipulations/<variant>/manipulate_<attribute>.figure.png  labelled: rows test images,
+                                                                    columns the original, then alphas
+    results/<study>/manipulations/<variant>/manipulate_<attribute>.png         its native grid (docs/images.md)
+    results/<study>/manipulations/<variant>/manipulate_<attribute>.json        norm, separation, run
 
 A record that already names the run is kept: a finished run does not change.
 """

@@ -13,9 +13,8 @@ left to it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,18 +32,11 @@ from glow_repro.rundir import (
     atomic_write_text,
     read_json,
 )
-from glow_repro.study.launchers import (
-    LAUNCHERS,
-    LaunchOptions,
-    Outcome,
-    RunTask,
-    Tracker,
-    TrainFn,
-    check_launcher,
-)
+from glow_repro.study.launchers import Launcher, LaunchOptions, Outcome, Progress, RunTask, TrainFn
+from glow_repro.study.launchers.base import checked_launcher
+from glow_repro.study.launchers.slurm import SlurmResources
 from glow_repro.study.record import RecordedLook, SeedRecord
 from glow_repro.study.spec import (
-    LauncherSpec,
     RunSpec,
     StudySpec,
     expand,
@@ -92,6 +84,23 @@ class Judge(Protocol):
         when the record holds another plan)."""
 
     def __call__(self, spec: StudySpec, results_dir: Path, look: int) -> LookDecision: ...
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How :func:`run_study` runs a study: the options of ``glow-repro run``."""
+
+    launcher: str = "local"  # a name in glow_repro.study.launchers.LAUNCHERS
+    workers: int | None = 1  # runs at once (local launcher); None: chosen by glow_repro.study.workers
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    """Changes to the spec's ``launcher:`` section (SlurmResources): partition, time, ...; None
+    values are left out."""
+    overrides: Sequence[str] = ()  # --set key.path=value, for every run
+    only: Sequence[str] = ()  # --only key=value: train only the matching runs
+    dry_run: bool = False  # plan, write nothing
+    retry_failed: bool = False  # train failed runs again
+    force_spec: bool = False  # write into a results directory of another spec of the study
+    train_fn: TrainFn | None = None  # replaces glow_repro.train.train (tests)
 
 
 @dataclass
@@ -265,49 +274,39 @@ def check_spec(spec: StudySpec, results_dir: Path, force: bool = False) -> None:
 def run_study(
     spec_path: str | Path,
     results_dir: str | Path | None = None,
-    workers: int | None = 1,
-    launcher: str = "local",
-    overrides: Sequence[str] = (),
-    only: Sequence[str] = (),
-    dry_run: bool = False,
-    retry_failed: bool = False,
-    train_fn: TrainFn | None = None,
-    slurm: dict[str, Any] | None = None,
+    options: StudyOptions = StudyOptions(),
     judge: Judge | None = None,
-    force_spec: bool = False,
 ) -> StudyReport:
     """Train every run of a study that is not finished yet; see the module docstring.
 
-    ``workers=None`` chooses how many runs train at once (:mod:`glow_repro.study.workers`).
-    ``slurm`` overrides fields of the spec's ``launcher:`` section (partition, time, ...).
-    ``train_fn`` replaces ``glow_repro.train.train`` (tests). With a ``judge``, after each
-    look the judge decides whether to train more seeds of every variant; each decision is
-    appended to decisions.jsonl. The manipulations the spec asks for are written last
-    (:mod:`glow_repro.study.manipulations`). On Ctrl-C the report comes back with ``interrupted=True``
-    once the workers have checkpointed. A results directory written by another spec of the
-    study is refused unless ``force_spec`` (:func:`check_spec`).
+    Results go to ``results_dir``, by default ``results/<study name>``. With a ``judge``, after
+    each look the judge decides whether to train more seeds of every variant; each decision
+    is appended to decisions.jsonl. The manipulations the spec asks for are written last
+    (:mod:`glow_repro.study.manipulations`). On Ctrl-C the report comes back with
+    ``interrupted=True`` once the workers have checkpointed. A results directory written by
+    another spec of the study is refused unless ``options.force_spec`` (:func:`check_spec`).
     """
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers {workers}: must be at least 1")
-    spec = with_overrides(load_study(spec_path), tuple(overrides))
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"workers {options.workers}: must be at least 1")
+    spec = with_overrides(load_study(spec_path), tuple(options.overrides))
     if judge is not None:
         judge.check(spec)
-        if only:
+        if options.only:
             raise ConfigError("--only cannot be combined with --until-resolved: every look judges all the runs")
-    given = {key: value for key, value in (slurm or {}).items() if value is not None}
+    given = {key: value for key, value in options.resources.items() if value is not None}
     resources = validate_model(
-        LauncherSpec, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
+        SlurmResources, {**spec.launcher.model_dump(), **given}, "--partition/--time/--gpus/--processes-per-run"
     )
     results = Path(results_dir) if results_dir is not None else Path("results") / spec.name
-    check_spec(spec, results, force_spec)
-    if dry_run:
-        return _planned(spec, results, judge, only, retry_failed)[0]
-    check_launcher(launcher)
-    options = LaunchOptions(workers=workers, slurm=resources, folder=StudyDir(results).submitit)
+    check_spec(spec, results, options.force_spec)
+    if options.dry_run:
+        return _planned(spec, results, judge, options)[0]
+    launcher = checked_launcher(options.launcher)
+    settings = resources.model_dump()
     with SeedRecord(results).writer() if judge is not None else contextlib.nullcontext():
-        report, look = _planned(spec, results, judge, only, retry_failed)
+        report, look = _planned(spec, results, judge, options)
         while True:
-            _launch(report, launcher, options, train_fn, until_resolved=judge is not None)
+            _launch(report, launcher, options, settings, until_resolved=judge is not None)
             stopped = bool(report.decisions) and report.decisions[-1].action == "stop"
             if judge is None or report.interrupted or stopped:
                 break
@@ -316,8 +315,8 @@ def run_study(
             report.decisions.append(decision)
             if decision.action != "continue":
                 break
-            report.spec = _with_seeds(report.spec, [*report.spec.seeds, *decision.add_seeds])
-            report.plan = plan_study(report.spec, results, only, retry_failed)
+            report.spec = report.spec.model_copy(update={"seeds": [*report.spec.seeds, *decision.add_seeds]})
+            report.plan = plan_study(report.spec, results, options.only, options.retry_failed)
             look += 1
     if not report.interrupted and report.spec.manipulations:
         from glow_repro.study.manipulations import write_study_manipulations  # loads torch: only when asked
@@ -326,27 +325,23 @@ def run_study(
     return report
 
 
-def _planned(
-    spec: StudySpec, results: Path, judge: Judge | None, only: Sequence[str], retry_failed: bool
-) -> tuple[StudyReport, int]:
+def _planned(spec: StudySpec, results: Path, judge: Judge | None, options: StudyOptions) -> tuple[StudyReport, int]:
     """The report before training and the look to take next: with a judge, the seeds are
     those of that look, resumed from the record."""
     look, recorded = 0, []
     if judge is not None:
         look, seeds, recorded = judge.resume(spec, results)
-        spec = _with_seeds(spec, seeds)
-    return StudyReport(spec, results, plan_study(spec, results, only, retry_failed), decisions=list(recorded)), look
-
-
-def _with_seeds(spec: StudySpec, seeds: Sequence[int]) -> StudySpec:
-    """The spec with ``seeds`` (the seeds of a look), keeping where it came from."""
-    changed = spec.model_copy(update={"seeds": list(seeds)})
-    changed._source = spec.source
-    return changed
+        spec = spec.model_copy(update={"seeds": list(seeds)})
+    plan = plan_study(spec, results, options.only, options.retry_failed)
+    return StudyReport(spec, results, plan, decisions=list(recorded)), look
 
 
 def _launch(
-    report: StudyReport, launcher: str, options: LaunchOptions, train_fn: TrainFn | None, until_resolved: bool
+    report: StudyReport,
+    launcher: Launcher,
+    options: StudyOptions,
+    settings: Mapping[str, Any],
+    until_resolved: bool,
 ) -> None:
     """Train the plan's unfinished runs, then write the tables (unless interrupted)."""
     launch = [p for p in report.plan if p.action in LAUNCH_ACTIONS]
@@ -358,21 +353,21 @@ def _launch(
             seed=p.run.seed,
             config=p.run.config,
             run_dir=str(p.run_dir),
-            train_fn=train_fn,
+            train_fn=options.train_fn,
         )
         for p in launch
     ]
-    if options.workers is None:
-        options = dataclasses.replace(options, workers=choose_workers([task.config for task in tasks]))
-    report.workers = options.workers
-    slots = options.workers if launcher == "local" else (1 if launcher == "inprocess" else len(tasks))
-    tracker = Tracker(tasks, desc=report.spec.name, slots=slots)
-    try:
-        LAUNCHERS[launcher](tasks, tracker, options)
-    finally:
-        tracker.close()
-    report.outcomes.update(tracker.outcomes)
-    report.interrupted = tracker.interrupted
+    report.workers = options.workers or choose_workers([task.config for task in tasks])
+    launch_options = LaunchOptions(
+        study=report.spec.name,
+        folder=StudyDir(report.results_dir).submitit,
+        workers=report.workers,
+        settings=settings,
+    )
+    with Progress(tasks, desc=report.spec.name, slots=launcher.slots(tasks, launch_options)) as progress:
+        launched = launcher.launch(tasks, launch_options, progress)
+    report.outcomes.update({outcome.run_id: outcome for outcome in launched.outcomes})
+    report.interrupted = launched.interrupted
     if not report.interrupted:
         report.tables_dir = write_study_tables(report.results_dir)
 

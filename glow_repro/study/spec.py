@@ -32,7 +32,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -53,66 +52,10 @@ from glow_repro.config import (
 )
 from glow_repro.errors import UserFacingError
 from glow_repro.study.labels import format_value, variant_name
+from glow_repro.study.launchers.slurm import SlurmResources
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
-
-
-def parse_time_minutes(value: int | str) -> int:
-    """Minutes from an int or a SLURM time (``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``)."""
-    if isinstance(value, int):
-        return value
-    if str(value).strip().isdigit():
-        return int(value)
-    match = _SLURM_TIME.match(str(value).strip())
-    if not match:
-        raise ValueError("must be minutes, or HH:MM:SS / D-HH:MM:SS")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    if match.group(2) is None:  # "MM:SS"
-        hours, minutes, seconds = 0, minutes, seconds
-    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-class LauncherSpec(BaseModel):
-    """SLURM resources for ``--launcher slurm`` (submitit); CLI options override these."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    partition: str | None = None
-    time: int | str = Field(24 * 60, description="minutes, or HH:MM:SS / D-HH:MM:SS")
-    gpus_per_node: int = Field(0, ge=0)
-    processes_per_run: int = Field(
-        1,
-        ge=1,
-        description="data-parallel processes per run on one node (one per GPU); "
-        "more than 1 trains each run with DistributedDataParallel",
-    )
-    cpus_per_task: int | None = Field(None, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    array_parallelism: int | None = Field(None, ge=1, description="max array tasks at once")
-    additional: dict[str, str] = Field(default_factory=dict, description="extra #SBATCH options")
-
-    @model_validator(mode="after")
-    def _one_gpu_per_process(self) -> LauncherSpec:
-        if self.processes_per_run > 1 and self.gpus_per_node not in (0, self.processes_per_run):
-            raise ValueError(
-                f"processes_per_run={self.processes_per_run} needs gpus_per_node "
-                f"{self.processes_per_run} (one GPU per process) or 0 (CPU), "
-                f"got {self.gpus_per_node}"
-            )
-        return self
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: int | str) -> int | str:
-        if parse_time_minutes(value) < 1:
-            raise ValueError("time must be at least one minute")
-        return value
-
-    @property
-    def timeout_min(self) -> int:
-        return parse_time_minutes(self.time)
 
 
 #: Per-run estimators a claim can compare (docs/verdicts.md, "Metrics"): the test bpd of the
@@ -234,7 +177,9 @@ class StudySpec(BaseModel):
         None, description="explicit override mappings (non-product designs); optional 'label'"
     )
     seeds: list[StrictInt] = Field(min_length=1)
-    launcher: LauncherSpec = LauncherSpec()
+    launcher: SlurmResources = Field(
+        SlurmResources(), description="SLURM resources of --launcher slurm (glow_repro/study/launchers/slurm.py)"
+    )
     claims: list[ClaimSpec] = Field(default_factory=list, description="paper claims the study tests")
     max_seeds: StrictInt | None = Field(
         None, description="most seeds per variant --until-resolved trains (its --max-seeds overrides)"
@@ -250,12 +195,17 @@ class StudySpec(BaseModel):
         description="attributes (Smiling, 7-vs-1, Sneaker) whose manipulation (Glow section 5.3) the report shows",
     )
 
-    _source: str = PrivateAttr("<study>")
+    source: str = Field(
+        "<study>",
+        exclude=True,
+        description="the file this spec came from, for messages and resolving a relative base; "
+        "set by load_study, never a key of the file",
+    )
 
-    @property
-    def source(self) -> str:
-        """The file this spec came from, for messages and resolving a relative ``base``."""
-        return self._source
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_is_the_file(cls, value: Any) -> Any:
+        raise ValueError("not a key of a study file: a study's source is the file it is read from")
 
     @field_validator("name")
     @classmethod
@@ -363,8 +313,7 @@ def load_study(path: str | Path) -> StudySpec:
     """Read and fully validate a study file (every run it expands to is a valid config)."""
     path = Path(path)
     raw = read_yaml(path)
-    spec = validate_model(StudySpec, raw, str(path))
-    spec._source = str(path)
+    spec = validate_model(StudySpec, raw, str(path)).model_copy(update={"source": str(path)})
     spec = _resolve_base(spec)
     _check_claims(spec)
     _check_manipulations(spec, expand(spec))
@@ -429,9 +378,7 @@ def _resolve_base(spec: StudySpec) -> StudySpec:
             raw = set_path(raw, key, value)
         except ConfigError as err:
             raise ConfigError(f"{spec.source}: set.{key}: {err}") from None
-    resolved = spec.model_copy(update={"base": raw, "changes": {}})
-    resolved._source = spec.source
-    return resolved
+    return spec.model_copy(update={"base": raw, "changes": {}})
 
 
 def _swept_keys(spec: StudySpec) -> set[str]:
@@ -451,7 +398,6 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
                 f"--set {text}: {key} is swept by {spec.source}; use --only {key}=VALUE to select runs instead"
             )
     updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
-    updated._source = spec.source
     _check_manipulations(updated, expand(updated))
     return updated
 
