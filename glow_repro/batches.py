@@ -22,6 +22,7 @@ import torch
 from glow_repro.config import RunConfig
 from glow_repro.data import ImageData
 from glow_repro.objective import preprocess
+from glow_repro.objectives import Batch, objective_for
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -84,9 +85,9 @@ def shard_rows(total: int, rank: int, world_size: int) -> tuple[int, int]:
 
 def prepare_batch(
     config: RunConfig, data: ImageData, order: BatchOrder, step: int, *, rank: int = 0, world_size: int = 1
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rank ``rank``'s rows of training batch ``step`` as float model input, and their labels
-    for a class-conditional model (else None)."""
+) -> Batch:
+    """Rank ``rank``'s rows of training batch ``step`` as float model input, with the labels
+    the run's objective reads of them."""
     chosen = order.indices(step)
     start, stop = shard_rows(len(chosen), rank, world_size)
     within = (start, len(chosen))
@@ -96,8 +97,7 @@ def prepare_batch(
         images = shift_augment(images, step_generator(config.seed, step, stream=3), within=within)
     noise = step_generator(config.seed, step, stream=0)
     x = preprocess(images, config.data.n_bits, generator=noise, within=within)
-    y = data.labels[chosen] if config.model.conditioning == "class" else None
-    return x, y
+    return Batch(x, objective_for(config).batch_labels(data.labels, chosen))
 
 
 class BatchStream:
@@ -124,22 +124,19 @@ class BatchStream:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
         self._ahead: tuple[int, Future] | None = None
 
-    def _host_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, y = prepare_batch(self.config, self.data, self.order, step, rank=self.rank, world_size=self.world_size)
-        if self.pin:
-            x, y = x.pin_memory(), None if y is None else y.pin_memory()
-        return x, y
+    def _host_batch(self, step: int) -> Batch:
+        batch = prepare_batch(self.config, self.data, self.order, step, rank=self.rank, world_size=self.world_size)
+        return batch.pinned() if self.pin else batch
 
-    def take(self, step: int, *, prefetch_next: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def take(self, step: int, *, prefetch_next: bool) -> Batch:
         """The device batch of ``step``; with ``prefetch_next``, step ``step + 1`` starts
         being prepared before this returns."""
         ahead, self._ahead = self._ahead, None
         batch = ahead[1].result() if ahead is not None else None  # the order's cache is not shared
-        x, y = batch if batch is not None and ahead is not None and ahead[0] == step else self._host_batch(step)
+        batch = batch if batch is not None and ahead is not None and ahead[0] == step else self._host_batch(step)
         if prefetch_next:
             self._ahead = (step + 1, self._worker.submit(self._host_batch, step + 1))
-        x = x.to(self.device, memory_format=self.memory_format, non_blocking=self.pin)
-        return x, None if y is None else y.to(self.device, non_blocking=self.pin)
+        return batch.to(self.device, self.memory_format, non_blocking=self.pin)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)

@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glow_repro.config import RunConfig
 from glow_repro.engine import Engine, numerics
-from glow_repro.evaluation import bpd_sum, class_sums
 from glow_repro.objective import preprocess
+from glow_repro.objectives import EvalSet
 from glow_repro.rundir import RunDir
 from glow_repro.stability import StabilityMonitor
 from glow_repro.train import train
@@ -160,17 +160,17 @@ def measure(
     + bpd + backward + clip + finiteness checks + optimiser + EMA), of sampling passes and of
     test-bpd evaluation (one ``train.eval_batch_size`` batch) with the config's speed options;
     optionally the stability monitor's own seconds per step as a fraction of the step. Peak
-    memory covers all three. A class-conditional config is timed as it trains and evaluates:
-    steps on labelled batches (its ``--ycond`` objective), evaluation of bpd given the label,
-    marginal bpd and accuracy (:func:`glow_repro.evaluation.class_sums`)."""
+    memory covers all three. Steps and evaluation are the run's objective's
+    (:mod:`glow_repro.objectives`), so a class-conditional config is timed as it trains and
+    evaluates: steps on labelled batches (its ``--ycond`` objective), evaluation of bpd given
+    the label, marginal bpd and accuracy."""
     cfg = config.train
     with numerics(cfg):
         engine = Engine(config, device, seed=0)
         model, shape = engine.model, config.data.shape
         images = torch.randint(0, 256, (cfg.batch_size, *shape), dtype=torch.uint8)
         x = engine.to_device(preprocess(images, config.data.n_bits))
-        classes = model.n_classes
-        y = torch.randint(classes, (cfg.batch_size,), device=device) if classes else None
+        y = model.sample_labels(cfg.batch_size, None)  # uniform classes of a class-conditional model
         engine.initialise(x)
         engine.wrap()
 
@@ -185,13 +185,11 @@ def measure(
             torch.cuda.reset_peak_memory_stats(device)
         watcher = StabilityMonitor(config.monitor, model, "bench")
         eval_images = torch.randint(0, 256, (cfg.eval_batch_size, *shape), dtype=torch.uint8)
-        eval_labels = torch.randint(classes, (cfg.eval_batch_size,)) if classes else None
+        eval_labels = model.sample_labels(cfg.eval_batch_size, None)  # uniform classes, as for the steps
+        eval_data = EvalSet(eval_images, eval_labels, cfg.eval_batch_size, device)
 
         def evaluate() -> None:  # syncs (.item())
-            if eval_labels is None:
-                bpd_sum(model, eval_images, config.data.n_bits, cfg.eval_batch_size, device)
-            else:
-                class_sums(model, eval_images, eval_labels, config.data.n_bits, cfg.eval_batch_size, device)
+            engine.objective.eval_sums(model, eval_data)
 
         train_rates, sample_rates, eval_rates, monitor_costs = [], [], [], []
         for _ in range(repeats):
@@ -236,13 +234,13 @@ def _monitor_seconds(watcher: StabilityMonitor, step) -> float:
     every = max(watcher.config.health_every, 1)
     spent = 0.0
     for index in range(1, every + 1):
-        watcher.record_scales(watcher.health_due(index))
+        watcher.record_health(watcher.health_due(index))
         step()
         started = time.perf_counter()
         watcher.parameters_finite()
         watcher.observe(index, 3.0, 1.0, 1e-3)
         spent += time.perf_counter() - started
-    watcher.record_scales(False)  # leave the timed bare steps without scale recording
+    watcher.record_health(False)  # leave the timed bare steps without health recording
     return spent / every
 
 

@@ -13,8 +13,8 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -25,10 +25,8 @@ from glow_repro.config import RunConfig, TrainConfig
 from glow_repro.datasets import label_names
 from glow_repro.distributed import DistContext
 from glow_repro.model import Glow, memory_format
-from glow_repro.objective import conditional_training_loss, training_loss
-
-if TYPE_CHECKING:  # the monitor's module builds its replays here
-    from glow_repro.stability import StabilityMonitor
+from glow_repro.objectives import objective_for
+from glow_repro.stability import StabilityMonitor
 
 
 @contextlib.contextmanager
@@ -122,13 +120,15 @@ def make_optimizer(config: RunConfig, model: Glow) -> torch.optim.Optimizer:
 @dataclass(frozen=True)
 class StepResult:
     """One step: its bpd (the mean over data-parallel ranks), gradient norm before clipping,
-    the kind of fault that kept its update from being kept (None for a good step), and for a
-    class-conditional model the classifier's bits (a non-finite one makes the gradient so)."""
+    the kind of fault that kept its update from being kept (None for a good step), and the
+    objective's other terms by name (:attr:`glow_repro.objectives.Objective.step_terms`, means
+    over ranks: a class-conditional run's classifier bits, a non-finite one making the
+    gradient so)."""
 
     loss: float
     grad_norm: float
     fault: str | None
-    class_bits: float | None = None
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 class Engine:
@@ -149,6 +149,7 @@ class Engine:
         self.forward: Callable[..., Any] = self.model  # see wrap
         self.parameters = list(self.model.parameters())  # walked once, not once per step
         self.optimizer = make_optimizer(config, self.model)
+        self.objective = objective_for(config)
         decay = config.train.ema_decay
         self.ema = ExponentialMovingAverage(self.model, decay) if decay else None
 
@@ -184,9 +185,8 @@ class Engine:
     def step(
         self, x: torch.Tensor, lr: float, monitor: StabilityMonitor | None = None, y: torch.Tensor | None = None
     ) -> StepResult:
-        """One optimisation step on the device batch ``x`` (labels ``y`` for a class-conditional
-        model, whose objective adds ``model.class_weight`` times the classifier's bits) at
-        learning rate ``lr``.
+        """One optimisation step of the run's objective on the device batch ``x`` (with the
+        labels ``y`` the objective reads, e.g. a class-conditional run's) at learning rate ``lr``.
 
         The update is not applied when the loss or the gradient is non-finite or the bpd is
         above ``monitor.max_bpd``; with a ``monitor``, parameters made non-finite by the
@@ -197,23 +197,17 @@ class Engine:
             group["lr"] = lr
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        bits_y = None
-        if y is None:
-            loss = objective = training_loss(self.forward, x, cfg.data.n_bits, cfg.train.precision)
-        else:
-            objective, loss, bits_y = conditional_training_loss(
-                self.forward, x, y, cfg.data.n_bits, cfg.model.class_weight, cfg.train.precision
-            )
-        objective.backward()
+        loss = self.objective.loss(self.forward, x, y)
+        loss.minimised.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, cfg.train.grad_clip or math.inf, foreach=True)
-        # the one read of the step: the bpd (and a conditional model's classifier bits) summed
-        # over ranks, so every rank takes the same branch, and the gradient norm, in float64
-        # (exact for float32 values)
-        losses = [loss] if bits_y is None else [loss, bits_y]
-        totals = self.dist.total(torch.stack([value.detach().double() for value in losses]))
+        # the one read of the step: the bpd and the objective's other terms summed over ranks,
+        # so every rank takes the same branch, and the gradient norm, in float64 (exact for
+        # float32 values)
+        logged = [loss.bpd, *loss.terms]
+        totals = self.dist.total(torch.stack([value.detach().double() for value in logged]))
         *sums, norm = torch.cat([totals, grad_norm.detach().double().reshape(1)]).tolist()
-        mean_loss = sums[0] / self.dist.world_size
-        class_loss = None if bits_y is None else sums[1] / self.dist.world_size
+        mean_loss, *term_means = (value / self.dist.world_size for value in sums)
+        terms = dict(zip(self.objective.step_terms, term_means, strict=True))
         fault = None if math.isfinite(mean_loss) else "nonfinite_loss"
         fault = fault or (None if math.isfinite(norm) else "nonfinite_gradient")
         fault = fault or (None if mean_loss <= cfg.monitor.max_bpd else "bpd_explosion")
@@ -223,7 +217,7 @@ class Engine:
                 fault = "nonfinite_parameters"
             elif self.ema is not None:
                 self.ema.update_parameters(self.model)
-        return StepResult(mean_loss, norm, fault, class_loss)
+        return StepResult(mean_loss, norm, fault, terms)
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and optimiser state a checkpoint holds."""

@@ -1,4 +1,5 @@
-"""Names -> parts: the couplings, permutations, scale functions and datasets a config may name.
+"""Names -> parts: the couplings, permutations, scale functions, datasets and objectives a config
+may name.
 
 A part is defined once, in its own module, and registers itself there under the name a config
 uses (``PERMUTATIONS.register("shuffle", ...)`` beside the ``Shuffle`` layer). Everything else
@@ -66,3 +67,5 @@ PERMUTATIONS: Registry[Callable[..., Any]] = Registry("permutation", "glow_repro
 CONV1X1_FORMS: Registry[Callable[..., Any]] = Registry("conv1x1 form", "glow_repro.flows")
 #: name -> :class:`glow_repro.datasets.Dataset`: native shape, reader, published name.
 DATASETS: Registry[Any] = Registry("dataset", "glow_repro.datasets")
+#: settings -> the :class:`glow_repro.objectives.Objective` a ``model.conditioning`` names.
+OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", "glow_repro.objectives")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from glow_repro.attributes import class_index, listed_classes
+from glow_repro.checkpoint import evaluation_weights
 from glow_repro.config import RunConfig, load_run_config
 from glow_repro.datasets import label_names
 from glow_repro.engine import build_model, numerics
@@ -39,7 +40,7 @@ from glow_repro.errors import UserFacingError
 from glow_repro.image_panels import Panel, figure_name, grid_png, in_lines, panel_png
 from glow_repro.model import Glow
 from glow_repro.objective import postprocess, preprocess
-from glow_repro.rundir import RunDir, StudyDir, atomic_write_bytes, atomic_write_json, read_torch_file
+from glow_repro.rundir import RunDir, StudyDir, atomic_write_bytes, atomic_write_json
 
 #: The record of the grids training writes at the end of a run, in its ``samples/`` folder.
 SAMPLES_RECORD = "samples.json"
@@ -52,17 +53,6 @@ CLASS_TEMPERATURE = 0.7
 
 class RunNotReadyError(UserFacingError):
     """RUN_DIR is not a run directory, has no checkpoint yet, or its checkpoint cannot be used."""
-
-
-def _checkpoint_weights(state: object, config: RunConfig, path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict to evaluate: the EMA's (an ``AveragedModel`` state_dict: keys prefixed
-    ``module.`` plus ``n_averaged``) when the run used EMA, else the trained model's."""
-    key = "ema" if config.train.ema_decay else "model"
-    if not isinstance(state, dict) or not isinstance(state.get(key), dict):
-        raise RunNotReadyError(f"{path}: not a glow-repro checkpoint (no {key!r} weights)")
-    if key == "model":
-        return state["model"]
-    return {name.removeprefix("module."): value for name, value in state["ema"].items() if name.startswith("module.")}
 
 
 def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Glow]:
@@ -86,17 +76,15 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
         raise RunNotReadyError(
             f"{run.path}: no checkpoint yet (run state: {run_state}); sample again once training has saved one"
         )
-    load = functools.partial(torch.load, map_location=device, weights_only=True)
-    state = read_torch_file(
+    weights = evaluation_weights(
         run.checkpoint,
-        load,
-        what="checkpoint",
-        keys=(),
+        ema=bool(config.train.ema_decay),
+        device=device,
         remedy="restore it from a backup, or train the run again to write a new one",
     )
     model = build_model(config, device)
     try:
-        model.load_state_dict(_checkpoint_weights(state, config, run.checkpoint))
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise RunNotReadyError(
             f"{run.checkpoint}: its weights do not fit the model of {run.config} ({str(err).splitlines()[0]})"

@@ -7,18 +7,21 @@ The layers, lowest first; a module may import its own layer and the layers below
     config    config, registry, datasets (names, shapes and readers of the datasets; no torch),
               attributes (classes and attributes named by the user, checked against those names)
     flows     glow_repro.flows.*
-    model     model, objective, data, batches (the training batch of each step)
+    model     model, objective, glow_repro.objectives.*, evaluation, data, batches (the training
+              batch of each step)
     rundir    rundir (the run-directory format; no torch)
-    engine    engine, train, cadence, evaluation, sampling, stability, benchmark, tensorboard_log, manipulation
+    engine    engine, checkpoint, training_run, hooks, train, cadence, sampling, stability,
+              forensics, benchmark, tensorboard_log, manipulation
     study     glow_repro.study.*
     analysis  glow_repro.analysis.*
     cli       cli, __main__, glow_repro.commands.*
 
 This is the direction config -> flows -> model -> rundir -> engine/train -> study -> analysis
 -> cli. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
-``distributed``, ``runinfo`` and ``image_panels`` import no other layer; ``objective`` and ``data`` are tensor
-functions and datasets that training reads, beside the model. A module that is in no layer
-fails the test, so a new module has to be placed here. The registries load their built-in
+``distributed``, ``runinfo`` and ``image_panels`` import no other layer; ``objective`` and
+``data`` are tensor functions and datasets that training reads, beside the model, and so are
+the objectives and the evaluation sums they call. A module that is in no layer fails the
+test, so a new module has to be placed here. The registries load their built-in
 parts (``glow_repro.flows``, ``glow_repro.datasets``) by name on first lookup: the one import
 that points up, and only at run time.
 """
@@ -49,17 +52,30 @@ LAYERS = [
     ),
     ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets", "glow_repro.attributes"]),
     ("flows", ["glow_repro.flows"]),
-    ("model", ["glow_repro.model", "glow_repro.objective", "glow_repro.data", "glow_repro.batches"]),
+    (
+        "model",
+        [
+            "glow_repro.model",
+            "glow_repro.objective",
+            "glow_repro.objectives",
+            "glow_repro.evaluation",
+            "glow_repro.data",
+            "glow_repro.batches",
+        ],
+    ),
     ("rundir", ["glow_repro.rundir"]),
     (
         "engine",
         [
             "glow_repro.engine",
+            "glow_repro.checkpoint",
+            "glow_repro.training_run",
+            "glow_repro.hooks",
             "glow_repro.train",
             "glow_repro.cadence",
-            "glow_repro.evaluation",
             "glow_repro.sampling",
             "glow_repro.stability",
+            "glow_repro.forensics",
             "glow_repro.benchmark",
             "glow_repro.tensorboard_log",
             "glow_repro.manipulation",
@@ -70,7 +86,13 @@ LAYERS = [
     ("cli", ["glow_repro.cli", "glow_repro.__main__", "glow_repro.commands"]),
 ]
 #: Packages whose every module shares the package's layer.
-PACKAGES = ("glow_repro.flows", "glow_repro.study", "glow_repro.analysis", "glow_repro.commands")
+PACKAGES = (
+    "glow_repro.flows",
+    "glow_repro.objectives",
+    "glow_repro.study",
+    "glow_repro.analysis",
+    "glow_repro.commands",
+)
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
 LAYER_NAME = [layer for layer, _ in LAYERS]
 ROOT = Path(glow_repro.__file__).parent

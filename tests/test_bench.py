@@ -14,6 +14,7 @@ from glow_repro.cli import main
 from glow_repro.commands.bench import PRESETS, REPOSITORY
 from glow_repro.config import load_run_config
 from glow_repro.engine import Engine
+from glow_repro.objectives import class_conditional
 from tests.conftest import tiny_config
 
 RUNS = {"model": {"depth": 1, "width": 8}, "train": {"batch_size": 4}}
@@ -81,7 +82,7 @@ def test_a_class_conditional_config_is_timed_on_its_own_objective(monkeypatch):
     conditional one (bpd given the label, marginal bpd, accuracy), as in training."""
     torch.set_num_threads(1)
     seen = {"labels": [], "class_sums": 0}
-    step, sums = Engine.step, benchmark.class_sums
+    step, sums = Engine.step, class_conditional.class_sums
 
     def recording_step(self, x, lr, monitor=None, y=None):
         seen["labels"].append(y)
@@ -92,7 +93,7 @@ def test_a_class_conditional_config_is_timed_on_its_own_objective(monkeypatch):
         return sums(*args, **kwargs)
 
     monkeypatch.setattr(Engine, "step", recording_step)
-    monkeypatch.setattr(benchmark, "class_sums", recording_sums)
+    monkeypatch.setattr(class_conditional, "class_sums", recording_sums)
     config = tiny_config(RUNS, {"model": {"conditioning": "class"}})
     result = measure(config, torch.device("cpu"), steps=1, repeats=2)
     labels = seen["labels"]

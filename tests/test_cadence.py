@@ -11,7 +11,8 @@ from glow_repro import cadence
 from glow_repro.config import ConfigError, RunConfig, TrainConfig, run_identity, validate_model
 from glow_repro.engine import Engine
 from glow_repro.rundir import RunDir
-from glow_repro.train import _Run, train
+from glow_repro.train import train
+from glow_repro.training_run import TrainingRun
 from tests.conftest import tiny_config, tiny_raw
 
 SMALL = {
@@ -100,8 +101,8 @@ def fake_clock(monkeypatch, seconds_per_step: float) -> None:
 
 def test_a_checkpoint_is_written_when_the_minutes_pass(tmp_path, monkeypatch):
     saved = []
-    save = _Run.save_checkpoint
-    monkeypatch.setattr(_Run, "save_checkpoint", lambda work: saved.append(work.step) or save(work))
+    save = TrainingRun.save_checkpoint
+    monkeypatch.setattr(TrainingRun, "save_checkpoint", lambda training: saved.append(training.step) or save(training))
     fake_clock(monkeypatch, seconds_per_step=25)  # one minute passes during the third step after a checkpoint
     train(config(checkpoint_every_minutes=1), tmp_path / "timed", threads=1)
     assert saved == [0, 3, 6, 8, 8]  # start, every 75 s (3 steps), the last step, the finished run

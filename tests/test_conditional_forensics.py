@@ -9,8 +9,8 @@ import math
 import torch
 
 from glow_repro.engine import build_model
+from glow_repro.forensics import Finding, locate_nonfinite, replay_capsule, save_capsule
 from glow_repro.rundir import RunDir
-from glow_repro.stability import Finding, locate_nonfinite, replay_capsule, save_capsule
 from glow_repro.train import train
 from tests.test_stability import config
 

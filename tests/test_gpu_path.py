@@ -16,7 +16,8 @@ from glow_repro.config import RunConfig
 from glow_repro.data import load_split
 from glow_repro.distributed import DistContext
 from glow_repro.rundir import RunDir
-from glow_repro.train import _Run, train
+from glow_repro.train import train
+from glow_repro.training_run import TrainingRun
 
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 64, "image_size": 8},
@@ -46,7 +47,7 @@ def test_a_checkpoint_resumes_on_another_device_with_the_rng_state_on_the_cpu(tm
     its CPU RNG state stays on the CPU (``torch.set_rng_state`` takes no other)."""
     cfg = config()
     train(cfg, tmp_path / "run", threads=1)
-    work = _Run(
+    training = TrainingRun(
         cfg,
         RunDir(tmp_path / "run"),
         torch.device("meta"),
@@ -56,9 +57,9 @@ def test_a_checkpoint_resumes_on_another_device_with_the_rng_state_on_the_cpu(tm
     )
     expected = torch.load(RunDir(tmp_path / "run").checkpoint, weights_only=False)["torch_rng"]
     torch.manual_seed(123)
-    work.load_checkpoint()
-    assert work.step == 4 and torch.equal(torch.get_rng_state(), expected)
-    assert next(work.engine.model.parameters()).device.type == "meta"
+    training.load_checkpoint()
+    assert training.step == 4 and torch.equal(torch.get_rng_state(), expected)
+    assert next(training.engine.model.parameters()).device.type == "meta"
 
 
 def test_an_adamax_checkpoint_from_cuda_resumes_on_the_cpu():
@@ -309,7 +310,7 @@ def test_a_class_conditional_step_reads_the_device_twice_too():
     engine.step(x, 1e-3, monitor, y)
     with count_host_reads() as reads:
         result = engine.step(x, 1e-3, monitor, y)
-    assert result.fault is None and result.class_bits is not None and reads.count == 2
+    assert result.fault is None and result.terms["train_class_bits"] is not None and reads.count == 2
 
 
 def test_the_training_forward_compiles_to_one_graph_without_breaks():

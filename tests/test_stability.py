@@ -15,15 +15,10 @@ import glow_repro.engine as engine_module
 from glow_repro.cli import main
 from glow_repro.config import MonitorConfig, RunConfig
 from glow_repro.flows import InvConv1x1
+from glow_repro.forensics import Finding, locate_nonfinite, replay_capsule
 from glow_repro.model import Glow
 from glow_repro.rundir import RunDir
-from glow_repro.stability import (
-    Finding,
-    StabilityMonitor,
-    health_signals,
-    locate_nonfinite,
-    replay_capsule,
-)
+from glow_repro.stability import StabilityMonitor, health_signals
 from glow_repro.train import train
 from tests.conftest import tiny_config
 

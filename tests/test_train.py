@@ -22,7 +22,8 @@ from glow_repro.engine import Engine
 from glow_repro.objective import preprocess
 from glow_repro.rundir import RunDir
 from glow_repro.stability import RecoveryPolicy
-from glow_repro.train import learning_rate, train
+from glow_repro.train import train
+from glow_repro.training_run import learning_rate
 from tests.conftest import tiny_config
 
 RUNS = {

@@ -48,7 +48,8 @@ def train_command(
 ) -> None:
     """Train one Glow run from CONFIG.yaml into --out (resumes if interrupted)."""
     from glow_repro.config import load_run_config
-    from glow_repro.train import RunInterrupted, train
+    from glow_repro.hooks import RunInterrupted
+    from glow_repro.train import train
 
     config = load_run_config(config_path, (*overrides, "train.tensorboard=true") if tensorboard else overrides)
     try:
