@@ -17,7 +17,8 @@ The layers, lowest first; a module may import its own layer and the layers below
     cli       cli, __main__, glow_repro.commands.*
 
 This is the direction config -> flows -> model -> rundir -> engine/train -> study -> analysis
--> cli. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
+-> cli, and no module reaches itself through its imports: a circle inside a layer fails
+too. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
 ``distributed``, ``runinfo`` and ``image_panels`` import no other layer; ``objective`` and
 ``data`` are tensor functions and datasets that training reads, beside the model, and so are
 the objectives and the evaluation sums they call. A module that is in no layer fails the
@@ -29,6 +30,7 @@ that points up, and only at run time.
 from __future__ import annotations
 
 import ast
+import graphlib
 import pkgutil
 import subprocess
 import sys
@@ -153,6 +155,38 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     targets = imported("glow_repro.rundir", path, modules())
     assert "glow_repro.study.runner" in targets
     assert rank("glow_repro.study.runner") > rank("glow_repro.rundir")
+
+
+def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
+    """Each module's glow_repro imports, every import statement counted (lazy ones too)."""
+    return {name: imported(name, path, known) & known.keys() - {name} for name, path in known.items()}
+
+
+def circle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of ``graph`` as the modules along it, or ``[]`` when there is none."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        return list(error.args[1])
+    return []
+
+
+def test_no_import_circles() -> None:
+    found = circle(import_graph(modules()))
+    assert not found, "an import circle: " + " -> ".join(found)
+
+
+def test_the_check_sees_a_circle_inside_a_layer(tmp_path: Path) -> None:
+    """A throwaway import of config from the registry (same layer; config imports the
+    registry) closes a circle, and the check names both modules."""
+    known = modules()
+    path = tmp_path / "registry.py"
+    path.write_text(known["glow_repro.registry"].read_text() + "\nfrom glow_repro import config\n")
+    layer = {name for name in known if rank(name) == rank("glow_repro.config")}
+    assert not circle({name: imports & layer for name, imports in import_graph(known).items() if name in layer})
+    graph = import_graph({**known, "glow_repro.registry": path})
+    found = circle({name: imports & layer for name, imports in graph.items() if name in layer})
+    assert {"glow_repro.config", "glow_repro.registry"} <= set(found)
 
 
 @pytest.mark.parametrize("layer", ["rundir", "analysis"])
