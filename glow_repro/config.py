@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from glow_repro.registry import CONV1X1_FORMS, COUPLINGS, DATASETS, PERMUTATIONS, SCALES
+from glow_repro.registry import CONV1X1_FORMS, COUPLINGS, DATASETS, OBJECTIVES, PERMUTATIONS, SCALES
 
 # Names whose allowed values are read from the registries when a config is validated.
 DatasetName = Annotated[str, BeforeValidator(DATASETS.validate)]
@@ -34,6 +34,7 @@ PermutationName = Annotated[str, BeforeValidator(PERMUTATIONS.validate)]
 Conv1x1Form = Annotated[str, BeforeValidator(CONV1X1_FORMS.validate)]
 CouplingName = Annotated[str, BeforeValidator(COUPLINGS.validate)]
 ScaleName = Annotated[str, BeforeValidator(SCALES.validate)]
+ObjectiveName = Annotated[str, BeforeValidator(OBJECTIVES.validate)]
 
 #: The paper's sampling temperatures (Glow, section 5, Figure 8).
 PAPER_TEMPERATURES = (0.0, 0.25, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -154,8 +155,9 @@ class ModelConfig(_Section):
     actnorm_logscale_factor: float = Field(1.0, gt=0)
     zero_conv_logscale_factor: float = Field(3.0, gt=0)
     coupling_actnorm: Flag = Field(True, description="ActNorm instead of bias in the coupling NN")
-    conditioning: Annotated[Literal["none", "class"], ADDED_LATER] = Field(
-        "none", description="class: class-conditional priors and a classifier on the top latent"
+    conditioning: Annotated[ObjectiveName, ADDED_LATER] = Field(
+        "none",
+        description="the objective: none, or class (class-conditional priors and a classifier on the top latent)",
     )
     class_weight: Annotated[float, ADDED_LATER] = Field(
         0.01, ge=0, description="weight of the classifier's bits (official weight_y)"
