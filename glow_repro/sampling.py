@@ -146,7 +146,7 @@ def interpolate(model: Glow, a: torch.Tensor, b: torch.Tensor, steps: int) -> to
     At alpha 0 and 1 the latents are exactly those of ``a`` and ``b`` (``torch.lerp``)."""
     if steps < 2:
         raise ValueError(f"interpolation needs at least 2 steps, got {steps}")
-    alphas = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1, 1, 1)
+    alphas = torch.linspace(0, 1, steps, device=a.device, dtype=a.dtype).view(1, steps, 1, 1, 1)
     za, _ = model.encode(a)
     zb, _ = model.encode(b)
     lines = [

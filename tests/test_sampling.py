@@ -22,6 +22,7 @@ from glow_repro.sampling import (
 )
 from glow_repro.train import train
 from tests.conftest import tiny_config
+from tests.test_model import TINY, tiny_glow
 
 RUNS = {
     "data": {"synthetic_size": 64},
@@ -155,3 +156,13 @@ def test_cli_errors_are_one_line(runs, tmp_path, case, expected):
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith(f"error: {path}")
     assert expected in result.output and "Traceback" not in result.output
+
+
+def test_interpolation_runs_in_the_model_dtype_and_its_ends_invert_exactly_in_float64() -> None:
+    """A float64 model interpolates in float64 (the alphas take the images' dtype), and its
+    ends come back to the images to float64 precision."""
+    model = tiny_glow()
+    x = torch.rand(4, *TINY, dtype=torch.float64) - 0.5
+    lines = interpolate(model, x[:2], x[2:], steps=3)
+    assert lines.dtype == torch.float64
+    assert (lines[:, 0] - x[:2]).abs().max() < 1e-10 and (lines[:, -1] - x[2:]).abs().max() < 1e-10
