@@ -143,8 +143,8 @@ def _time_peer(name: str, checkout: Path, steps: int, repeats: int) -> tuple[lis
 
 
 def _time_ours(overrides: list[str], steps: int, repeats: int) -> tuple[list[float], int]:
-    from glow_repro.benchmark import measure
-    from glow_repro.config import load_run_config
+    from glow_repro.core.config import load_run_config
+    from glow_repro.run.benchmark import measure
 
     config = load_run_config(REFERENCE, overrides)
     result = measure(config, torch.device("cpu"), steps=steps, repeats=repeats)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from glow_repro.benchmark import measure, train_loop_rates
-from glow_repro.config import load_run_config
+from glow_repro.core.config import load_run_config
+from glow_repro.run.benchmark import measure, train_loop_rates
 
 REFERENCE = Path(__file__).with_name("reference.yaml")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from glow_repro.config import load_run_config
-from glow_repro.engine import Engine
-from glow_repro.objective import preprocess
-from glow_repro.tensorboard_log import TensorBoardMirror
+from glow_repro.core.config import load_run_config
+from glow_repro.core.objective import preprocess
+from glow_repro.run.engine import Engine
+from glow_repro.run.tensorboard_log import TensorBoardMirror
 
 REFERENCE = Path(__file__).with_name("reference.yaml")
 

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --device cuda options --compile   # the torch.compile modes
     python benchmarks/gpu_check.py --device cuda precision resume ddp
 
-``options`` measures the engine's step (:func:`glow_repro.benchmark.measure`: images/s, peak
+``options`` measures the engine's step (:func:`glow_repro.run.benchmark.measure`: images/s, peak
 memory, TFLOP/s, host reads per step) at the paper's CIFAR-10 config; ``precision`` trains
 it in float32 and in bf16 with ``train()``; ``resume`` compares half a run, resumed, with one
 go; ``ddp`` steps through DDP over a one-process group. On ``--device cpu`` every stage uses
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from glow_repro.benchmark import measure
-from glow_repro.config import RunConfig, dump_run_config, read_yaml, set_path
-from glow_repro.distributed import DistContext
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
+from glow_repro.core.config import RunConfig, dump_run_config, read_yaml, set_path
+from glow_repro.run.benchmark import measure
+from glow_repro.run.distributed import DistContext
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
 
 #: The paper studies' model (configs/paper_cifar10.yaml); each stage sets its own budget.
 PAPER_CIFAR10 = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "paper_cifar10.yaml")
@@ -184,8 +184,8 @@ class _OneRankGroup(DistContext):
 
 def ddp(device: str) -> dict:
     """Steps through DDP over a one-rank group against the same steps without it."""
-    from glow_repro.engine import Engine, numerics
-    from glow_repro.objective import preprocess
+    from glow_repro.core.objective import preprocess
+    from glow_repro.run.engine import Engine, numerics
 
     torch_device = torch.device(device)
     if device == "cuda":

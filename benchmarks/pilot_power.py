@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 
 from glow_repro.analysis.pair_tests import seeds_needed_t
-from glow_repro.config import load_run_config
-from glow_repro.data import load_split
-from glow_repro.engine import build_model
-from glow_repro.evaluation import bpd_sum
-from glow_repro.rundir import RunDir, StudyDir
-from glow_repro.sampling import load_trained_model
+from glow_repro.core.config import load_run_config
+from glow_repro.core.data import load_split
+from glow_repro.core.evaluation import bpd_sum
+from glow_repro.run.engine import build_model
+from glow_repro.run.rundir import RunDir, StudyDir
+from glow_repro.run.sampling import load_trained_model
 from glow_repro.study.tables import load_tables
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from glow_repro.config import RunConfig
+from glow_repro.core.config import RunConfig
 
 #: Glow with two levels of two flow steps and width 16 on the synthetic dataset, quietly.
 TINY: dict[str, dict[str, Any]] = {

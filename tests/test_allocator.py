@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from glow_repro.allocator import retain_freed_memory
+from glow_repro.run.allocator import retain_freed_memory
 
 # Holds 25 buffers of 1-40 MB at once and frees them, as a forward and backward pass does, ten
 # times; prints the page faults those ten "steps" cost.
 _FAULTS = """
 import resource, sys, torch
-from glow_repro.allocator import retain_freed_memory
+from glow_repro.run.allocator import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 def step():  # 1-8 MB, and one 40 MB block (an evaluation batch)

@@ -1,30 +1,39 @@
 """Imports go one way only, and the analysis never needs torch.
 
+The package's folders show the layers: ``core/`` (the model and what it learns from), ``run/``
+(one training run), ``study/``, ``analysis/`` and ``commands/``; at the top sit only the entry
+points (``cli``, ``__main__``), ``errors`` and ``image_panels``, which several layers share.
 The layers, lowest first; a module may import its own layer and the layers below it::
 
-    base      glow_repro (the package: its version), errors, allocator, distributed, runinfo,
-              image_panels (labelled figures of images and their native grids; no torch)
-    config    config, registry, datasets (names, shapes and readers of the datasets; no torch),
-              attributes (classes and attributes named by the user, checked against those names)
-    flows     glow_repro.flows.*
-    model     model, objective, glow_repro.objectives.*, evaluation, data, batches (the training
-              batch of each step)
-    rundir    rundir (the run-directory format; no torch)
-    engine    engine, checkpoint, training_run, hooks, train, cadence, sampling, stability,
-              forensics, benchmark, tensorboard_log, manipulation
+    base      glow_repro (the package: its version), glow_repro.core and glow_repro.run (the
+              packages themselves, empty of imports), errors, image_panels (labelled figures of
+              images and their native grids; no torch), run.allocator, run.distributed,
+              run.runinfo
+    config    core.config, core.registry, core.datasets (names, shapes and readers of the
+              datasets; no torch), core.attributes (classes and attributes named by the user,
+              checked against those names)
+    flows     glow_repro.core.flows.*
+    model     core.model, core.objective, glow_repro.core.objectives.*, core.evaluation,
+              core.data, core.batches (the training batch of each step)
+    rundir    run.rundir (the run- and study-directory format; no torch)
+    engine    run.engine, run.checkpoint, run.training_run, run.hooks, run.train, run.cadence,
+              run.sampling, run.stability, run.forensics, run.benchmark, run.tensorboard_log,
+              run.manipulation
     study     glow_repro.study.*
     analysis  glow_repro.analysis.*
     cli       cli, __main__, glow_repro.commands.*
 
 This is the direction config -> flows -> model -> rundir -> engine/train -> study -> analysis
 -> cli, and no module reaches itself through its imports: a circle inside a layer fails
-too. The small helpers sit as low as their own imports allow: ``errors``, ``allocator``,
-``distributed``, ``runinfo`` and ``image_panels`` import no other layer; ``objective`` and
-``data`` are tensor functions and datasets that training reads, beside the model, and so are
-the objectives and the evaluation sums they call. A module that is in no layer fails the
-test, so a new module has to be placed here. The registries load their built-in
-parts (``glow_repro.flows``, ``glow_repro.datasets``) by name on first lookup: the one import
-that points up, and only at run time.
+too. Within ``core`` and ``run`` the rank is the module's, not the folder's: ``run.rundir``
+sits below the engine because the analysis reads run directories without torch. The small
+helpers sit as low as their own imports allow: ``errors``, ``allocator``, ``distributed``,
+``runinfo`` and ``image_panels`` import no other layer; ``objective`` and ``data`` are tensor
+functions and datasets that training reads, beside the model, and so are the objectives and
+the evaluation sums they call. A module that is in no layer fails the test, so a new module
+has to be placed here. The registries load their built-in parts (``glow_repro.core.flows``,
+``glow_repro.core.datasets``, ``glow_repro.core.objectives``) by name on first lookup: the one
+import that points up, and only at run time.
 """
 
 from __future__ import annotations
@@ -45,42 +54,52 @@ LAYERS = [
         "base",
         [
             "glow_repro",
+            "glow_repro.core",
+            "glow_repro.run",
             "glow_repro.errors",
-            "glow_repro.allocator",
-            "glow_repro.distributed",
-            "glow_repro.runinfo",
+            "glow_repro.run.allocator",
+            "glow_repro.run.distributed",
+            "glow_repro.run.runinfo",
             "glow_repro.image_panels",
         ],
     ),
-    ("config", ["glow_repro.config", "glow_repro.registry", "glow_repro.datasets", "glow_repro.attributes"]),
-    ("flows", ["glow_repro.flows"]),
+    (
+        "config",
+        [
+            "glow_repro.core.config",
+            "glow_repro.core.registry",
+            "glow_repro.core.datasets",
+            "glow_repro.core.attributes",
+        ],
+    ),
+    ("flows", ["glow_repro.core.flows"]),
     (
         "model",
         [
-            "glow_repro.model",
-            "glow_repro.objective",
-            "glow_repro.objectives",
-            "glow_repro.evaluation",
-            "glow_repro.data",
-            "glow_repro.batches",
+            "glow_repro.core.model",
+            "glow_repro.core.objective",
+            "glow_repro.core.objectives",
+            "glow_repro.core.evaluation",
+            "glow_repro.core.data",
+            "glow_repro.core.batches",
         ],
     ),
-    ("rundir", ["glow_repro.rundir"]),
+    ("rundir", ["glow_repro.run.rundir"]),
     (
         "engine",
         [
-            "glow_repro.engine",
-            "glow_repro.checkpoint",
-            "glow_repro.training_run",
-            "glow_repro.hooks",
-            "glow_repro.train",
-            "glow_repro.cadence",
-            "glow_repro.sampling",
-            "glow_repro.stability",
-            "glow_repro.forensics",
-            "glow_repro.benchmark",
-            "glow_repro.tensorboard_log",
-            "glow_repro.manipulation",
+            "glow_repro.run.engine",
+            "glow_repro.run.checkpoint",
+            "glow_repro.run.training_run",
+            "glow_repro.run.hooks",
+            "glow_repro.run.train",
+            "glow_repro.run.cadence",
+            "glow_repro.run.sampling",
+            "glow_repro.run.stability",
+            "glow_repro.run.forensics",
+            "glow_repro.run.benchmark",
+            "glow_repro.run.tensorboard_log",
+            "glow_repro.run.manipulation",
         ],
     ),
     ("study", ["glow_repro.study"]),
@@ -89,8 +108,8 @@ LAYERS = [
 ]
 #: Packages whose every module shares the package's layer.
 PACKAGES = (
-    "glow_repro.flows",
-    "glow_repro.objectives",
+    "glow_repro.core.flows",
+    "glow_repro.core.objectives",
     "glow_repro.study",
     "glow_repro.analysis",
     "glow_repro.commands",
@@ -136,6 +155,27 @@ def test_every_module_has_a_layer() -> None:
     assert not unplaced, f"place these modules in a layer of {__name__}.LAYERS: {unplaced}"
 
 
+#: What ``glow_repro/`` itself holds: the layers' packages, the entry points and the helpers
+#: that several layers share. Any other module belongs in a package.
+TOP_LEVEL = {
+    "glow_repro",
+    "glow_repro.__main__",
+    "glow_repro.cli",
+    "glow_repro.errors",
+    "glow_repro.image_panels",
+    "glow_repro.core",
+    "glow_repro.run",
+    "glow_repro.study",
+    "glow_repro.analysis",
+    "glow_repro.commands",
+}
+
+
+def test_the_folders_show_the_layers() -> None:
+    top = {name for name in modules() if name.count(".") <= 1}
+    assert top == TOP_LEVEL, f"move these into a layer's package: {sorted(top - TOP_LEVEL)}"
+
+
 def test_imports_point_down_the_layers() -> None:
     known = modules()
     upward = []
@@ -152,9 +192,9 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     """The scan above can fail: an import of the study layer from the run-dir layer is found."""
     path = tmp_path / "rundir.py"
     path.write_text("def f():\n    from glow_repro.study import runner\n")
-    targets = imported("glow_repro.rundir", path, modules())
+    targets = imported("glow_repro.run.rundir", path, modules())
     assert "glow_repro.study.runner" in targets
-    assert rank("glow_repro.study.runner") > rank("glow_repro.rundir")
+    assert rank("glow_repro.study.runner") > rank("glow_repro.run.rundir")
 
 
 def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
@@ -181,12 +221,12 @@ def test_the_check_sees_a_circle_inside_a_layer(tmp_path: Path) -> None:
     registry) closes a circle, and the check names both modules."""
     known = modules()
     path = tmp_path / "registry.py"
-    path.write_text(known["glow_repro.registry"].read_text() + "\nfrom glow_repro import config\n")
-    layer = {name for name in known if rank(name) == rank("glow_repro.config")}
+    path.write_text(known["glow_repro.core.registry"].read_text() + "\nfrom glow_repro.core import config\n")
+    layer = {name for name in known if rank(name) == rank("glow_repro.core.config")}
     assert not circle({name: imports & layer for name, imports in import_graph(known).items() if name in layer})
-    graph = import_graph({**known, "glow_repro.registry": path})
+    graph = import_graph({**known, "glow_repro.core.registry": path})
     found = circle({name: imports & layer for name, imports in graph.items() if name in layer})
-    assert {"glow_repro.config", "glow_repro.registry"} <= set(found)
+    assert {"glow_repro.core.config", "glow_repro.core.registry"} <= set(found)
 
 
 @pytest.mark.parametrize("layer", ["rundir", "analysis"])

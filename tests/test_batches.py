@@ -10,13 +10,13 @@ from concurrent.futures import Future
 import pytest
 import torch
 
-from glow_repro import batches
-from glow_repro.batches import BatchOrder, BatchStream, prepare_batch, shift_augment, step_generator
-from glow_repro.data import load_split
-from glow_repro.engine import Engine
-from glow_repro.objective import preprocess
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
+from glow_repro.core import batches
+from glow_repro.core.batches import BatchOrder, BatchStream, prepare_batch, shift_augment, step_generator
+from glow_repro.core.data import load_split
+from glow_repro.core.objective import preprocess
+from glow_repro.run.engine import Engine
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 
 SMALL = {

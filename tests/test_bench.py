@@ -8,13 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from glow_repro import benchmark
-from glow_repro.benchmark import measure
 from glow_repro.cli import main
 from glow_repro.commands.bench import PRESETS, REPOSITORY
-from glow_repro.config import load_run_config
-from glow_repro.engine import Engine
-from glow_repro.objectives import class_conditional
+from glow_repro.core.config import load_run_config
+from glow_repro.core.objectives import class_conditional
+from glow_repro.run import benchmark
+from glow_repro.run.benchmark import measure
+from glow_repro.run.engine import Engine
 from tests.conftest import tiny_config
 
 RUNS = {"model": {"depth": 1, "width": 8}, "train": {"batch_size": 4}}

@@ -7,12 +7,12 @@ import types
 
 import pytest
 
-from glow_repro import cadence
-from glow_repro.config import ConfigError, RunConfig, TrainConfig, run_identity, validate_model
-from glow_repro.engine import Engine
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
-from glow_repro.training_run import TrainingRun
+from glow_repro.core.config import ConfigError, RunConfig, TrainConfig, run_identity, validate_model
+from glow_repro.run import cadence
+from glow_repro.run.engine import Engine
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
+from glow_repro.run.training_run import TrainingRun
 from tests.conftest import tiny_config, tiny_raw
 
 SMALL = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glow_repro.checkpoint import VERSION, Checkpoint, evaluation_weights
-from glow_repro.rundir import UnreadableFileError
+from glow_repro.run.checkpoint import VERSION, Checkpoint, evaluation_weights
+from glow_repro.run.rundir import UnreadableFileError
 
 
 def checkpoint() -> Checkpoint:

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.study.spec import expand, load_study
 from tests.test_spec import STUDIES, study, write
 

@@ -13,17 +13,17 @@ import torch
 from PIL import Image
 from torch.distributions import Normal
 
-from glow_repro.config import (
+from glow_repro.core.config import (
     ConfigError,
     ModelConfig,
     RunConfig,
     run_identity,
     validate_model,
 )
-from glow_repro.evaluation import bpd_sum, class_sums
-from glow_repro.model import Glow
-from glow_repro.objective import bits_per_dim, conditional_training_loss
-from glow_repro.train import train
+from glow_repro.core.evaluation import bpd_sum, class_sums
+from glow_repro.core.model import Glow
+from glow_repro.core.objective import bits_per_dim, conditional_training_loss
+from glow_repro.run.train import train
 from tests.test_flows import randomise
 
 TINY = (1, 8, 8)
@@ -225,8 +225,8 @@ def test_conditional_run_logs_accuracy_and_draws_a_row_per_class(tmp_path):
     grid = np.asarray(Image.open(tmp_path / "samples" / "classes.png"))
     assert grid.shape[0] == 2 * (8 + 1) + 1  # two classes (blob, stripes), one row each
     # the marginal bpd of the evaluation is the bpd of log p(x) the unconditional path computes
-    from glow_repro.data import load_split
-    from glow_repro.sampling import load_trained_model
+    from glow_repro.core.data import load_split
+    from glow_repro.run.sampling import load_trained_model
 
     _, model = load_trained_model(tmp_path)
     test = load_split(config.data, "test")
@@ -239,8 +239,8 @@ def test_conditional_run_logs_accuracy_and_draws_a_row_per_class(tmp_path):
 def test_a_conditional_run_resumes_exactly(tmp_path):
     """The labels of a batch follow the seeded order of its images, so a resumed run continues
     with the same labels and logs what one uninterrupted run logs."""
-    from glow_repro.config import dump_run_config
-    from glow_repro.rundir import RunDir
+    from glow_repro.core.config import dump_run_config
+    from glow_repro.run.rundir import RunDir
 
     raw = {
         "data": {"dataset": "synthetic", "synthetic_size": 32},

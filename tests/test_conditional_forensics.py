@@ -8,10 +8,10 @@ import math
 
 import torch
 
-from glow_repro.engine import build_model
-from glow_repro.forensics import Finding, locate_nonfinite, replay_capsule, save_capsule
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
+from glow_repro.run.engine import build_model
+from glow_repro.run.forensics import Finding, locate_nonfinite, replay_capsule, save_capsule
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
 from tests.test_stability import config
 
 LABELS = torch.arange(8) % 2  # synthetic: blob, stripes

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-import glow_repro.datasets as datasets
-from glow_repro.config import ConfigError, DataConfig
-from glow_repro.data import load_split
+import glow_repro.core.datasets as datasets
+from glow_repro.core.config import ConfigError, DataConfig
+from glow_repro.core.data import load_split
 from glow_repro.errors import DataUnavailableError
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -299,7 +299,7 @@ def test_torchvision_download_errors_are_wrapped(tmp_path: Path, monkeypatch) ->
 
 
 def test_every_dataset_record_says_what_its_labels_are() -> None:
-    from glow_repro.registry import DATASETS
+    from glow_repro.core.registry import DATASETS
 
     for name in DATASETS.names():
         record = DATASETS[name]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from glow_repro.config import ModelConfig
-from glow_repro.engine import ExponentialMovingAverage
-from glow_repro.model import Glow
+from glow_repro.core.config import ModelConfig
+from glow_repro.core.model import Glow
+from glow_repro.run.engine import ExponentialMovingAverage
 
 SHAPE = (1, 8, 8)
 
@@ -42,7 +42,7 @@ def test_the_average_is_averaged_models_bit_for_bit():
 
 
 def test_an_update_reads_nothing_from_the_device():
-    from glow_repro.benchmark import count_host_reads
+    from glow_repro.run.benchmark import count_host_reads
 
     model = glow()
     average = ExponentialMovingAverage(model, 0.9)

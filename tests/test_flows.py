@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from glow_repro.config import ModelConfig
-from glow_repro.flows import (
+from glow_repro.core.config import ModelConfig
+from glow_repro.core.flows import (
     ActNorm,
     Affine,
     Coupling,
@@ -21,7 +21,7 @@ from glow_repro.flows import (
     Shuffle,
     Squeeze,
 )
-from glow_repro.registry import CONV1X1_FORMS, COUPLINGS, PERMUTATIONS, SCALES
+from glow_repro.core.registry import CONV1X1_FORMS, COUPLINGS, PERMUTATIONS, SCALES
 
 SHAPE = (2, 4, 4, 4)  # batch, channels, height, width: D = 64 per example
 
@@ -173,7 +173,7 @@ def test_actnorm_state_dict_load_does_not_reinitialise(tmp_path):
 def test_folded_coupling_convs_compute_conv_then_actnorm():
     """The coupling NN runs conv + ActNorm and the scaled zero conv as single convolutions;
     they must equal the two-step definitions (Glow section 3.3, official code)."""
-    from glow_repro.flows.coupling import CouplingNN
+    from glow_repro.core.flows.coupling import CouplingNN
 
     torch.manual_seed(0)
     net = randomise(CouplingNN(2, 6, 8)).double()
@@ -188,7 +188,7 @@ def test_folded_coupling_convs_compute_conv_then_actnorm():
 def test_dense_log_abs_dets_are_one_slogdet_equal_to_each_layers_own(monkeypatch):
     """A level's dense 1x1 convolutions get log|det W| from one batched float64 ``slogdet``,
     within 1e-12 of the one each layer computes alone; other layers get None."""
-    from glow_repro.flows.permute import dense_log_abs_dets
+    from glow_repro.core.flows.permute import dense_log_abs_dets
 
     torch.manual_seed(4)
     layers = [randomise(InvConv1x1(12), seed=1), Shuffle(12), randomise(InvConv1x1(12), seed=2), InvConv1x1LU(12)]

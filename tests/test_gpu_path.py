@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from glow_repro.config import RunConfig
-from glow_repro.data import load_split
-from glow_repro.distributed import DistContext
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
-from glow_repro.training_run import TrainingRun
+from glow_repro.core.config import RunConfig
+from glow_repro.core.data import load_split
+from glow_repro.run.distributed import DistContext
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
+from glow_repro.run.training_run import TrainingRun
 
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 64, "image_size": 8},
@@ -65,8 +65,8 @@ def test_a_checkpoint_resumes_on_another_device_with_the_rng_state_on_the_cpu(tm
 def test_an_adamax_checkpoint_from_cuda_resumes_on_the_cpu():
     """On CUDA Adamax is ``capturable`` (its step counters on the GPU), which the CPU refuses:
     a checkpoint carries the flag, and the engine that loads it keeps its own."""
-    from glow_repro.engine import Engine
-    from glow_repro.objective import preprocess
+    from glow_repro.core.objective import preprocess
+    from glow_repro.run.engine import Engine
 
     cfg = config()
     engine = Engine(cfg, torch.device("cpu"))
@@ -108,7 +108,7 @@ def test_tf32_and_determinism_follow_the_config_both_ways_and_are_restored(tmp_p
     """A run sets TF32 for matrix products and cuDNN, and cuDNN determinism, to its config's
     values while it trains (cuDNN's TF32 is on by default: float32 must switch it off) and
     leaves the process's settings as it found them."""
-    from glow_repro.engine import Engine
+    from glow_repro.run.engine import Engine
 
     seen = []
     step = Engine.step
@@ -129,7 +129,7 @@ def test_sample_draws_in_the_runs_numerics_as_training_did(tmp_path, monkeypatch
     from click.testing import CliRunner
 
     from glow_repro.cli import main
-    from glow_repro.model import Glow
+    from glow_repro.core.model import Glow
 
     seen = []
     sample = Glow.sample
@@ -156,7 +156,7 @@ def test_manipulate_runs_in_the_runs_numerics(tmp_path, monkeypatch, process_fla
     with, as ``sample`` does, and restores the process's own."""
     from click.testing import CliRunner
 
-    import glow_repro.manipulation as manipulation
+    import glow_repro.run.manipulation as manipulation
     from glow_repro.cli import main
 
     seen = []
@@ -197,7 +197,7 @@ def test_a_rank_takes_its_local_gpu_or_the_only_one_it_sees(gpus, visible, expec
 def test_the_nccl_group_starts_on_the_rank_gpu_after_it_is_made_current(gpus, monkeypatch):
     import torch.distributed as dist
 
-    from glow_repro.distributed import from_environment
+    from glow_repro.run.distributed import from_environment
 
     gpus(2)
     calls = []
@@ -248,7 +248,7 @@ def test_a_worker_makes_its_run_gpu_current_before_training(tmp_path, monkeypatc
 def test_ddp_leaves_the_constant_buffers_alone(monkeypatch):
     """Every buffer (ActNorm flags, LU masks, permutations) is fixed once ActNorm is
     initialised, so DDP does not broadcast them before each forward."""
-    import glow_repro.engine as engine_module
+    import glow_repro.run.engine as engine_module
 
     wrapped = {}
     monkeypatch.setattr(
@@ -260,8 +260,8 @@ def test_ddp_leaves_the_constant_buffers_alone(monkeypatch):
 
 
 def _initialised_engine(**train_options):
-    from glow_repro.engine import Engine
-    from glow_repro.objective import preprocess
+    from glow_repro.core.objective import preprocess
+    from glow_repro.run.engine import Engine
 
     cfg = config(optimizer="adam", **train_options)
     engine = Engine(cfg, torch.device("cpu"))
@@ -277,8 +277,8 @@ def test_a_training_step_reads_the_device_twice(grad_checkpointing, ema_decay):
     recomputes the flow steps or the step updates an EMA of the weights. The count holds for
     fused Adam; foreach Adamax adds one read per parameter of a CPU step counter, which
     ``capturable`` removes on CUDA."""
-    from glow_repro.benchmark import count_host_reads
-    from glow_repro.stability import StabilityMonitor
+    from glow_repro.run.benchmark import count_host_reads
+    from glow_repro.run.stability import StabilityMonitor
 
     cfg, engine, x = _initialised_engine(grad_checkpointing=grad_checkpointing, ema_decay=ema_decay)
     monitor = StabilityMonitor(cfg.monitor, engine.model, "run")
@@ -292,10 +292,10 @@ def test_a_training_step_reads_the_device_twice(grad_checkpointing, ema_decay):
 def test_a_class_conditional_step_reads_the_device_twice_too():
     """The class shift of the priors and the classifier's loss add no read of their own
     (``F.one_hot`` would check the labels' range on the host)."""
-    from glow_repro.benchmark import count_host_reads
-    from glow_repro.engine import Engine
-    from glow_repro.objective import preprocess
-    from glow_repro.stability import StabilityMonitor
+    from glow_repro.core.objective import preprocess
+    from glow_repro.run.benchmark import count_host_reads
+    from glow_repro.run.engine import Engine
+    from glow_repro.run.stability import StabilityMonitor
 
     raw = json.loads(json.dumps(TINY))
     raw["model"]["conditioning"] = "class"
@@ -315,7 +315,7 @@ def test_a_class_conditional_step_reads_the_device_twice_too():
 
 def test_the_training_forward_compiles_to_one_graph_without_breaks():
     """``torch._dynamo.explain`` of the loss of an initialised model in training mode."""
-    from glow_repro.objective import training_loss
+    from glow_repro.core.objective import training_loss
 
     cfg, engine, x = _initialised_engine()
     engine.model.train()
@@ -328,8 +328,8 @@ def test_the_training_forward_compiles_to_one_graph_without_breaks():
     [(True, None), ("default", "default"), ("reduce-overhead", "reduce-overhead"), ("max-autotune", "max-autotune")],
 )
 def test_train_compile_takes_a_mode_and_leaves_the_run_id_alone(monkeypatch, mode, expected):
-    import glow_repro.engine as engine_module
-    from glow_repro.config import run_identity
+    import glow_repro.run.engine as engine_module
+    from glow_repro.core.config import run_identity
 
     compiled = []
     monkeypatch.setattr(engine_module.torch, "compile", lambda module, mode: compiled.append(mode) or module)
@@ -339,7 +339,7 @@ def test_train_compile_takes_a_mode_and_leaves_the_run_id_alone(monkeypatch, mod
 
 
 def test_an_unknown_compile_mode_is_one_clear_line():
-    from glow_repro.config import ConfigError, validate_model
+    from glow_repro.core.config import ConfigError, validate_model
 
     raw = config().to_dict()
     raw["train"]["compile"] = "fastest"
@@ -357,10 +357,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.usefixtures("process_flags")
 def test_a_cuda_step_reads_the_device_twice(optimizer):
     """With capturable Adamax too: its step counters live on the GPU."""
-    from glow_repro.benchmark import count_host_reads
-    from glow_repro.engine import Engine, numerics
-    from glow_repro.objective import preprocess
-    from glow_repro.stability import StabilityMonitor
+    from glow_repro.core.objective import preprocess
+    from glow_repro.run.benchmark import count_host_reads
+    from glow_repro.run.engine import Engine, numerics
+    from glow_repro.run.stability import StabilityMonitor
 
     cfg = config(device="cuda", optimizer=optimizer)
     with numerics(cfg.train):
@@ -377,7 +377,7 @@ def test_a_cuda_step_reads_the_device_twice(optimizer):
 @pytest.mark.cuda
 @needs_cuda
 def test_a_cuda_run_resumes_bit_exactly_with_deterministic_cudnn(tmp_path):
-    from glow_repro.config import dump_run_config
+    from glow_repro.core.config import dump_run_config
 
     whole = config(device="cuda", deterministic=True, steps=8, checkpoint_every=4, eval_every=8)
     train(whole.model_copy(update={"train": whole.train.model_copy(update={"steps": 4})}), tmp_path / "split")

@@ -26,10 +26,10 @@ import yaml
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig, dump_run_config
-from glow_repro.rundir import RunDir, RunLock, atomic_write_text
+from glow_repro.core.config import RunConfig, dump_run_config
+from glow_repro.run.rundir import RunDir, RunLock, atomic_write_text
+from glow_repro.run.train import train
 from glow_repro.study.runner import StudyOptions, run_study
-from glow_repro.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
             textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(ROOT)!r})
-            from glow_repro.rundir import RunLock
+            from glow_repro.run.rundir import RunLock
             lock = RunLock({str(run_dir)!r})
             assert lock.acquire()
             print("locked", flush=True)

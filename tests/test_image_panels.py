@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from glow_repro.data import ImageData
-from glow_repro.datasets import label_names
+from glow_repro.core.data import ImageData
+from glow_repro.core.datasets import label_names
+from glow_repro.core.model import Glow
 from glow_repro.image_panels import (
     FIGURE_SUFFIX,
     MIN_SIDE,
@@ -27,9 +28,8 @@ from glow_repro.image_panels import (
     read_grid,
     shown_images,
 )
-from glow_repro.manipulation import write_manipulation
-from glow_repro.model import Glow
-from glow_repro.sampling import file_safe, pixels, sample_images, write_samples
+from glow_repro.run.manipulation import write_manipulation
+from glow_repro.run.sampling import file_safe, pixels, sample_images, write_samples
 from tests.conftest import tiny_config
 from tests.test_flows import randomise
 

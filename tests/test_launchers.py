@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.launchers import (
     LAUNCHERS,
     Launched,

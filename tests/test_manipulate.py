@@ -13,19 +13,19 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glow_repro.cli import main
-from glow_repro.config import ModelConfig, RunConfig
-from glow_repro.datasets import CELEBA_ATTRIBUTES, DIGIT_NAMES, FASHION_MNIST_NAMES
+from glow_repro.core.config import ModelConfig, RunConfig
+from glow_repro.core.datasets import CELEBA_ATTRIBUTES, DIGIT_NAMES, FASHION_MNIST_NAMES
+from glow_repro.core.model import Glow
 from glow_repro.errors import UserFacingError
-from glow_repro.manipulation import (
+from glow_repro.run.manipulation import (
     attribute_masks,
     flat_latents,
     latent_direction,
     manipulate,
     separation,
 )
-from glow_repro.model import Glow
-from glow_repro.sampling import reconstruct
-from glow_repro.train import train
+from glow_repro.run.sampling import reconstruct
+from glow_repro.run.train import train
 from tests.test_flows import randomise
 
 SHAPE = (1, 8, 8)

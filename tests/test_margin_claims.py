@@ -17,7 +17,7 @@ from glow_repro.analysis.claim_view import claim_rows
 from glow_repro.analysis.pair_tests import MAX_SEEDS_NEEDED, seeds_needed_t
 from glow_repro.analysis.prose import claimed_order_clause, verdict_sentences
 from glow_repro.analysis.verdicts import claim_summary, verdicts
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.study.spec import ClaimSpec, expand, load_study
 from tests.test_spec import study, write
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from glow_repro.config import ModelConfig
-from glow_repro.model import Glow
-from glow_repro.objective import bits_per_dim, postprocess, preprocess, quantize
+from glow_repro.core.config import ModelConfig
+from glow_repro.core.model import Glow
+from glow_repro.core.objective import bits_per_dim, postprocess, preprocess, quantize
 from tests.test_flows import randomise
 
 TINY = (1, 8, 8)
@@ -76,7 +76,7 @@ def test_batched_log_dets_leave_the_float32_model_bit_identical(monkeypatch):
     """log p(x) and its gradient with the level's batched log-dets equal, bit for bit on the
     CPU, those with every step computing its own (LAPACK factors each matrix of a batch
     with the same routine as a single one)."""
-    import glow_repro.model as model_module
+    import glow_repro.core.model as model_module
 
     model = tiny_glow(conv1x1_form="dense", depth=3).float()
     x = torch.randn(4, *TINY) * 0.3

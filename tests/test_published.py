@@ -16,7 +16,7 @@ from glow_repro.analysis.published import (
     figure3_at,
     figure3_curves,
 )
-from glow_repro.config import RunConfig, validate_model
+from glow_repro.core.config import RunConfig, validate_model
 from glow_repro.study.tables import flatten
 
 REPO = Path(__file__).resolve().parents[1]

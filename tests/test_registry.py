@@ -13,22 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from glow_repro.config import (
+from glow_repro.core.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
     validate_model,
 )
-from glow_repro.data import load_split
-from glow_repro.datasets import Dataset, FileSource
-from glow_repro.errors import DataUnavailableError
-from glow_repro.evaluation import bpd_sum
-from glow_repro.flows import FlowLayer
-from glow_repro.model import Glow
-from glow_repro.objective import training_loss
-from glow_repro.objectives import Loss, Objective
-from glow_repro.registry import (
+from glow_repro.core.data import load_split
+from glow_repro.core.datasets import Dataset, FileSource
+from glow_repro.core.evaluation import bpd_sum
+from glow_repro.core.flows import FlowLayer
+from glow_repro.core.model import Glow
+from glow_repro.core.objective import training_loss
+from glow_repro.core.objectives import Loss, Objective
+from glow_repro.core.registry import (
     CONV1X1_FORMS,
     COUPLINGS,
     DATASETS,
@@ -38,9 +37,10 @@ from glow_repro.registry import (
     Registry,
     one_of,
 )
-from glow_repro.rundir import RunDir
-from glow_repro.stability import health_signals
-from glow_repro.train import train
+from glow_repro.errors import DataUnavailableError
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.stability import health_signals
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 from tests.test_flows import (
     check_float32_inverse,
@@ -173,7 +173,7 @@ def test_registry_names_errors_and_wording() -> None:
         COUPLINGS["spline"]
     with pytest.raises(ValueError, match="give files or generate"):
         Dataset((1, 2, 2), "neither")
-    registry: Registry[int] = Registry("number", "glow_repro.registry")
+    registry: Registry[int] = Registry("number", "glow_repro.core.registry")
     registry.register("one", 1)
     with pytest.raises(ValueError, match="number 'one' is registered twice"):
         registry.register("one", 2)
@@ -181,7 +181,7 @@ def test_registry_names_errors_and_wording() -> None:
 
 def test_reading_a_data_config_imports_no_torch() -> None:
     """The analysis validates data configs; the dataset records it reads are torch-free."""
-    code = ("import sys; from glow_repro.config import DataConfig; "
+    code = ("import sys; from glow_repro.core.config import DataConfig; "
             "assert DataConfig(dataset='cifar10').shape == (3, 32, 32); "
             "sys.exit('torch' in sys.modules)")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "config imports torch"

@@ -18,7 +18,7 @@ from glow_repro.analysis.document import inline_html
 from glow_repro.analysis.report import build_report
 from glow_repro.cli import main
 from glow_repro.image_panels import FIGURE_SUFFIX
-from glow_repro.rundir import RunLock
+from glow_repro.run.rundir import RunLock
 from tests.test_tables import make_fake_study
 
 SECTIONS = ("verdicts", "summary", "setup", "results", "stability", "published", "fidelity", "reproduce")
@@ -150,7 +150,7 @@ def test_cli_compare_marks_padded_tiled_mnist_incomparable(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_report_of_a_real_smoke_study(tmp_path: Path) -> None:
-    pytest.importorskip("glow_repro.train")
+    pytest.importorskip("glow_repro.run.train")
     runner = pytest.importorskip("glow_repro.study.runner")
     import torch
 

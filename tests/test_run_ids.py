@@ -99,7 +99,7 @@ def test_the_paper_conditional_studys_unconditional_arm_is_the_paper_base(tmp_pa
 def test_the_identity_marks_on_the_fields_give_the_keys_once_listed() -> None:
     """A run's identity is declared on the config's fields (EXECUTION_ONLY, ADDED_LATER); the
     keys derived from those marks are exactly the ones the hand-kept lists held."""
-    from glow_repro.config import EXECUTION_ONLY_KEYS, LATER_KEYS
+    from glow_repro.core.config import EXECUTION_ONLY_KEYS, LATER_KEYS
 
     assert sorted(EXECUTION_ONLY_KEYS) == sorted(
         [

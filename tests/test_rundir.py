@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from glow_repro.rundir import (
+from glow_repro.run.rundir import (
     JsonlLog,
     RunDir,
     RunLock,

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from glow_repro.config import ConfigError, dump_run_config
+from glow_repro.core.config import ConfigError, dump_run_config
 from glow_repro.errors import DataUnavailableError, ResultsDirError
-from glow_repro.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text
+from glow_repro.run.rundir import RunDir, RunLock, RunState, atomic_write_json, atomic_write_text
 from glow_repro.study.launchers import Outcome
 from glow_repro.study.runner import StudyOptions, StudyReport, collect_status, run_study, tables_dir
 
@@ -27,7 +27,7 @@ FAIL_WIDTH, CRASH_WIDTH, SLOW_WIDTH = 13, 14, 15
 
 
 def fake_train(config, run_dir, *, threads=None, progress=None):
-    """Stands in for glow_repro.train.train: same files, no torch. ``model.width`` picks a
+    """Stands in for glow_repro.run.train.train: same files, no torch. ``model.width`` picks a
     behaviour: 13 raises, 14 kills its own process, 15 is slow (0.03 s per step)."""
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def test_a_run_locked_by_another_process_is_skipped(tmp_path):
             "-c",
             textwrap.dedent(f"""
             import sys, time
-            from glow_repro.rundir import RunLock
+            from glow_repro.run.rundir import RunLock
             lock = RunLock({str(held)!r})
             assert lock.acquire()
             print("locked", flush=True)

@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.datasets import FASHION_MNIST_NAMES
+from glow_repro.core.datasets import FASHION_MNIST_NAMES
+from glow_repro.core.model import Glow
 from glow_repro.errors import UserFacingError
 from glow_repro.image_panels import grid_png
-from glow_repro.model import Glow
-from glow_repro.sampling import pixels, resolve_classes, sample_images, write_samples
-from glow_repro.train import train
+from glow_repro.run.sampling import pixels, resolve_classes, sample_images, write_samples
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 from tests.test_flows import randomise
 

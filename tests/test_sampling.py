@@ -12,15 +12,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from glow_repro.cli import main
-from glow_repro.data import load_split
-from glow_repro.objective import preprocess
-from glow_repro.sampling import (
+from glow_repro.core.data import load_split
+from glow_repro.core.objective import preprocess
+from glow_repro.run.sampling import (
     interpolate,
     load_trained_model,
     reconstruct,
     sample_images,
 )
-from glow_repro.train import train
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 from tests.test_model import TINY, tiny_glow
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from glow_repro.config import RunConfig, dump_run_config
-from glow_repro.rundir import RunDir
-from glow_repro.train import train
+from glow_repro.core.config import RunConfig, dump_run_config
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 
 RUNS = {
@@ -85,7 +85,7 @@ def test_torch_compile_leaves_bpd_within_tolerance(baseline, tmp_path):
 
 
 def test_grad_checkpointing_keeps_gradients_exact():
-    from glow_repro.model import Glow
+    from glow_repro.core.model import Glow
 
     torch.manual_seed(0)
     model = Glow(config().model, (1, 8, 8))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from glow_repro.analysis.sequential import SeedJudge
 from glow_repro.cli import main
-from glow_repro.rundir import StudyDir
+from glow_repro.run.rundir import StudyDir
 from glow_repro.study.record import SeedRecord
 from glow_repro.study.runner import StudyOptions, run_study
 from tests.test_verdicts import claim_study, effect_train

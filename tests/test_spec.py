@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.study.launchers.slurm import parse_time_minutes
 from glow_repro.study.spec import (
     expand,

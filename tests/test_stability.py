@@ -11,15 +11,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import glow_repro.engine as engine_module
+import glow_repro.run.engine as engine_module
 from glow_repro.cli import main
-from glow_repro.config import MonitorConfig, RunConfig
-from glow_repro.flows import InvConv1x1
-from glow_repro.forensics import Finding, locate_nonfinite, replay_capsule
-from glow_repro.model import Glow
-from glow_repro.rundir import RunDir
-from glow_repro.stability import StabilityMonitor, health_signals
-from glow_repro.train import train
+from glow_repro.core.config import MonitorConfig, RunConfig
+from glow_repro.core.flows import InvConv1x1
+from glow_repro.core.model import Glow
+from glow_repro.run.forensics import Finding, locate_nonfinite, replay_capsule
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.stability import StabilityMonitor, health_signals
+from glow_repro.run.train import train
 from tests.conftest import tiny_config
 
 LAYER = "levels.0.steps.1.layers.2"  # the coupling of the second step of the first level

@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.rundir import RunDir, RunLock, RunState
+from glow_repro.run.rundir import RunDir, RunLock, RunState
 from glow_repro.study.runner import StudyOptions, run_study
 from tests.test_runner import FAIL_WIDTH, fake_train, make_study
 
@@ -217,7 +217,7 @@ def test_status_dates_the_bpd_of_a_run_that_is_not_done(tmp_path):
 
 
 def test_a_diverged_run_is_reported_by_its_step_not_its_last_evaluation(capsys):
-    from glow_repro.config import RunConfig
+    from glow_repro.core.config import RunConfig
     from glow_repro.study.launchers import Outcome, Progress, RunTask
 
     task = RunTask("r-s0", "width=12", 0, RunConfig(), "runs/r-s0")

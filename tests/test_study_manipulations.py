@@ -14,12 +14,12 @@ import yaml
 
 from glow_repro.analysis.document import Section
 from glow_repro.analysis.report import build_report, manipulation_blocks
-from glow_repro.config import ConfigError
-from glow_repro.data import load_split
+from glow_repro.core.config import ConfigError
+from glow_repro.core.data import load_split
 from glow_repro.image_panels import FIGURE_SUFFIX, figure_name
-from glow_repro.manipulation import write_manipulation
-from glow_repro.rundir import StudyDir
-from glow_repro.sampling import file_safe, load_trained_model
+from glow_repro.run.manipulation import write_manipulation
+from glow_repro.run.rundir import StudyDir
+from glow_repro.run.sampling import file_safe, load_trained_model
 from glow_repro.study.manipulations import ENCODED_IMAGES, ROWS, chosen_runs
 from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.spec import expand, load_study, spec_yaml, with_overrides

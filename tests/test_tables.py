@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from glow_repro.config import RunConfig, dump_run_config, validate_model
+from glow_repro.core.config import RunConfig, dump_run_config, validate_model
 from glow_repro.errors import ResultsDirError
 from glow_repro.study.labels import describe, format_value, short_names
 from glow_repro.study.tables import config_differences, load_tables, write_tables

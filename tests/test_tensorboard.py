@@ -16,10 +16,10 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig, run_identity
+from glow_repro.core.config import RunConfig, run_identity
 from glow_repro.image_panels import FIGURE_SUFFIX, shown_images
-from glow_repro.tensorboard_log import EVENTS_TAG, TensorBoardMirror
-from glow_repro.train import train
+from glow_repro.run.tensorboard_log import EVENTS_TAG, TensorBoardMirror
+from glow_repro.run.train import train
 
 TINY = {
     "data": {"dataset": "synthetic", "synthetic_size": 128},

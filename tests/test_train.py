@@ -17,13 +17,13 @@ import yaml
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig, dump_run_config, load_run_config
-from glow_repro.engine import Engine
-from glow_repro.objective import preprocess
-from glow_repro.rundir import RunDir
-from glow_repro.stability import RecoveryPolicy
-from glow_repro.train import train
-from glow_repro.training_run import learning_rate
+from glow_repro.core.config import RunConfig, dump_run_config, load_run_config
+from glow_repro.core.objective import preprocess
+from glow_repro.run.engine import Engine
+from glow_repro.run.rundir import RunDir
+from glow_repro.run.stability import RecoveryPolicy
+from glow_repro.run.train import train
+from glow_repro.run.training_run import learning_rate
 from tests.conftest import tiny_config
 
 RUNS = {
@@ -216,7 +216,7 @@ def test_set_overrides_are_validated_like_the_file(tmp_path):
 
 def test_shift_augmentation_translates_each_image_with_nearest_fill():
     """Checked against a per-pixel loop: out[y, x] = image[clamp(y - dy), clamp(x - dx)]."""
-    from glow_repro.batches import shift_augment
+    from glow_repro.core.batches import shift_augment
 
     images = torch.randint(0, 256, (6, 2, 10, 10), dtype=torch.uint8)
     shifted = shift_augment(images, torch.Generator().manual_seed(3))

@@ -23,8 +23,8 @@ from glow_repro.analysis.sequential import SeedJudge, SeedPlan, decide, recorded
 from glow_repro.analysis.study_analysis import analyse
 from glow_repro.analysis.verdicts import claim_summary, format_verdicts, verdicts
 from glow_repro.cli import main
-from glow_repro.config import ConfigError
-from glow_repro.rundir import RunDir, atomic_write_json
+from glow_repro.core.config import ConfigError
+from glow_repro.run.rundir import RunDir, atomic_write_json
 from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec, load_study
 from glow_repro.study.tables import load_tables

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from glow_repro.cli import main
-from glow_repro.config import RunConfig
+from glow_repro.core.config import RunConfig
 from glow_repro.study import workers
 from glow_repro.study.runner import StudyOptions, run_study
 from glow_repro.study.workers import auto_workers

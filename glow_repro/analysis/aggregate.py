@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 
 CONFIDENCE = 0.95
 KEYS = ("variant",)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from glow_repro.analysis.verdicts import claim_summary, claims_of, level_text, number, run_metric
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.spec import METRIC_ALIASES
 from glow_repro.study.tables import Tables
 

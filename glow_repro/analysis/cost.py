@@ -25,9 +25,9 @@ import numpy as np
 
 from glow_repro.analysis.pair_tests import paired_t_power, seeds_needed_t
 from glow_repro.analysis.sequential import SeedJudge, SeedPlan
-from glow_repro.config import ConfigError, RunConfig
-from glow_repro.datasets import train_images
-from glow_repro.rundir import read_json
+from glow_repro.core.config import ConfigError, RunConfig
+from glow_repro.core.datasets import train_images
+from glow_repro.run.rundir import read_json
 from glow_repro.study.spec import ClaimSpec, StudySpec, expand
 
 

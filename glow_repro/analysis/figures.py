@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from glow_repro.analysis.published import FIGURE3_SOURCE, figure3_curves
 from glow_repro.analysis.study_analysis import Analysis
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 
 STYLE = "whitegrid"
 PALETTE = "colorblind"

@@ -13,7 +13,7 @@ from glow_repro.analysis.claim_view import ci_text, claim_labels, threshold_text
 from glow_repro.analysis.number_text import bpd, is_number, p_clause, with_ci
 from glow_repro.analysis.study_analysis import Analysis
 from glow_repro.analysis.verdicts import claims_of, number, seeds_text
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.labels import duration, format_value, short_names
 from glow_repro.study.tables import Tables
 

@@ -5,7 +5,7 @@ pipeline it was measured on (dataset, image size, channels, n_bits, split), so t
 :func:`compare` can say whether one of our runs is comparable with it and, if not, why.
 The fidelity table (:data:`FIDELITY`) is rendered into ``docs/fidelity.md`` and into every
 report by :func:`fidelity_table` / :func:`fidelity_markdown`; our defaults in it are read
-from :class:`glow_repro.config.RunConfig`, so the table cannot drift from the code.
+from :class:`glow_repro.core.config.RunConfig`, so the table cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glow_repro.config import DataConfig, RunConfig, validate_model
-from glow_repro.registry import DATASETS
-from glow_repro.rundir import RunState
+from glow_repro.core.config import DataConfig, RunConfig, validate_model
+from glow_repro.core.registry import DATASETS
+from glow_repro.run.rundir import RunState
 
 GLOW = "Kingma & Dhariwal 2018 (arXiv:1807.03039)"
 GLOW_TABLE2 = f"{GLOW}, Table 2"

@@ -44,7 +44,7 @@ from glow_repro.analysis.sections import report_sections
 from glow_repro.analysis.study_analysis import Analysis, analyse_results
 from glow_repro.analysis.verdicts import number
 from glow_repro.image_panels import shown_image, shown_images
-from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
+from glow_repro.run.rundir import RunState, StudyDir, UnreadableFileError, read_json
 from glow_repro.study.tables import Tables, write_tables
 
 # --------------------------------------------------------------------------- figures

@@ -25,7 +25,7 @@ from glow_repro.analysis.prose import no_comparison
 from glow_repro.analysis.published import fidelity_table
 from glow_repro.analysis.study_analysis import Analysis
 from glow_repro.analysis.verdicts import number, seeds_text
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.labels import duration
 from glow_repro.study.tables import shared_settings
 

@@ -24,9 +24,9 @@ import pandas as pd
 
 from glow_repro.analysis.boundaries import Boundary, Spending
 from glow_repro.analysis.verdicts import ALPHA, Look, study_verdicts, verdicts
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import StudyDir
+from glow_repro.run.rundir import StudyDir
 from glow_repro.study.record import REMEDY, RecordedLook, SeedRecord
 from glow_repro.study.runner import read_manifest
 from glow_repro.study.spec import PILOT_SEEDS_START, ClaimSpec, StudySpec

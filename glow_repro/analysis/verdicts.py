@@ -54,7 +54,7 @@ from glow_repro.analysis.pair_tests import (
     step_down,
     t_interval,
 )
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.labels import describe, format_value
 from glow_repro.study.spec import CLAIM_METRICS, ClaimSpec
 from glow_repro.study.tables import Tables

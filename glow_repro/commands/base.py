@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.errors import UserFacingError
 
 
@@ -101,7 +101,7 @@ def warn_about_results(results_dir: Path, left_out: dict[str, str]) -> None:
     """A ``warning:`` line for each thing a reader of RESULTS_DIR's tables must know: a
     ``study.yaml`` that is gone, runs of several specs of the study (``--force-spec``), and each
     run the tables leave out, with why (glow_repro.study.tables.left_out_runs)."""
-    from glow_repro.rundir import StudyDir, UnreadableFileError
+    from glow_repro.run.rundir import StudyDir, UnreadableFileError
     from glow_repro.study.runner import read_manifest
 
     if not StudyDir(results_dir).study_file.is_file():

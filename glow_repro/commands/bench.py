@@ -62,10 +62,10 @@ def bench_command(
     against the device's peak, for a run config. Data is random: no dataset is loaded."""
     import torch
 
-    from glow_repro.benchmark import measure
-    from glow_repro.config import load_run_config
-    from glow_repro.rundir import atomic_write_json
-    from glow_repro.runinfo import resolve_device
+    from glow_repro.core.config import load_run_config
+    from glow_repro.run.benchmark import measure
+    from glow_repro.run.rundir import atomic_write_json
+    from glow_repro.run.runinfo import resolve_device
 
     config = load_run_config(config_path or REPOSITORY / PRESETS[preset], overrides)
     if threads:
@@ -96,7 +96,7 @@ def bench_command(
 
 
 def _bf16_text(native: bool | None, device: str) -> str:
-    """Whether ``train.precision: bf16`` would run natively (glow_repro.benchmark.native_bf16)."""
+    """Whether ``train.precision: bf16`` would run natively (glow_repro.run.benchmark.native_bf16)."""
     where = "this GPU" if device.startswith("cuda") else "this CPU"
     if native is None:
         return "native support unknown (no /proc/cpuinfo to read the CPU's flags)"

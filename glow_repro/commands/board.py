@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import UserError, user_errors
-from glow_repro.config import ConfigError
+from glow_repro.core.config import ConfigError
 from glow_repro.errors import UserFacingError
 
 
@@ -59,7 +59,7 @@ def _study_name(results: Path) -> str:
     the directory's name."""
     import yaml
 
-    from glow_repro.rundir import StudyDir
+    from glow_repro.run.rundir import StudyDir
 
     try:
         name = yaml.safe_load(StudyDir(results).study_file.read_text()).get("name")

@@ -66,11 +66,11 @@ def manipulate_command(
     original, then one per alpha, labelled), its native-resolution grid manipulate_<attribute>.png
     (the alpha columns) and its record: the direction's norm and how well it separates held-out
     images with and without the attribute. Works on unconditional and class-conditional runs alike."""
-    from glow_repro.data import load_split
-    from glow_repro.manipulation import DEFAULT_ALPHAS, write_manipulation
-    from glow_repro.rundir import RunDir
-    from glow_repro.runinfo import resolve_device
-    from glow_repro.sampling import load_trained_model
+    from glow_repro.core.data import load_split
+    from glow_repro.run.manipulation import DEFAULT_ALPHAS, write_manipulation
+    from glow_repro.run.rundir import RunDir
+    from glow_repro.run.runinfo import resolve_device
+    from glow_repro.run.sampling import load_trained_model
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     out = out_dir or RunDir(run_dir).samples

@@ -48,7 +48,7 @@ def plan_command(
     evaluation, sampling or start-up time (docs/cost.md)."""
     from glow_repro.analysis.cost import bench_throughput, hours_text, parse_pilot_sd, study_cost
     from glow_repro.analysis.verdicts import number, seeds_text
-    from glow_repro.config import ConfigError
+    from glow_repro.core.config import ConfigError
     from glow_repro.study.spec import load_study
 
     if (images_per_second is None) == (bench_path is None):

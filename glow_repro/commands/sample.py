@@ -77,10 +77,10 @@ def sample_command(
     results/permutation_ablation/runs/<run id>; the model uses the run's latest checkpoint (its
     EMA weights when the run kept them).
     """
-    from glow_repro.data import load_split
-    from glow_repro.rundir import RunDir
-    from glow_repro.runinfo import resolve_device
-    from glow_repro.sampling import load_trained_model, resolve_classes, write_samples
+    from glow_repro.core.data import load_split
+    from glow_repro.run.rundir import RunDir
+    from glow_repro.run.runinfo import resolve_device
+    from glow_repro.run.sampling import load_trained_model, resolve_classes, write_samples
 
     config, model = load_trained_model(run_dir, resolve_device(device, "--device"))
     labels = resolve_classes(classes, config, model)

@@ -18,7 +18,7 @@ def replay_command(capsule: Path) -> None:
     """Re-run the batch saved in CAPSULE (runs/<id>/capsules/step_*.pt) and name the first
     layer whose forward output or gradient became non-finite. Exit 1 if it differs from the
     layer recorded during training."""
-    from glow_repro.forensics import replay_capsule
+    from glow_repro.run.forensics import replay_capsule
 
     if not capsule.is_file():
         raise UserFacingError(f"{capsule}: no such capsule (look in <run>/capsules/)")

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from glow_repro.commands.base import text_table, user_errors, warn_about_results
-from glow_repro.registry import one_of
-from glow_repro.rundir import RunDir, RunState
+from glow_repro.core.registry import one_of
+from glow_repro.run.rundir import RunDir, RunState
 from glow_repro.study.labels import duration
 from glow_repro.study.launchers import LAUNCHERS
 

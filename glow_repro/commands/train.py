@@ -47,9 +47,9 @@ def train_command(
     config_path: Path, out: Path, overrides: tuple[str, ...], threads: int | None, quiet: bool, tensorboard: bool
 ) -> None:
     """Train one Glow run from CONFIG.yaml into --out (resumes if interrupted)."""
-    from glow_repro.config import load_run_config
-    from glow_repro.hooks import RunInterrupted
-    from glow_repro.train import train
+    from glow_repro.core.config import load_run_config
+    from glow_repro.run.hooks import RunInterrupted
+    from glow_repro.run.train import train
 
     config = load_run_config(config_path, (*overrides, "train.tensorboard=true") if tensorboard else overrides)
     try:

@@ -45,7 +45,7 @@ def verdict_command(results_dir: Path) -> None:
     p against the look's threshold, the minimum detectable effect and the seeds a fixed design
     would need at the claim's smallest effect of interest (docs/verdicts.md)."""
     from glow_repro.analysis.sequential import results_verdicts
-    from glow_repro.rundir import StudyDir
+    from glow_repro.run.rundir import StudyDir
     from glow_repro.study.tables import load_tables
 
     tables = load_tables(results_dir)

@@ -5,7 +5,7 @@ For each variant, its finished run of the lowest seed is loaded with its evaluat
 ``glow-repro sample`` does); for each requested attribute the direction is the mean latent of
 the positives minus that of the negatives among the first :data:`ENCODED_IMAGES` training
 images, its separation is measured on the first :data:`ENCODED_IMAGES` test images, and the
-first :data:`ROWS` test images are moved along it (:func:`glow_repro.manipulation.write_manipulation`).
+first :data:`ROWS` test images are moved along it (:func:`glow_repro.run.manipulation.write_manipulation`).
 Only the attribute's positives and negatives are encoded: for ``Sneaker-vs-Sandal`` on
 Fashion-MNIST about 200 images per split. Written as::
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glow_repro.data import load_split
-from glow_repro.manipulation import write_manipulation
-from glow_repro.rundir import RunState, StudyDir, UnreadableFileError, read_json
-from glow_repro.sampling import file_safe, load_trained_model
+from glow_repro.core.data import load_split
+from glow_repro.run.manipulation import write_manipulation
+from glow_repro.run.rundir import RunState, StudyDir, UnreadableFileError, read_json
+from glow_repro.run.sampling import file_safe, load_trained_model
 from glow_repro.study.spec import RunSpec, StudySpec, expand
 
 #: Training images the direction is taken over, and test images its separation is measured on.

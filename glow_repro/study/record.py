@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import StudyDir, atomic_write_text
+from glow_repro.run.rundir import StudyDir, atomic_write_text
 
 REMEDY = (
     "the record says how much alpha the looks spent, so it cannot be judged without it: restore it "

@@ -2,7 +2,7 @@
 add seeds until the study's claims are resolved (docs/verdicts.md).
 
 Results go to ``results/<study name>/`` unless ``--results`` says otherwise; its layout is
-:class:`glow_repro.rundir.StudyDir`.
+:class:`glow_repro.run.rundir.StudyDir`.
 
 A run is skipped when its status is ``done`` or ``diverged``; ``interrupted`` runs (and
 ``running`` ones whose lock nobody holds: a killed runner) resume from their checkpoint;
@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from filelock import FileLock
 
-from glow_repro.config import ConfigError, parse_override, validate_model
+from glow_repro.core.config import ConfigError, parse_override, validate_model
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import (
+from glow_repro.run.rundir import (
     RunDir,
     RunState,
     StudyDir,
@@ -32,6 +32,7 @@ from glow_repro.rundir import (
     atomic_write_text,
     read_json,
 )
+from glow_repro.run.tensorboard_log import require_tensorboard
 from glow_repro.study.launchers import Launcher, LaunchOptions, Outcome, Progress, RunTask, TrainFn
 from glow_repro.study.launchers.base import checked_launcher
 from glow_repro.study.launchers.slurm import SlurmResources
@@ -47,7 +48,6 @@ from glow_repro.study.spec import (
 )
 from glow_repro.study.tables import load_tables, write_tables
 from glow_repro.study.workers import choose_workers
-from glow_repro.tensorboard_log import require_tensorboard
 
 #: Plan actions that launch training.
 LAUNCH_ACTIONS = ("train", "resume", "retry")
@@ -100,7 +100,7 @@ class StudyOptions:
     dry_run: bool = False  # plan, write nothing
     retry_failed: bool = False  # train failed runs again
     force_spec: bool = False  # write into a results directory of another spec of the study
-    train_fn: TrainFn | None = None  # replaces glow_repro.train.train (tests)
+    train_fn: TrainFn | None = None  # replaces glow_repro.run.train.train (tests)
 
 
 @dataclass

@@ -38,8 +38,8 @@ from pydantic import (
     model_validator,
 )
 
-from glow_repro.attributes import dataset_attribute
-from glow_repro.config import (
+from glow_repro.core.attributes import dataset_attribute
+from glow_repro.core.config import (
     MAX_SEED,
     ConfigError,
     RunConfig,

@@ -1,7 +1,7 @@
 """Load a results directory into long pandas tables (docs/architecture.md).
 
 ``load_tables(results/<study>)`` reads every ``runs/<run_id>/`` written by the runner and
-``train()`` (layout in :mod:`glow_repro.rundir`) into four long DataFrames:
+``train()`` (layout in :mod:`glow_repro.run.rundir`) into four long DataFrames:
 
 ``steps``   one row per logged training step (``metrics.jsonl``)
 ``evals``   one row per test evaluation (``evals.jsonl``; step 0 is before training)
@@ -35,9 +35,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from glow_repro.config import EXECUTION_ONLY_KEYS, read_yaml
+from glow_repro.core.config import EXECUTION_ONLY_KEYS, read_yaml
 from glow_repro.errors import ResultsDirError
-from glow_repro.rundir import (
+from glow_repro.run.rundir import (
     RunDir,
     RunState,
     StudyDir,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from glow_repro.config import RunConfig
+from glow_repro.core.config import RunConfig
 
 #: Memory a CPU run is given when choosing workers: the reference config peaks at about
 #: 0.9 GB resident (benchmarks/README.md), so 2 GiB leaves room for larger evaluations.

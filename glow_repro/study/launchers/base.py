@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from glow_repro.core.registry import Registry, one_of
 from glow_repro.errors import UserFacingError
-from glow_repro.registry import Registry, one_of
 from glow_repro.study.launchers.progress import Progress
 from glow_repro.study.launchers.tasks import Outcome, RunTask
 

@@ -11,13 +11,13 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from glow_repro.errors import UserFacingError
-from glow_repro.rundir import RunDir, RunLock, RunState
+from glow_repro.run.rundir import RunDir, RunLock, RunState
 from glow_repro.study.launchers.tasks import Outcome, RunTask, TrainFn
 
 if TYPE_CHECKING:  # torch stays unimported until a run trains
     import torch
 
-    from glow_repro.distributed import DistContext
+    from glow_repro.run.distributed import DistContext
 
 
 class _WorkerState:
@@ -38,7 +38,7 @@ def interrupt_on_signal(signum: int, frame: Any) -> None:
 
 
 def _default_train() -> TrainFn:
-    from glow_repro.train import train
+    from glow_repro.run.train import train
 
     return train
 
@@ -113,7 +113,7 @@ def execute_run(task: RunTask, group: DistContext | None = None) -> Outcome:
 
 def _group_device(task: RunTask, group: DistContext) -> torch.device:
     """Where this rank's collectives run: its own GPU under nccl, the CPU under gloo."""
-    from glow_repro.runinfo import resolve_device
+    from glow_repro.run.runinfo import resolve_device
 
     return group.device(resolve_device(task.config.train.device).type)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.launchers.base import Launched, LaunchOptions, register
 from glow_repro.study.launchers.execute import execute_run
 from glow_repro.study.launchers.progress import Progress

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-from glow_repro.rundir import RunDir, RunState
+from glow_repro.run.rundir import RunDir, RunState
 from glow_repro.study.launchers.base import Launched, LaunchOptions, register
 from glow_repro.study.launchers.execute import execute_run, interrupt_on_signal, keep_status
 from glow_repro.study.launchers.progress import Progress

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from glow_repro.rundir import RunState
+from glow_repro.run.rundir import RunState
 from glow_repro.study.launchers.base import Launched, LauncherError, LaunchOptions, register
 from glow_repro.study.launchers.execute import execute_run
 from glow_repro.study.launchers.progress import Progress
@@ -92,8 +92,8 @@ def execute_job_run(task: RunTask) -> Outcome:
 
     if submitit.JobEnvironment().num_tasks <= 1:
         return execute_run(task)
-    from glow_repro.distributed import from_environment, shutdown
-    from glow_repro.runinfo import resolve_device
+    from glow_repro.run.distributed import from_environment, shutdown
+    from glow_repro.run.runinfo import resolve_device
 
     # a task that sees the node's GPUs picks its own by local rank, one shown a single GPU
     # takes it (DistContext.device)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from glow_repro.config import RunConfig
-from glow_repro.rundir import RunState
+from glow_repro.core.config import RunConfig
+from glow_repro.run.rundir import RunState
 
 TrainFn = Callable[..., dict]
 
