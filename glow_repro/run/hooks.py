@@ -6,9 +6,9 @@ its first step and leaves them all after its last, or when an interrupt or an er
 After each step it calls :meth:`Hook.after_step` of every hook in the order of
 :func:`standard_hooks`: the TensorBoard mirror (when asked for), the stability monitor, the
 metrics log, the recovery from a bad step, the evaluation cadence, the progress bar, the
-checkpoint cadence and the signals. Once the
-run has ended and its samples are written, rank 0 calls :meth:`Hook.finished`. A bad step
-(its update not kept) is logged and recovered from; the hooks after recovery leave it alone.
+checkpoint cadence and the signals. Once the run has ended and its samples are written, rank 0
+calls :meth:`Hook.finished`. A bad step (its update not kept) is logged and recovered from;
+the hooks after recovery leave it alone.
 """
 
 from __future__ import annotations
