@@ -21,12 +21,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
 from PIL import Image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
 
 #: The smallest side, in pixels, an image is upscaled to (by a whole factor) in a figure.
 MIN_SIDE = 48
@@ -88,12 +90,16 @@ class _Layout:
     the top left) once its size is known."""
 
     def __init__(self, fig: Figure) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         self.fig = fig
         self.renderer = FigureCanvasAgg(fig).get_renderer()
         self.texts: list[tuple[float, float, str, dict]] = []
 
     @staticmethod
     def font(size: float, style: str = "normal", weight: str = "normal") -> FontProperties:
+        from matplotlib.font_manager import FontProperties
+
         return FontProperties(size=size, style=style, weight=weight)
 
     def width(self, texts: Sequence[str], font: FontProperties) -> int:
@@ -121,6 +127,9 @@ def draw_panel(panel: Panel) -> Figure:
     height, width = panel.rows[0].shape[1:3]
     scale = upscale_factor(height, width)
     cell_h, cell_w = height * scale, width * scale
+    # matplotlib loads when a picture is drawn, not when a training process starts
+    from matplotlib.figure import Figure
+
     fig = Figure(dpi=DPI, facecolor="white")
     layout = _Layout(fig)
     title = layout.font(TITLE_SIZE, weight="bold")
