@@ -1,16 +1,21 @@
 """``--launcher local``: up to ``--workers`` worker processes at once, one per run, the CPU
 threads split among them.
 
-Each local worker is a fresh process (spawn) that trains one run and exits: every run gets
-its own thread count, memory is given back, and a worker never outlives the run it was given.
-The parent starts and reaps the workers itself, one pipe each, with no executor thread to
-hang. Signals (SIGINT from the terminal's Ctrl-C reaches every process of the group; SIGTERM):
+Each local worker is a fresh process that trains one run and exits: every run gets its own
+thread count, memory is given back, and a worker never outlives the run it was given. Where
+the platform has it (Linux, macOS) workers are forked from a fork server that imported torch
+and the training code once (:data:`PRELOAD`), so a run does not spend seconds importing them;
+the server has run nothing, so each worker starts as clean as a spawned one, and it takes the
+parent's working directory and environment as they are when the run starts. Elsewhere
+workers are spawned. The parent starts and reaps the workers itself, one pipe each, with no
+executor thread to hang. Signals (SIGINT from the terminal's Ctrl-C reaches every process of
+the group; SIGTERM):
 
 - a worker starts with both ignored, installs its own handlers and then says it is ready; a
   signal before ``train`` starts cancels the run untouched; inside it, ``train`` checkpoints
-  and writes ``interrupted``, and the worker sends that outcome; any later signal is noted and nothing raised, so a worker
-  always exits quietly with status 0. SIGTERM from the parent's death (Linux
-  ``PR_SET_PDEATHSIG``) does the same.
+  and writes ``interrupted``, and the worker sends that outcome; any later signal is noted and
+  nothing raised, so a worker always exits quietly with status 0. SIGTERM when the launching
+  process dies, even by SIGKILL (Linux: a thread waits on its pidfd), does the same.
 - the parent turns both into a count checked between waits, never an exception. The first
   starts no further run, passes SIGINT on to every ready worker (and to one that gets ready
   later) and waits for their outcomes; a second kills the workers at once and marks their runs
@@ -21,13 +26,13 @@ hang. Signals (SIGINT from the terminal's Ctrl-C reaches every process of the gr
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import multiprocessing
 import os
 import pickle
+import select
 import signal
-import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,17 +49,38 @@ from glow_repro.study.launchers.tasks import Outcome, RunTask
 READY = "ready"
 #: Seconds a worker has to exit after sending its outcome before it is killed.
 EXIT_TIMEOUT = 30.0
+#: Modules the fork server imports once for all workers: what every run imports before its
+#: first step, and the figure code it imports at its end.
+PRELOAD = ("glow_repro.study.launchers.local", "glow_repro.run.train", "glow_repro.image_panels", "matplotlib.figure")
 
 
-def _worker_main(task: RunTask, conn: Connection, parent_pid: int) -> None:
-    """A local worker's life: its signal handlers, dying with the parent, ``ready``, one run and
-    its outcome. Signals were ignored from its start until here (:func:`_start_worker`)."""
+@dataclass(frozen=True)
+class _Surroundings:
+    """The parent's working directory and environment when it starts a worker; a forked worker
+    takes them over, since the fork server kept those of the moment it started."""
+
+    cwd: str
+    environ: dict[str, str]
+
+    @classmethod
+    def now(cls) -> _Surroundings:
+        return cls(os.getcwd(), dict(os.environ))
+
+    def enter(self) -> None:
+        os.chdir(self.cwd)
+        os.environ.clear()
+        os.environ.update(self.environ)
+
+
+def _worker_main(task: RunTask, conn: Connection, launcher_pid: int, surroundings: _Surroundings) -> None:
+    """A local worker's life: its signal handlers, SIGTERM once the launching process is gone,
+    ``ready``, one run and its outcome. Signals were ignored from its start until here
+    (:func:`_start_worker`)."""
     signal.signal(signal.SIGINT, interrupt_on_signal)
     signal.signal(signal.SIGTERM, interrupt_on_signal)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if not _terminate_with(launcher_pid):
         return
+    surroundings.enter()
     try:
         conn.send(READY)
         outcome = execute_run(task)
@@ -64,6 +90,38 @@ def _worker_main(task: RunTask, conn: Connection, parent_pid: int) -> None:
             conn.send(Outcome(task.run_id, RunState.FAILED, error=f"{type(err).__name__}: {err}"))
     except OSError:  # the parent is gone; the run's own files say what happened
         pass
+
+
+def _terminate_with(launcher_pid: int) -> bool:
+    """Send this worker SIGTERM when the launching process exits, even by SIGKILL: a thread
+    waits on the launcher's pidfd (Linux). The worker's parent may be the fork server, which
+    outlives the launcher while any worker runs, so the parent's death is no signal. False
+    when the launcher is gone already; elsewhere only that is checked."""
+    try:
+        if not hasattr(os, "pidfd_open"):  # not Linux
+            os.kill(launcher_pid, 0)
+            return True
+        pidfd = os.pidfd_open(launcher_pid)
+    except ProcessLookupError:
+        return False
+
+    def wait_for_exit() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_for_exit, name="launcher watch", daemon=True).start()
+    return True
+
+
+def worker_context() -> Any:
+    """Where workers come from: a fork server that has imported :data:`PRELOAD`, or spawn on
+    platforms without fork servers. The server starts with the first worker, so it inherits
+    the ignored signals of :func:`_start_worker` and its children start with them ignored too."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
 
 
 def deal_gpus(tasks: Sequence[RunTask]) -> list[RunTask]:
@@ -104,7 +162,7 @@ class LocalPool:
         """Up to ``options.workers`` worker processes at once, one per run; a dead worker fails
         its run, not the study. Signals as in the module docstring."""
         threads = local_threads(options.workers)
-        context = multiprocessing.get_context("spawn")
+        context = worker_context()
         workers: dict[Connection, _Worker] = {}
         launched = Launched()
         with _ParentSignals() as signals:  # from here: deal_gpus imports torch, which takes a while
@@ -234,7 +292,9 @@ def _start_worker(context: Any, task: RunTask, signals: _ParentSignals) -> _Work
     handlers are in. A signal to the parent in these few milliseconds is lost, but reaches the
     running workers too, whose interrupted outcomes stop the launch all the same."""
     reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=_worker_main, args=(task, writer, os.getpid()), name=f"run {task.run_id}")
+    process = context.Process(
+        target=_worker_main, args=(task, writer, os.getpid(), _Surroundings.now()), name=f"run {task.run_id}"
+    )
     try:
         with signals.ignored():
             process.start()
