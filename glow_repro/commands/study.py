@@ -262,7 +262,7 @@ def _accounting(report) -> str:
     not_trained = (RunState.CANCELLED, RunState.ELSEWHERE)
     reasons = {"keep-failed": "failed before (--retry-failed trains them)", RunState.ELSEWHERE: "training elsewhere",
                "unreadable": "with an unreadable status"}  # fmt: skip
-    parts = Counter()
+    parts: Counter[str] = Counter()
     for planned in report.plan:
         outcome = report.outcomes.get(planned.run.run_id)
         if outcome is not None and outcome.state not in not_trained:

@@ -66,8 +66,11 @@ class PlannedRun:
 class LookDecision(Protocol):
     """What a judge decides after a look: ``continue`` (training ``add_seeds`` next) or stop."""
 
-    action: str
-    add_seeds: list[int]
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def add_seeds(self) -> list[int]: ...
 
     def record(self) -> RecordedLook: ...
 
