@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -97,7 +97,9 @@ class _Layout:
         self.texts: list[tuple[float, float, str, dict]] = []
 
     @staticmethod
-    def font(size: float, style: str = "normal", weight: str = "normal") -> FontProperties:
+    def font(
+        size: float, style: Literal["normal", "italic", "oblique"] = "normal", weight: str = "normal"
+    ) -> FontProperties:
         from matplotlib.font_manager import FontProperties
 
         return FontProperties(size=size, style=style, weight=weight)

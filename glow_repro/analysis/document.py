@@ -226,11 +226,11 @@ def place_after(sections: list[Section], placed: Iterable[FigureFile | Table]) -
     there are."""
     placed = list(placed)
     anchors = {s.id for s in sections} | {b.name for s in sections for b in s.blocks if isinstance(b, Table)}
-    for block in placed:
-        if block.after not in anchors:
-            kind = "table" if isinstance(block, Table) else "figure"
+    for extra in placed:
+        if extra.after not in anchors:
+            kind = "table" if isinstance(extra, Table) else "figure"
             raise ValueError(
-                f"{kind} {block.name!r}: after={block.after!r} is neither a section "
+                f"{kind} {extra.name!r}: after={extra.after!r} is neither a section "
                 f"nor a table of the report ({', '.join(sorted(anchors))})"
             )
     following = {anchor: [b for b in placed if b.after == anchor] for anchor in anchors}

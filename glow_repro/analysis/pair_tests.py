@@ -126,9 +126,9 @@ def step_down(p: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return rejected
 
 
-def paired_t_power(dz: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+def paired_t_power(dz: np.ndarray, n: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
     """Power of the two-sided paired t-test with standardised effect ``dz`` at ``n`` seeds
-    and level ``alpha``: both tails of the noncentral t (as statsmodels' ``TTestPower``). The
+    and level ``alpha`` (one for all, or one per ``n``): both tails of the noncentral t (as statsmodels' ``TTestPower``). The
     far tail underflows to NaN in scipy for large noncentralities; it is then 0."""
     n = np.asarray(n, dtype=float)
     df = n - 1

@@ -10,7 +10,7 @@ from :class:`glow_repro.core.config.RunConfig`, so the table cannot drift from t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,11 +104,6 @@ _FIGURE3_ROWS = (
     (1400, 3.44, 3.42, 3.39, 3.40, 3.38, 3.354),
     (1800, 3.44, 3.415, 3.39, 3.395, 3.38, 3.35),  # the figure's last point, "about 1800"
 )
-
-
-def published_table() -> pd.DataFrame:
-    """:data:`PUBLISHED` as a DataFrame, one row per number."""
-    return pd.DataFrame([asdict(p) for p in PUBLISHED])
 
 
 def figure3_curves() -> pd.DataFrame:

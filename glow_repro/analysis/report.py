@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -113,7 +114,8 @@ def manipulation_blocks(results_dir: Path, tables: Tables, out: Path) -> list[Bl
     if not records:
         return []
     name = "manipulations"  # the report's table, its CSV and its figures' folder
-    rows, groups = [], {}
+    rows: list[dict[str, Any]] = []
+    groups: dict[str, list[FigureFile]] = {}
     for r in records:
         held = r["held_out"]
         rows.append({

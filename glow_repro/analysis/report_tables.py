@@ -94,6 +94,7 @@ def build_tables(a: Analysis, tables_dir: Path) -> dict[str, Table]:
         frame = record.build(a) if record.build else None
         if record.csv:
             numbers = record.numbers(a) if record.numbers else frame
+            assert numbers is not None, "register() refuses a CSV with nothing to write"
             numbers.to_csv(tables_dir / f"{record.csv}.csv", index=False)
         if frame is None or not record.applies(a):
             continue

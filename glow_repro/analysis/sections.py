@@ -134,7 +134,7 @@ def setup_section(a: Analysis, tables: dict[str, Table]) -> Section:
 def results_section(a: Analysis, tables: dict[str, Table], samples: list[list[FigureFile]]) -> Section:
     """Final test bpd, the ranking and pairwise comparisons, the time to a threshold, samples."""
     threshold = a.threshold["threshold"].iloc[0] if len(a.threshold) else float("nan")
-    samples_blocks = [Heading("Samples"), SampleRows(samples)] if samples else []
+    samples_blocks: list[Block] = [Heading("Samples"), SampleRows(samples)] if samples else []
     final_note = (
         "Mean over finished runs with a two-sided 95% Student-t interval; diverged and failed runs "
         "are excluded here and counted under Stability."

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -129,15 +130,15 @@ def decide(
                      plan.look(look))  # fmt: skip
     outcome = {claim: str(rows["verdict"].iloc[0]) for claim, rows in table.groupby("claim", sort=False)}
     inconclusive = [claim for claim, verdict in outcome.items() if verdict == "inconclusive"]
-    common = {"look": look, "plan": plan, "verdicts": outcome}
+    decision = partial(Decision, look=look, plan=plan, verdicts=outcome)
     if not inconclusive:
-        return Decision(action="stop", reason="every claim is resolved", **common), table
+        return decision(action="stop", reason="every claim is resolved"), table
     if look + 1 >= len(plan.looks):
         reason = f"{', '.join(inconclusive)}: inconclusive at the maximum of {plan.max_seeds} seeds"
-        return Decision(action="stop", reason=reason, **common), table
+        return decision(action="stop", reason=reason), table
     added = plan.seeds_at(look + 1)[len(seeds) :]
     reason = f"{', '.join(inconclusive)}: inconclusive; adding seeds {', '.join(map(str, added))}"
-    return Decision(action="continue", reason=reason, add_seeds=added, **common), table
+    return decision(action="continue", reason=reason, add_seeds=added), table
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def plan_command(
     if bench_path is not None:
         rate, measured = bench_throughput(bench_path)
         source = f"{bench_path}: {measured}"
-    else:
+    elif images_per_second is not None:
         rate, source = images_per_second, "--images-per-second"
     cost = study_cost(spec)
     plan = cost.plan

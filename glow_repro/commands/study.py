@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from glow_repro.core.registry import one_of
 from glow_repro.run.rundir import RunDir, RunState
 from glow_repro.study.labels import duration
 from glow_repro.study.launchers import LAUNCHERS
+
+if TYPE_CHECKING:  # the runner is imported when a study runs, not when the command line starts
+    from glow_repro.study.runner import StudyReport
 
 
 def _counts(states: list[RunState]) -> str:
@@ -159,7 +163,7 @@ def run_command(
     130 interrupted (Ctrl-C or SIGTERM).
     """
     from glow_repro.analysis.sequential import SeedJudge
-    from glow_repro.study.runner import LAUNCH_ACTIONS, StudyOptions, run_study
+    from glow_repro.study.runner import StudyOptions, run_study
 
     if max_seeds is not None and not until_resolved:
         raise click.UsageError("--max-seeds only applies with --until-resolved")
@@ -182,19 +186,38 @@ def run_command(
         force_spec=force_spec,
     )
     report = run_study(study, results_dir, options, judge=SeedJudge(max_seeds) if until_resolved else None)
-    plan = report.plan
     if dry_run:
-        n_variants = len({p.run.variant for p in plan})
-        n_seeds = len({p.run.seed for p in plan})
-        click.echo(
-            f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) -> {report.results_dir}"
-        )
-        rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
-        click.echo(text_table(["run id", "variant", "seed", "state", "action"], rows))
-        n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
-        click.echo(f"would train {n_launch} of {len(plan)} runs")
+        _echo_plan(report)
         return
-    states = [report.final_state(p) for p in plan]
+    _echo_progress(report)
+    if report.tables_dir is not None:
+        _echo_results(report)
+    if report.interrupted:
+        _exit_interrupted(report)
+    click.echo(_time_to_verdict(report, time.perf_counter() - started))
+    _exit_on_failures(report)
+
+
+def _echo_plan(report: StudyReport) -> None:
+    """--dry-run: every planned run with its state and what would happen to it."""
+    from glow_repro.study.runner import LAUNCH_ACTIONS
+
+    plan = report.plan
+    n_variants = len({p.run.variant for p in plan})
+    n_seeds = len({p.run.seed for p in plan})
+    click.echo(
+        f"{report.spec.name}: {len(plan)} runs ({n_variants} variants x {n_seeds} seeds) -> {report.results_dir}"
+    )
+    rows = [[p.run.run_id, p.run.variant, str(p.run.seed), p.state, p.action] for p in plan]
+    click.echo(text_table(["run id", "variant", "seed", "state", "action"], rows))
+    n_launch = sum(p.action in LAUNCH_ACTIONS for p in plan)
+    click.echo(f"would train {n_launch} of {len(plan)} runs")
+
+
+def _echo_progress(report: StudyReport) -> None:
+    """The runs per final state and what this invocation did with them, the runs left to
+    other processes, where the tables are, and each look of --until-resolved."""
+    states = [report.final_state(p) for p in report.plan]
     click.echo(f"{report.spec.name}: {_counts(states)} ({_accounting(report)}) -> {report.results_dir}")
     for planned in report.runs_in(RunState.ELSEWHERE):
         click.echo(f"  running elsewhere (locked by another process): {planned.run.run_id}")
@@ -206,25 +229,35 @@ def run_command(
             f"p <= {decision.threshold:.3g}, alpha spent {decision.alpha_spent:.3g} of {decision.alpha:g}): "
             f"{decision.action}: {decision.reason}"
         )
-    if report.tables_dir is not None:
-        from glow_repro.study.tables import left_out_runs
 
-        warn_about_results(report.results_dir, left_out_runs(report.results_dir))
-    if report.tables_dir is not None and report.spec.claims:
+
+def _echo_results(report: StudyReport) -> None:
+    """Once the tables are written: the runs they leave out, and the claims' verdicts (also
+    written to tables/verdicts.*) when the study declares claims."""
+    from glow_repro.study.tables import left_out_runs
+
+    warn_about_results(report.results_dir, left_out_runs(report.results_dir))
+    if report.spec.claims:
         from glow_repro.analysis.sequential import write_verdicts
         from glow_repro.commands.verdict import echo_verdicts
 
         echo_verdicts(write_verdicts(report.results_dir))
-    if not report.interrupted:
-        click.echo(_time_to_verdict(report, time.perf_counter() - started))
-    if report.interrupted:
-        stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
-        click.echo(
-            f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
-            f"Run the same command again to resume.",
-            err=True,
-        )
-        click.get_current_context().exit(130)
+
+
+def _exit_interrupted(report: StudyReport) -> None:
+    """Name the runs a Ctrl-C or SIGTERM stopped, and exit with status 130."""
+    stopped = [p.run.run_id for p in report.runs_in(RunState.INTERRUPTED)]
+    click.echo(
+        f"interrupted: {', '.join(stopped) or 'no run was training'}; checkpoints kept. "
+        f"Run the same command again to resume.",
+        err=True,
+    )
+    click.get_current_context().exit(130)
+
+
+def _exit_on_failures(report: StudyReport) -> None:
+    """Name each failed run with its error and each run with an unreadable status, and exit
+    with status 1 if there is any."""
     failed = report.runs_in(RunState.FAILED)
     if failed:
         for planned in failed:
@@ -243,7 +276,7 @@ def run_command(
         click.get_current_context().exit(1)
 
 
-def _time_to_verdict(report, wall: float) -> str:
+def _time_to_verdict(report: StudyReport, wall: float) -> str:
     """What the command cost, in one line: its wall time, the CPU-minutes of the runs it
     trained and, with --until-resolved, the looks taken (docs/cost.md)."""
     cpu, unknown = report.training_cpu_seconds()
@@ -257,12 +290,12 @@ def _time_to_verdict(report, wall: float) -> str:
     return f"{'time to verdict' if report.spec.claims else 'time'}: {', '.join(parts)}"
 
 
-def _accounting(report) -> str:
+def _accounting(report: StudyReport) -> str:
     """What this invocation did with each planned run, in parts that add up to the plan."""
     not_trained = (RunState.CANCELLED, RunState.ELSEWHERE)
     reasons = {"keep-failed": "failed before (--retry-failed trains them)", RunState.ELSEWHERE: "training elsewhere",
                "unreadable": "with an unreadable status"}  # fmt: skip
-    parts = Counter()
+    parts: Counter[str] = Counter()
     for planned in report.plan:
         outcome = report.outcomes.get(planned.run.run_id)
         if outcome is not None and outcome.state not in not_trained:

@@ -51,18 +51,19 @@ def parse_attribute(attribute: str, names: tuple[str, ...], dataset: str, per_im
             raise UserFacingError(f"unknown attribute {attribute!r} of {dataset}: must be one of {', '.join(names)}")
         return Attribute(names.index(attribute), None, True)
     positive, vs, negative = attribute.partition(VS)
-    indices = [class_index(text, names) for text in ([positive, negative] if vs else [positive])]
-    if None in indices:
+    positive_index = class_index(positive, names)
+    negative_index = class_index(negative, names) if vs else None
+    if positive_index is None or (vs and negative_index is None):
         raise UserFacingError(
             f"unknown attribute {attribute!r} of {dataset}: name a class, a class against the rest, or "
             f"two classes as A{VS}B; its classes are {listed_classes(names)}"
         )
-    if vs and indices[0] == indices[1]:
+    if positive_index == negative_index:
         raise UserFacingError(
-            f"attribute {attribute!r} of {dataset}: both sides are class {indices[0]} {names[indices[0]]}; "
+            f"attribute {attribute!r} of {dataset}: both sides are class {positive_index} {names[positive_index]}; "
             f"name two different classes as A{VS}B"
         )
-    return Attribute(indices[0], indices[1] if vs else None, False)  # type: ignore[arg-type]
+    return Attribute(positive_index, negative_index, False)
 
 
 def dataset_attribute(attribute: str, data: DataConfig) -> Attribute:

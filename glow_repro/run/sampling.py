@@ -26,6 +26,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +170,6 @@ def write_picture(out: Path, name: str, grid: np.ndarray, columns: int, panel: P
     return [name, figure_name(name)]
 
 
-def _square(out: Path, name: str, images: torch.Tensor, n_bits: int, title: str) -> list[str]:
-    """``images`` in a square-ish grid (``samples_T<t>*.png``), its lines labelled by sample number."""
-    grid = pixels(images, n_bits)
-    lines = in_lines(grid, math.ceil(math.sqrt(len(grid))))
-    starts = np.cumsum([0, *map(len, lines)])
-    labels = [
-        f"{start + 1}-{start + len(line)}" if len(line) > 1 else f"{start + 1}" for start, line in zip(starts, lines)
-    ]
-    return write_picture(out, name, grid, len(lines[0]), Panel(lines, title, labels, rows_are="samples"))
-
-
 def _class_label(label: int, names: tuple[str, ...]) -> str:
     """``3 Dress``, or ``3`` where the class is named by its index."""
     return names[label] if names[label] == str(label) else f"{label} {names[label]}"
@@ -205,6 +195,112 @@ def in_run_numerics(write: Callable[..., dict]) -> Callable[..., dict]:
             return write(model, config, *args, **kwargs)
 
     return in_numerics
+
+
+@dataclass
+class _Pictures:
+    """The pictures of one :func:`write_samples` call: what they share, the files written so far
+    and the samples the record's non-finite count covers (the grids' rows and the class squares)."""
+
+    model: Glow
+    out: Path
+    n: int  # samples per grid, row or square
+    seed: int
+    n_bits: int
+    files: list[str] = field(default_factory=list)
+    counted: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def write(self, name: str, images: np.ndarray, columns: int, panel: Panel) -> None:
+        self.files += write_picture(self.out, name, images, columns, panel)
+
+    def square(self, name: str, images: torch.Tensor, title: str) -> None:
+        """``images`` in a square-ish grid (``samples_T<t>*.png``), its lines labelled by sample number."""
+        grid = pixels(images, self.n_bits)
+        lines = in_lines(grid, math.ceil(math.sqrt(len(grid))))
+        starts = np.cumsum([0, *map(len, lines)])
+        labels = [
+            f"{start + 1}-{start + len(line)}" if len(line) > 1 else f"{start + 1}"
+            for start, line in zip(starts, lines)
+        ]
+        self.write(name, grid, len(lines[0]), Panel(lines, title, labels, rows_are="samples"))
+
+    def temperature_squares(self, temperatures: Sequence[float]) -> None:
+        """``samples_T<t>.png`` per temperature: ``n`` samples each, from a generator reset to ``seed``."""
+        for temperature in temperatures:
+            title = f"{self.n} samples at temperature T = {temperature:g}, seed {self.seed}"
+            self.square(_name(temperature), sample_images(self.model, temperature, self.n, self.seed), title)
+
+    def temperature_grid(self, grid: Sequence[float]) -> None:
+        """``temperatures.png``: a row of ``n`` samples per temperature, drawn one after another
+        from the global generator reset to ``seed``."""
+        torch.manual_seed(self.seed)
+        rows = [self.model.sample(self.n, temperature=t).cpu() for t in grid]
+        images = pixels(torch.cat(rows), self.n_bits)
+        panel = Panel(in_lines(images, self.n), "Samples at each temperature T (Glow, section 5)",
+                      [f"T = {t:g}" for t in grid], _numbered(self.n), columns_are="sample")  # fmt: skip
+        self.write("temperatures.png", images, self.n, panel)
+        self.counted += rows
+
+    def reconstructions(self, test_images: torch.Tensor) -> float:
+        """``reconstructions.png`` of the first ``n`` test images; returns the largest absolute error."""
+        # centred in their bins, so reconstruction errors of 1e-7 cannot move a pixel a level
+        x = (preprocess(test_images[: self.n], self.n_bits, noise=False) + 0.5 / 2**self.n_bits).to(self.device)
+        reconstructed = reconstruct(self.model, x)
+        errors = (reconstructed - x).abs().flatten(1).amax(1).tolist()
+        images = pixels(torch.cat([x, reconstructed]), self.n_bits)
+        panel = Panel(in_lines(images, len(x)), "Test images and their reconstructions decode(encode(x))",
+                      ["original", "reconstruction"], [str(i) for i in range(len(x))], columns_are="test image",
+                      column_notes=[f"{e:.1g}" for e in errors], notes_are="max abs error")  # fmt: skip
+        self.write("reconstructions.png", images, len(x), panel)
+        return (reconstructed - x).abs().max().item()
+
+    def class_grid(self, names: tuple[str, ...]) -> None:
+        """``classes.png``: a row of ``n`` samples per class at :data:`CLASS_TEMPERATURE`, drawn
+        one after another from the global generator reset to ``seed``."""
+        torch.manual_seed(self.seed)
+        rows = [self.model.sample(self.n, temperature=CLASS_TEMPERATURE, y=label).cpu() for label in range(len(names))]
+        images = pixels(torch.cat(rows), self.n_bits)
+        panel = Panel(in_lines(images, self.n), f"Samples of each class at temperature T = {CLASS_TEMPERATURE:g}",
+                      [_class_label(k, names) for k in range(len(names))], _numbered(self.n), rows_are="class",
+                      columns_are="sample")  # fmt: skip
+        self.write("classes.png", images, self.n, panel)
+        self.counted += rows
+
+    def class_squares(self, grid: Sequence[float], classes: tuple[int, ...], names: tuple[str, ...]) -> list[dict]:
+        """``samples_T<t>_class<k>_<name>.png`` per temperature and class, every class from the
+        same noise; returns a record row per square."""
+        drawn = []
+        for temperature in grid if classes else ():
+            for label in classes:
+                of_class = sample_images(self.model, temperature, self.n, self.seed, y=label)
+                title = (f"{self.n} samples of class {_class_label(label, names)} at temperature "
+                         f"T = {temperature:g}, seed {self.seed}")  # fmt: skip
+                self.square(_name(temperature, label, names), of_class, title)
+                drawn.append({"file": self.files[-2], "temperature": temperature, "class": label, "name": names[label]})
+                self.counted.append(of_class.cpu())
+        return drawn
+
+    def nonfinite(self) -> int:
+        """How many of the counted samples hold a NaN or an infinity."""
+        return int(sum((~torch.isfinite(r)).flatten(1).any(1).sum() for r in self.counted))
+
+    def interpolation(self, test_images: torch.Tensor, pairs: int, steps: int) -> dict:
+        """``interpolation.png``: ``pairs`` pairs of distinct test images, drawn with ``seed``,
+        interpolated in ``steps`` steps, a pair a row; returns its record entry."""
+        order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(self.seed))[: 2 * pairs]
+        x = preprocess(test_images[order], self.n_bits, noise=False).to(self.device)
+        images = pixels(interpolate(self.model, x[0::2], x[1::2], steps).flatten(0, 1), self.n_bits)
+        ends = [f"{a} to {b}" for a, b in order.view(pairs, 2).tolist()]
+        alphas = [f"{alpha:.2g}" for alpha in torch.linspace(0, 1, steps).tolist()]
+        panel = Panel(in_lines(images, steps), "Interpolation between the latents of two test images (Glow, section 6)",
+                      ends, alphas, rows_are="test images",
+                      columns_are="alpha (0: the first image's reconstruction, 1: the second's)")  # fmt: skip
+        self.write("interpolation.png", images, steps, panel)
+        return {"pairs": order.view(pairs, 2).tolist(), "steps": steps}
 
 
 @in_run_numerics
@@ -238,80 +334,36 @@ def write_samples(
     ``pairs`` pairs of distinct test images, drawn with ``seed``, are interpolated in ``steps``
     steps, one per row. ``about`` (where the model came from) is stored in the record as it is.
     """
-    out = Path(out_dir)
-    device = next(model.parameters()).device
-    n = n or config.train.n_samples
     seed = config.seed if seed is None else seed
-    n_bits = config.data.n_bits
     if 2 * pairs > len(test_images):
         raise UserFacingError(
             f"{pairs} interpolation pairs (--interpolations) need {2 * pairs} test "
             f"images; the test split of {config.data.dataset} has {len(test_images)}"
         )
     model.eval()
-    files = []
-    for temperature in temperatures or ():
-        title = f"{n} samples at temperature T = {temperature:g}, seed {seed}"
-        files += _square(out, _name(temperature), sample_images(model, temperature, n, seed), n_bits, title)
-
+    pictures = _Pictures(model, Path(out_dir), n or config.train.n_samples, seed, config.data.n_bits)
     grid = list(temperatures or config.train.sample_temperatures)
-    torch.manual_seed(seed)
-    rows = [model.sample(n, temperature=t).cpu() for t in grid]
-    images = pixels(torch.cat(rows), n_bits)
-    panel = Panel(in_lines(images, n), "Samples at each temperature T (Glow, section 5)", [f"T = {t:g}" for t in grid],
-                  _numbered(n), columns_are="sample")  # fmt: skip
-    files += write_picture(out, "temperatures.png", images, n, panel)
-    # centred in their bins, so reconstruction errors of 1e-7 cannot move a pixel a level
-    x = (preprocess(test_images[:n], n_bits, noise=False) + 0.5 / 2**n_bits).to(device)
-    reconstructed = reconstruct(model, x)
-    errors = (reconstructed - x).abs().flatten(1).amax(1).tolist()
-    images = pixels(torch.cat([x, reconstructed]), n_bits)
-    panel = Panel(in_lines(images, len(x)), "Test images and their reconstructions decode(encode(x))",
-                  ["original", "reconstruction"], [str(i) for i in range(len(x))], columns_are="test image",
-                  column_notes=[f"{e:.1g}" for e in errors], notes_are="max abs error")  # fmt: skip
-    files += write_picture(out, "reconstructions.png", images, len(x), panel)
+    pictures.temperature_squares(temperatures or ())
+    pictures.temperature_grid(grid)
+    reconstruction_error = pictures.reconstructions(test_images)
     names = class_names(config, model) if model.n_classes else ()
     if model.n_classes:
-        torch.manual_seed(seed)
-        by_class = [model.sample(n, temperature=CLASS_TEMPERATURE, y=label).cpu() for label in range(model.n_classes)]
-        images = pixels(torch.cat(by_class), n_bits)
-        panel = Panel(in_lines(images, n), f"Samples of each class at temperature T = {CLASS_TEMPERATURE:g}",
-                      [_class_label(k, names) for k in range(len(names))], _numbered(n), rows_are="class",
-                      columns_are="sample")  # fmt: skip
-        files += write_picture(out, "classes.png", images, n, panel)
-        rows += by_class
-    drawn = []
-    for temperature in grid if classes else ():
-        for label in classes:
-            of_class = sample_images(model, temperature, n, seed, y=label)
-            title = f"{n} samples of class {_class_label(label, names)} at temperature T = {temperature:g}, seed {seed}"
-            files += _square(out, _name(temperature, label, names), of_class, n_bits, title)
-            drawn.append({"file": files[-2], "temperature": temperature, "class": label, "name": names[label]})
-            rows.append(of_class.cpu())
+        pictures.class_grid(names)
+    drawn = pictures.class_squares(grid, classes, names)
     written = {
         **(about or {}),
         "temperatures": grid,
-        "n_samples": n,
-        "reconstruction_max_abs_error": (reconstructed - x).abs().max().item(),
-        "nonfinite_samples": int(sum((~torch.isfinite(r)).flatten(1).any(1).sum() for r in rows)),
+        "n_samples": pictures.n,
+        "reconstruction_max_abs_error": reconstruction_error,
+        "nonfinite_samples": pictures.nonfinite(),
         "seed": seed,
-        "device": str(device),
+        "device": str(pictures.device),
         "weights": "ema" if config.train.ema_decay else "model",
         **({"class_temperature": CLASS_TEMPERATURE} if model.n_classes else {}),
         **({"class_samples": drawn} if drawn else {}),
     }
-
     if pairs:
-        order = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
-        x = preprocess(test_images[order], n_bits, noise=False).to(device)
-        images = pixels(interpolate(model, x[0::2], x[1::2], steps).flatten(0, 1), n_bits)
-        ends = [f"{a} to {b}" for a, b in order.view(pairs, 2).tolist()]
-        alphas = [f"{alpha:.2g}" for alpha in torch.linspace(0, 1, steps).tolist()]
-        panel = Panel(in_lines(images, steps), "Interpolation between the latents of two test images (Glow, section 6)",
-                      ends, alphas, rows_are="test images",
-                      columns_are="alpha (0: the first image's reconstruction, 1: the second's)")  # fmt: skip
-        files += write_picture(out, "interpolation.png", images, steps, panel)
-        written["interpolation"] = {"pairs": order.view(pairs, 2).tolist(), "steps": steps}
-    written["files"] = [*files, record]
-    atomic_write_json(out / record, written)
+        written["interpolation"] = pictures.interpolation(test_images, pairs, steps)
+    written["files"] = [*pictures.files, record]
+    atomic_write_json(pictures.out / record, written)
     return written

@@ -16,14 +16,17 @@ import importlib.util
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from glow_repro.errors import UserFacingError, UserFacingWarning
+
+if TYPE_CHECKING:  # torch is imported when a mirror opens, not with this module
+    from torch.utils.tensorboard import SummaryWriter
 
 #: Log name -> {row key: TensorBoard tag}.
 SCALARS = {
@@ -49,48 +52,59 @@ def _event_text(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _open_writer(directory: Path) -> SummaryWriter:
+    """A writer of event files in ``directory``; an unwritable folder fails here, not later in
+    the writer's own thread."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory):
+        pass
+    return SummaryWriter(log_dir=str(directory))
+
+
 class TensorBoardMirror:
     """Mirrors a run's log rows into TensorBoard event files in ``directory``."""
 
     def __init__(self, directory: Path) -> None:
         require_tensorboard()
-        from torch.utils.tensorboard import SummaryWriter
+        self.writer: SummaryWriter | None = None
+        try:
+            self.writer = _open_writer(directory)
+        except Exception as err:  # a view of the logs must never stop the run
+            self._turn_off("open its event file", err, stacklevel=3)
 
-        def open_writer() -> None:
-            directory.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory):  # unwritable: say so here, not in the writer's thread
-                pass
-            self.writer = SummaryWriter(log_dir=str(directory))
-
-        self.writer: Any = None
-        self._guard("open its event file", open_writer, opening=True)
-
-    def _guard(self, action: str, write: Any, opening: bool = False) -> None:
-        if self.writer is None and not opening:
+    def _guard(self, action: str, write: Callable[[SummaryWriter], None]) -> None:
+        """``write`` with the open writer, if any; a failure turns the mirror off."""
+        if self.writer is None:
             return
         try:
-            write()
+            write(self.writer)
         except Exception as err:  # a view of the logs must never stop the run
-            warnings.warn(
-                f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
-                "the run goes on without TensorBoard logging",
-                UserFacingWarning,
-                stacklevel=3,
-            )
-            self.close()
+            self._turn_off(action, err, stacklevel=4)
+
+    def _turn_off(self, action: str, err: Exception, stacklevel: int) -> None:
+        """One warning naming what failed (at the caller of the public method), then off."""
+        warnings.warn(
+            f"TensorBoard: could not {action} ({type(err).__name__}: {err}); "
+            "the run goes on without TensorBoard logging",
+            UserFacingWarning,
+            stacklevel=stacklevel,
+        )
+        self.close()
 
     def rows(self, log: str, rows: Iterable[dict[str, Any]]) -> None:
         """Mirror the rows just appended to the run's ``log`` (metrics, evals or events)."""
 
-        def write() -> None:
+        def write(writer: SummaryWriter) -> None:
             for row in rows:
                 if log == "events":
-                    self.writer.add_text(EVENTS_TAG, _event_text(row), row["step"])
+                    writer.add_text(EVENTS_TAG, _event_text(row), row["step"])
                     continue
                 for key, tag in SCALARS.get(log, {}).items():
                     value = row.get(key)
                     if isinstance(value, (int, float)) and math.isfinite(value):
-                        self.writer.add_scalar(tag, value, row["step"])
+                        writer.add_scalar(tag, value, row["step"])
 
         self._guard(f"write {log}", write)
 
@@ -98,11 +112,11 @@ class TensorBoardMirror:
         """Pictures by name (PNG files: :func:`glow_repro.image_panels.shown_images`) as
         images at ``step``, each tagged ``samples/<name>``."""
 
-        def write() -> None:
+        def write(writer: SummaryWriter) -> None:
             for name, png in pngs.items():
                 with Image.open(png) as image:
                     pixels = np.asarray(image.convert("RGB"))
-                self.writer.add_image(f"samples/{name}", pixels, step, dataformats="HWC")
+                writer.add_image(f"samples/{name}", pixels, step, dataformats="HWC")
 
         self._guard("write sample images", write)
 

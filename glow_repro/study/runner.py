@@ -66,8 +66,11 @@ class PlannedRun:
 class LookDecision(Protocol):
     """What a judge decides after a look: ``continue`` (training ``add_seeds`` next) or stop."""
 
-    action: str
-    add_seeds: list[int]
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def add_seeds(self) -> list[int]: ...
 
     def record(self) -> RecordedLook: ...
 
@@ -131,7 +134,7 @@ class StudyReport:
     def counts(self) -> dict[str, int]:
         """Runs per final state, plus ``trained`` (runs trained by this invocation) and
         ``skipped`` (finished before it)."""
-        counts = Counter(self.final_state(p) for p in self.plan)
+        counts: Counter[str] = Counter(self.final_state(p) for p in self.plan)
         counts["trained"] = sum(o.state not in (RunState.CANCELLED, RunState.ELSEWHERE) for o in self.outcomes.values())
         counts["skipped"] = sum(p.action == "skip" for p in self.plan)
         return dict(counts)
@@ -158,13 +161,14 @@ class StudyReport:
             except UnreadableFileError:
                 unknown += 1
                 continue
+            seconds = _number(wall)
             threads, processes = _number(environment.get("threads")), _number(environment.get("world_size", 1))
-            if _number(wall) is None:
+            if seconds is None:
                 continue  # stopped before its first logged step: nothing measurable spent
             if threads is None or processes is None:
                 unknown += 1
                 continue
-            total += wall * threads * processes
+            total += seconds * threads * processes
         return total, unknown
 
 
@@ -328,7 +332,8 @@ def run_study(
 def _planned(spec: StudySpec, results: Path, judge: Judge | None, options: StudyOptions) -> tuple[StudyReport, int]:
     """The report before training and the look to take next: with a judge, the seeds are
     those of that look, resumed from the record."""
-    look, recorded = 0, []
+    look = 0
+    recorded: list[RecordedLook] = []
     if judge is not None:
         look, seeds, recorded = judge.resume(spec, results)
         spec = spec.model_copy(update={"seeds": list(seeds)})
@@ -439,7 +444,13 @@ def collect_status(results_dir: str | Path) -> list[RunStatus]:
 
 
 def _number(value: Any) -> float | None:
+    """``value`` when a JSON file held a number there, else None."""
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _step(value: Any) -> int | None:
+    """``value`` when a JSON file held a step (a whole number) there, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
@@ -453,7 +464,7 @@ def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
         summary, evals, state = {}, [], RunState.UNREADABLE
         status = {**status, "error": str(err)}
     bpd = summary.get("final_test_bpd", evals[-1]["test_bpd"] if evals else None)
-    bpd_step = _number(evals[-1].get("step")) if evals and bpd is not None else None
+    bpd_step = _step(evals[-1].get("step")) if evals and bpd is not None else None
     wall = summary.get("wall_time", status.get("wall_time"))
     seed = entry.get("seed")
     return RunStatus(
@@ -461,7 +472,7 @@ def _run_status(path: Path, entry: dict[str, Any]) -> RunStatus:
         variant=str(entry.get("variant", "?")),
         seed=seed if isinstance(seed, int) else None,
         state=state,
-        step=_number(status.get("step", summary.get("step"))),
+        step=_step(status.get("step", summary.get("step"))),
         test_bpd=_number(bpd),
         test_bpd_step=bpd_step,
         wall_time=_number(wall),

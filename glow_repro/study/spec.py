@@ -103,7 +103,7 @@ class ClaimSpec(BaseModel):
         None, gt=0, description="the smallest effect of interest, in the claim's units (bpd, or share diverged)"
     )
     test: Literal["t", "sign-flip", "wilcoxon"] = Field(
-        None, validate_default=False, description="t (order claims); sign-flip or wilcoxon (divergence claims)"
+        "t", description="t (order claims); sign-flip or wilcoxon (divergence claims); default: the first of its kind"
     )
 
     @model_validator(mode="before")
@@ -360,6 +360,12 @@ def _resolve_base(spec: StudySpec) -> StudySpec:
     study's ``set:`` changes to it."""
     if isinstance(spec.base, dict) and not spec.changes:
         return spec
+    return spec.model_copy(update={"base": _base_mapping(spec), "changes": {}})
+
+
+def _base_mapping(spec: StudySpec) -> dict[str, Any]:
+    """The run config a study starts from: its ``base:`` mapping, or the file it names read,
+    with the study's ``set:`` changes applied."""
     raw = spec.base
     if not isinstance(raw, dict):
         base_path = Path(spec.source).parent / raw
@@ -378,7 +384,7 @@ def _resolve_base(spec: StudySpec) -> StudySpec:
             raw = set_path(raw, key, value)
         except ConfigError as err:
             raise ConfigError(f"{spec.source}: set.{key}: {err}") from None
-    return spec.model_copy(update={"base": raw, "changes": {}})
+    return raw
 
 
 def _swept_keys(spec: StudySpec) -> set[str]:
@@ -397,7 +403,7 @@ def with_overrides(spec: StudySpec, overrides: list[str] | tuple[str, ...]) -> S
             raise ConfigError(
                 f"--set {text}: {key} is swept by {spec.source}; use --only {key}=VALUE to select runs instead"
             )
-    updated = spec.model_copy(update={"base": apply_overrides(spec.base, overrides)})
+    updated = spec.model_copy(update={"base": apply_overrides(_base_mapping(spec), overrides)})
     _check_manipulations(updated, expand(updated))
     return updated
 

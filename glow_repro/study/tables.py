@@ -150,11 +150,10 @@ def _require_results_dir(results_dir: Path) -> list[Path]:
 def _grid_orders(study: dict[str, Any]) -> dict[str, list[str]]:
     """Each axis of the study's grid/variants -> its values' labels in the order written."""
     orders: dict[str, list[str]] = {}
-    grid = study.get("grid") if isinstance(study.get("grid"), dict) else {}
-    variants = study.get("variants") if isinstance(study.get("variants"), list) else []
-    for key, values in flatten_axes(grid).items():
+    grid = study.get("grid")
+    for key, values in flatten_axes(grid if isinstance(grid, dict) else {}).items():
         orders.setdefault(key, []).extend(format_value(table_cell(v)) for v in values)
-    for variant in variants:
+    for variant in _study_variants(study):
         if isinstance(variant, dict):
             for key, value in flatten(variant).items():
                 orders.setdefault(key, []).append(format_value(value))
@@ -172,14 +171,19 @@ def flatten_axes(grid: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]
     return axes
 
 
+def _study_variants(study: dict[str, Any]) -> list[Any]:
+    """The ``variants:`` list of a study file, empty when it has none."""
+    variants = study.get("variants")
+    return variants if isinstance(variants, list) else []
+
+
 def _labelled_variants(study: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     """The study's labelled variants: ``(label, {dotted key: value text})``, most specific
     (most settings) first, so a run takes the label of the variant that fixes the most of
     its settings."""
-    variants = study.get("variants") if isinstance(study.get("variants"), list) else []
     labelled = [
         (str(v["label"]), {k: format_value(x) for k, x in flatten(v).items() if k != "label"})
-        for v in variants
+        for v in _study_variants(study)
         if isinstance(v, dict) and v.get("label")
     ]
     return sorted(labelled, key=lambda item: -len(item[1]))
