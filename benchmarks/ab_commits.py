@@ -5,8 +5,11 @@ different times do not compare. This script checks out both revisions into tempo
 worktrees and runs ``benchmarks/bench_step.py`` of each, alternately (A B B A A B ...), in
 fresh processes, then prints the median images/s of each and the median of the paired ratios.
 Process-level settings (the allocator) are compared fairly this way, which one process cannot do.
+With ``--study FILE`` it times ``glow-repro run FILE`` of each instead (into a fresh results
+directory every time), to compare what a study costs end to end: start-up, evaluations and all.
 
     python benchmarks/ab_commits.py BEFORE AFTER [--pairs 5] [--bench-args "--repeats 5"]
+    python benchmarks/ab_commits.py BEFORE AFTER --study studies/smoke.yaml [--run-args "--workers 2"]
 
 A revision is anything ``git worktree add`` accepts; ``WORKTREE`` means the working tree as it is.
 """
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,14 +51,28 @@ def bench(tree: Path, bench_args: list[str]) -> dict:
     return json.loads(out[out.index("{") :])
 
 
+def study_seconds(tree: Path, study: Path, run_args: list[str], results: Path) -> float:
+    """Wall seconds of ``glow-repro run`` of ``study`` with the code of ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-m", "glow_repro", "run", str(study), "--results", str(results), *run_args]
+    started = time.perf_counter()
+    subprocess.run(command, env=env, cwd=tree, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--bench-args", default="--repeats 5", help="passed to bench_step.py")
+    parser.add_argument("--study", type=Path, help="time `glow-repro run STUDY` instead of bench_step.py")
+    parser.add_argument("--run-args", default="", help="passed to `glow-repro run` with --study")
     args = parser.parse_args()
     bench_args = shlex.split(args.bench_args)
+    run_args = shlex.split(args.run_args)
+    study = args.study.resolve() if args.study else None
+    unit = "s" if study else "img/s"
     with tempfile.TemporaryDirectory() as tmp:
         trees = {
             name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))
@@ -64,9 +82,13 @@ def main() -> None:
             for pair in range(args.pairs):
                 order = ("before", "after") if pair % 2 == 0 else ("after", "before")
                 for name in order:
-                    rates[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
+                    if study:
+                        results = Path(tmp) / f"results-{name}-{pair}"
+                        rates[name].append(study_seconds(trees[name], study, run_args, results))
+                    else:
+                        rates[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
                 print(
-                    f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} img/s",
+                    f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} {unit}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -79,15 +101,16 @@ def main() -> None:
                         capture_output=True,
                     )
     ratios = [a / b for a, b in zip(rates["after"], rates["before"])]
+    measure = "wall_seconds" if study else "images_per_s"
     print(
         json.dumps(
             {
                 "before": args.before,
                 "after": args.after,
                 "pairs": args.pairs,
-                "bench_args": bench_args,
-                "before_images_per_s_median": round(statistics.median(rates["before"]), 1),
-                "after_images_per_s_median": round(statistics.median(rates["after"]), 1),
+                **({"study": str(args.study), "run_args": run_args} if study else {"bench_args": bench_args}),
+                f"before_{measure}_median": round(statistics.median(rates["before"]), 1),
+                f"after_{measure}_median": round(statistics.median(rates["after"]), 1),
                 "paired_ratio_median": round(statistics.median(ratios), 3),
                 "paired_ratios": [round(r, 3) for r in ratios],
             },
