@@ -78,17 +78,17 @@ def main() -> None:
             name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))
         }
         try:
-            rates: dict[str, list[float]] = {"before": [], "after": []}
+            measured: dict[str, list[float]] = {"before": [], "after": []}
             for pair in range(args.pairs):
                 order = ("before", "after") if pair % 2 == 0 else ("after", "before")
                 for name in order:
                     if study:
                         results = Path(tmp) / f"results-{name}-{pair}"
-                        rates[name].append(study_seconds(trees[name], study, run_args, results))
+                        measured[name].append(study_seconds(trees[name], study, run_args, results))
                     else:
-                        rates[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
+                        measured[name].append(bench(trees[name], bench_args)["train_images_per_s_median"])
                 print(
-                    f"pair {pair + 1}: before {rates['before'][-1]:.1f}  after {rates['after'][-1]:.1f} {unit}",
+                    f"pair {pair + 1}: before {measured['before'][-1]:.1f}  after {measured['after'][-1]:.1f} {unit}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -100,7 +100,7 @@ def main() -> None:
                         check=False,
                         capture_output=True,
                     )
-    ratios = [a / b for a, b in zip(rates["after"], rates["before"])]
+    ratios = [a / b for a, b in zip(measured["after"], measured["before"])]
     measure = "wall_seconds" if study else "images_per_s"
     print(
         json.dumps(
@@ -109,8 +109,8 @@ def main() -> None:
                 "after": args.after,
                 "pairs": args.pairs,
                 **({"study": str(args.study), "run_args": run_args} if study else {"bench_args": bench_args}),
-                f"before_{measure}_median": round(statistics.median(rates["before"]), 1),
-                f"after_{measure}_median": round(statistics.median(rates["after"]), 1),
+                f"before_{measure}_median": round(statistics.median(measured["before"]), 1),
+                f"after_{measure}_median": round(statistics.median(measured["after"]), 1),
                 "paired_ratio_median": round(statistics.median(ratios), 3),
                 "paired_ratios": [round(r, 3) for r in ratios],
             },

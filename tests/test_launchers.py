@@ -158,7 +158,7 @@ def _floats(rows: list) -> list:
     return [[{k: v for k, v in row.items() if k not in timed} for row in part] for part in rows]
 
 
-@pytest.mark.slow  # trains four tiny runs in worker processes
+@pytest.mark.slow  # trains six tiny runs, four of them in worker processes
 def test_forked_spawned_and_in_process_runs_give_the_same_floats(tmp_path, monkeypatch):
     """A run trained by a worker forked from the fork server, by a spawned one and in the
     launching process logs bit-identical losses, gradient norms and test bpd."""
@@ -172,3 +172,22 @@ def test_forked_spawned_and_in_process_runs_give_the_same_floats(tmp_path, monke
     for run in forked:
         assert _floats(forked[run]) == _floats(here[run]) == _floats(spawned[run]), run
         assert len(forked[run][1]) == 3  # evaluations at steps 0, 3, 6
+
+
+def test_a_worker_whose_launcher_is_gone_does_not_start(monkeypatch):
+    """``_terminate_with`` is False for a launcher that has exited, with pidfds or, on systems
+    without them, by the plain liveness check; that check says True for a live one."""
+    import subprocess
+
+    from glow_repro.study.launchers import local
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert not local._terminate_with(gone.pid)
+
+    def no_pidfds(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfds, raising=False)
+    assert not local._terminate_with(gone.pid)
+    assert local._terminate_with(os.getpid())

@@ -51,7 +51,12 @@ READY = "ready"
 EXIT_TIMEOUT = 30.0
 #: Modules the fork server imports once for all workers: what every run imports before its
 #: first step, and the figure code it imports at its end.
-PRELOAD = ("glow_repro.study.launchers.local", "glow_repro.run.train", "glow_repro.image_panels", "matplotlib.figure")
+PRELOAD = (
+    "glow_repro.study.launchers.local",
+    "glow_repro.run.train",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+)
 
 
 @dataclass(frozen=True)
@@ -94,16 +99,19 @@ def _worker_main(task: RunTask, conn: Connection, launcher_pid: int, surrounding
 
 def _terminate_with(launcher_pid: int) -> bool:
     """Send this worker SIGTERM when the launching process exits, even by SIGKILL: a thread
-    waits on the launcher's pidfd (Linux). The worker's parent may be the fork server, which
-    outlives the launcher while any worker runs, so the parent's death is no signal. False
-    when the launcher is gone already; elsewhere only that is checked."""
+    waits on the launcher's pidfd (Linux 5.3 and later). The worker's parent may be the fork
+    server, which outlives the launcher while any worker runs, so the parent's death is no
+    signal. False when the launcher is gone already; without pidfds only that is checked."""
     try:
-        if not hasattr(os, "pidfd_open"):  # not Linux
-            os.kill(launcher_pid, 0)
-            return True
         pidfd = os.pidfd_open(launcher_pid)
     except ProcessLookupError:
         return False
+    except (AttributeError, OSError):  # not Linux, or a kernel without pidfd_open
+        try:
+            os.kill(launcher_pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def wait_for_exit() -> None:
         select.select([pidfd], [], [])
